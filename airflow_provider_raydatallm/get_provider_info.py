@@ -1,0 +1,42 @@
+"""Provider metadata, found by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_raydatallm import __version__
+from airflow_provider_raydatallm.hooks._ui import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+
+INTEGRATION = "Ray Data LLM"
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-raydatallm",
+        "name": "Ray Data LLM",
+        "description": "Run `Ray Data LLM <https://docs.ray.io/en/latest/data/working-with-llms.html>`__ "
+        "batch inference (vLLM, SGLang, OpenAI-compatible endpoints, Serve deployments) on a Ray "
+        "cluster as Airflow tasks.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://docs.ray.io/en/latest/data/working-with-llms.html",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.hooks.ray"]}],
+        "operators": [],
+        "sensors": [],
+        "triggers": [],
+        "extra-links": [],
+        "connection-types": [
+            {
+                "connection-type": "ray",
+                "hook-class-name": "airflow_provider_raydatallm.hooks.ray.RayHook",
+                "hook-name": "Ray",
+                "conn-fields": CONN_FIELDS,
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+            }
+        ],
+    }

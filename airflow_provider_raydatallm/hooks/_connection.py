@@ -1,0 +1,137 @@
+"""Turns an Airflow ``ray`` connection into the settings the Jobs API client needs.
+
+Connection shape (all optional; an empty connection means the local head on
+``http://127.0.0.1:8265`` with no token):
+
+- host: ``127.0.0.1``, ``ray-head.svc`` or a full URL ``https://ray.example.com/proxy``
+- port: the dashboard port (default 8265; omitted when host is a URL with a port)
+- schema: ``http`` or ``https`` (default ``http``; a URL host's own scheme wins)
+- password: the cluster's token (``ray get-auth-token``), sent as ``Authorization: Bearer``
+- extra (JSON): ``headers`` (object), ``verify`` (bool or CA bundle path, default true),
+  ``timeout`` (seconds, default 30), ``runtime_env`` and ``metadata`` (objects merged under
+  every submitted job's own).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_provider_raydatallm import __version__
+from airflow_provider_raydatallm.exceptions import RayConnectionConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8265
+DEFAULT_TIMEOUT = 30.0
+# Connect errors should surface quickly: an unreachable cluster is a config error, not load.
+CONNECT_TIMEOUT = 5.0
+# The dashboard refuses POST/PUT from a User-Agent starting with "Mozilla" (CSRF guard).
+USER_AGENT = f"airflow-provider-raydatallm/{__version__}"
+EXTRA_KEYS = ("headers", "verify", "timeout", "runtime_env", "metadata")
+
+
+@dataclass(frozen=True)
+class RayConnectionConfig:
+    """Resolved settings of one ``ray`` connection. ``repr`` hides the token and headers."""
+
+    base_url: str
+    token: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    verify: bool | str = True
+    timeout: float = DEFAULT_TIMEOUT
+    runtime_env: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        headers.update(self.headers)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line or an error message."""
+        values = [self.token or ""]
+        values += [v for k, v in self.headers.items() if k.lower() not in {"accept", "content-type"}]
+        return [v for v in values if v and len(v) >= 4]
+
+
+def _extra_value(extra: Mapping[str, Any], key: str) -> Any:
+    # The UI may store form fields prefixed with the conn type (older Airflow versions).
+    if key in extra:
+        return extra[key]
+    return extra.get(f"extra__ray__{key}")
+
+
+def _json_object(value: Any, name: str) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise RayConnectionConfigError(f"ray connection extra '{name}' is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise RayConnectionConfigError(
+            f"ray connection extra '{name}' must be a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+def _verify(value: Any) -> bool | str:
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.strip().lower() in {"true", "1", "yes"}
+    if isinstance(value, str):
+        return value  # a CA bundle path
+    raise RayConnectionConfigError(f"ray connection extra 'verify' must be a bool or a CA path, got {value!r}")
+
+
+def _base_url(host: str | None, port: int | None, schema: str | None) -> str:
+    host = (host or "").strip() or DEFAULT_HOST
+    scheme = (schema or "").strip().lower() or "http"
+    if "://" in host:
+        parts = urlsplit(host)
+        scheme, netloc, path = parts.scheme.lower(), parts.netloc, parts.path.rstrip("/")
+        if port and parts.port is None:
+            netloc = f"{netloc}:{port}"
+    else:
+        netloc, path = f"{host}:{port or DEFAULT_PORT}", ""
+    if scheme not in {"http", "https"}:
+        raise RayConnectionConfigError(
+            f"ray connection scheme must be http or https, got {scheme!r} (set it in the schema field)"
+        )
+    return f"{scheme}://{netloc}{path}"
+
+
+def config_from_connection(
+    host: str | None,
+    port: int | None,
+    schema: str | None,
+    password: str | None,
+    extra: Mapping[str, Any] | None,
+) -> RayConnectionConfig:
+    """Build the client settings from a connection's fields (see the module docstring)."""
+    extra = extra or {}
+    headers = {str(k): str(v) for k, v in _json_object(_extra_value(extra, "headers"), "headers").items()}
+    timeout_raw = _extra_value(extra, "timeout")
+    try:
+        timeout = float(timeout_raw) if timeout_raw not in (None, "") else DEFAULT_TIMEOUT
+    except (TypeError, ValueError):
+        raise RayConnectionConfigError(f"ray connection extra 'timeout' must be a number, got {timeout_raw!r}")
+    metadata = _json_object(_extra_value(extra, "metadata"), "metadata")
+    return RayConnectionConfig(
+        base_url=_base_url(host, port, schema),
+        token=password or None,
+        headers=headers,
+        verify=_verify(_extra_value(extra, "verify")),
+        timeout=timeout,
+        runtime_env=_json_object(_extra_value(extra, "runtime_env"), "runtime_env"),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )

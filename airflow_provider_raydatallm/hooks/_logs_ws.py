@@ -1,0 +1,89 @@
+"""Follow a job's log through the dashboard's websocket (``/api/jobs/{id}/logs/tail``).
+
+The dashboard sends log text as messages and closes the socket when the job ends.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
+from airflow_provider_raydatallm.hooks._connection import CONNECT_TIMEOUT, USER_AGENT, RayConnectionConfig
+from airflow_provider_raydatallm.hooks._jobs_api import job_path, redact
+
+
+def _ws_url(config: RayConnectionConfig, job_id: str) -> str:
+    scheme = "wss" if config.base_url.startswith("https://") else "ws"
+    return f"{scheme}://{config.base_url.split('://', 1)[1]}{job_path(job_id, '/logs/tail')}"
+
+
+def _ssl_context(config: RayConnectionConfig) -> ssl.SSLContext | None:
+    if not config.base_url.startswith("https://"):
+        return None
+    if config.verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile = config.verify if isinstance(config.verify, str) else None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _headers(config: RayConnectionConfig) -> dict[str, str]:
+    headers = config.request_headers()
+    headers.pop("User-Agent", None)
+    return headers
+
+
+def _as_text(message: str | bytes) -> str:
+    return message if isinstance(message, str) else message.decode("utf-8", errors="replace")
+
+
+def tail_sync(config: RayConnectionConfig, job_id: str) -> Iterator[str]:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    try:
+        socket = connect(
+            _ws_url(config, job_id),
+            additional_headers=_headers(config),
+            user_agent_header=USER_AGENT,
+            ssl=_ssl_context(config),
+            open_timeout=CONNECT_TIMEOUT,
+            max_size=None,
+            compression=None,
+        )
+    except OSError as err:
+        raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None
+    with socket:
+        try:
+            for message in socket:
+                yield _as_text(message)
+        except ConnectionClosed:
+            return
+
+
+async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[str]:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        socket = await connect(
+            _ws_url(config, job_id),
+            additional_headers=_headers(config),
+            user_agent_header=USER_AGENT,
+            ssl=_ssl_context(config),
+            open_timeout=CONNECT_TIMEOUT,
+            max_size=None,
+            compression=None,
+        )
+    except OSError as err:
+        raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None
+    try:
+        async for message in socket:
+            yield _as_text(message)
+    except ConnectionClosed:
+        return
+    finally:
+        await socket.close()

@@ -1,0 +1,207 @@
+"""Start and stop a local Ray head node from the cluster environment (``.venv-ray``).
+
+``python scripts/local_ray.py up|down|status|conn [--profile dev|test]``
+
+- ``up`` is idempotent: a head this script started and that still answers is reused.
+- ``down`` stops only the head this script started (it SIGTERMs the ``ray start --block``
+  process recorded in the pid file, which drains and stops its own children); another
+  Ray on the machine is left alone.
+- Token authentication is on, as Ray 2.60 does by default: the token is generated once
+  into the profile's state directory (mode 0600) and handed to Ray by file path.
+- ``conn`` prints the Airflow connection for the head, as JSON for ``AIRFLOW_CONN_RAY_DEFAULT``.
+
+Stdlib only, so it runs under any Python (the tests import it to start their cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY_BIN = ROOT / ".venv-ray" / "bin"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    gcs_port: int
+    dashboard_port: int
+    client_port: int
+    agent_port: int
+    # More logical CPUs than cores: vLLM's CPU bundle must fit beside the Ray Data actors
+    # (chat template, tokenize, detokenize), or the pipeline waits forever (ENVIRONMENT.md).
+    num_cpus: int = 8
+    object_store_bytes: int = 2 * 1024**3
+
+    @property
+    def state_dir(self) -> Path:
+        return ROOT / ".cache" / "ray" / self.name
+
+    @property
+    def temp_dir(self) -> str:
+        # Ray puts unix sockets under it; a long path overflows their 107-byte limit.
+        return f"/tmp/raydllm-{self.name}"
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+
+PROFILES = {
+    "dev": Profile("dev", gcs_port=6379, dashboard_port=8265, client_port=10001, agent_port=52365),
+    # Other ports, so the test suite can run while a `make ray-up` head is up.
+    "test": Profile("test", gcs_port=6390, dashboard_port=8266, client_port=20101, agent_port=52401),
+}
+
+
+def token(profile: Profile) -> str:
+    path = profile.state_dir / "auth_token"
+    if not path.exists():
+        profile.state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _pid(profile: Profile) -> int | None:
+    pid_file = profile.state_dir / "head.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().strip())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pid_file.unlink()
+        return None
+    return pid
+
+
+def answers(profile: Profile) -> str | None:
+    """The Ray version if the dashboard answers an authenticated request, else None."""
+    request = urllib.request.Request(
+        profile.address + "/api/version",
+        headers={"Authorization": f"Bearer {token(profile)}", "User-Agent": "raydllm-local"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return json.load(response)["ray_version"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return None
+
+
+def connection(profile: Profile) -> dict:
+    return {
+        "conn_type": "ray",
+        "host": "127.0.0.1",
+        "port": profile.dashboard_port,
+        "schema": "http",
+        "password": token(profile),
+    }
+
+
+def up(profile: Profile, timeout: float = 180.0) -> None:
+    if _pid(profile) and answers(profile):
+        print(f"Ray head ({profile.name}) already running at {profile.address}")
+        return
+    if answers(profile):
+        sys.exit(f"something else already answers at {profile.address}: not starting a second head there")
+    if not (RAY_BIN / "ray").exists():
+        sys.exit(f"{RAY_BIN / 'ray'} not found: run `make venv-ray` first")
+    profile.state_dir.mkdir(parents=True, exist_ok=True)
+    token_path = profile.state_dir / "auth_token"
+    token(profile)
+    env = {
+        **os.environ,
+        "PATH": f"{RAY_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_AUTH_TOKEN", None)
+    cmd = [
+        str(RAY_BIN / "ray"), "start", "--head", "--block",
+        f"--num-cpus={profile.num_cpus}", "--num-gpus=0",
+        f"--port={profile.gcs_port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={profile.dashboard_port}",
+        f"--ray-client-server-port={profile.client_port}",
+        f"--dashboard-agent-listen-port={profile.agent_port}",
+        f"--object-store-memory={profile.object_store_bytes}",
+        f"--temp-dir={profile.temp_dir}",
+        "--include-dashboard=true", "--disable-usage-stats",
+    ]  # fmt: skip
+    log_path = profile.state_dir / "head.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    (profile.state_dir / "head.pid").write_text(str(process.pid))
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            (profile.state_dir / "head.pid").unlink(missing_ok=True)
+            sys.exit(f"ray start exited with code {process.returncode}; log tail:\n{tail}")
+        if version := answers(profile):
+            print(f"Ray {version} head ({profile.name}) up at {profile.address} in {time.monotonic() - started:.0f}s")
+            return
+        time.sleep(1)
+    down(profile)
+    sys.exit(f"Ray head did not answer at {profile.address} within {timeout:.0f}s; see {log_path}")
+
+
+def down(profile: Profile, timeout: float = 60.0) -> None:
+    pid = _pid(profile)
+    if pid is None:
+        print(f"no Ray head ({profile.name}) started by this script is running")
+        return
+    os.kill(pid, signal.SIGTERM)  # `ray start --block` drains and stops its children
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    # Stragglers of that session (workers, agents) share its process group.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    (profile.state_dir / "head.pid").unlink(missing_ok=True)
+    print(f"Ray head ({profile.name}) at {profile.address} stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status", "conn"])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="dev")
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    if args.action == "up":
+        up(profile)
+    elif args.action == "down":
+        down(profile)
+    elif args.action == "conn":
+        print(json.dumps(connection(profile)))
+    else:
+        version = answers(profile)
+        print(f"Ray {version} at {profile.address}" if version else f"no Ray head answers at {profile.address}")
+        sys.exit(0 if version else 1)
+
+
+if __name__ == "__main__":
+    main()
