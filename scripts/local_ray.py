@@ -74,14 +74,26 @@ def token(profile: Profile) -> str:
     return path.read_text().strip()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        # Reap it if it is our own child (the test fixture's case), or it lingers as a zombie.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _pid(profile: Profile) -> int | None:
     pid_file = profile.state_dir / "head.pid"
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text().strip())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not _alive(pid):
         pid_file.unlink()
         return None
     return pid
@@ -169,9 +181,7 @@ def down(profile: Profile, timeout: float = 60.0) -> None:
     os.kill(pid, signal.SIGTERM)  # `ray start --block` drains and stops its children
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             break
         time.sleep(0.5)
     else:

@@ -15,6 +15,7 @@ Connection shape (all optional; an empty connection means the local head on
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,17 @@ class RayConnectionConfig:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS settings for an https dashboard; None for plain http."""
+        if not self.base_url.startswith("https://"):
+            return None
+        if self.verify is False:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or an error message."""

@@ -97,13 +97,13 @@ def job_path(job_id: str, suffix: str = "") -> str:
 def submit_body(
     entrypoint: str,
     *,
-    submission_id: str | None,
-    runtime_env: Mapping[str, Any] | None,
-    metadata: Mapping[str, str] | None,
-    entrypoint_num_cpus: float | None,
-    entrypoint_num_gpus: float | None,
-    entrypoint_memory: int | None,
-    entrypoint_resources: Mapping[str, float] | None,
+    submission_id: str | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    entrypoint_num_cpus: float | None = None,
+    entrypoint_num_gpus: float | None = None,
+    entrypoint_memory: int | None = None,
+    entrypoint_resources: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /api/jobs/``; unset options are left out so Ray's defaults apply."""
     if not entrypoint or not entrypoint.strip():

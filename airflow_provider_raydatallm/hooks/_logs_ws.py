@@ -5,7 +5,6 @@ The dashboard sends log text as messages and closes the socket when the job ends
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Iterator
 
 from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
@@ -16,18 +15,6 @@ from airflow_provider_raydatallm.hooks._jobs_api import job_path, redact
 def _ws_url(config: RayConnectionConfig, job_id: str) -> str:
     scheme = "wss" if config.base_url.startswith("https://") else "ws"
     return f"{scheme}://{config.base_url.split('://', 1)[1]}{job_path(job_id, '/logs/tail')}"
-
-
-def _ssl_context(config: RayConnectionConfig) -> ssl.SSLContext | None:
-    if not config.base_url.startswith("https://"):
-        return None
-    if config.verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    cafile = config.verify if isinstance(config.verify, str) else None
-    return ssl.create_default_context(cafile=cafile)
 
 
 def _headers(config: RayConnectionConfig) -> dict[str, str]:
@@ -49,7 +36,7 @@ def tail_sync(config: RayConnectionConfig, job_id: str) -> Iterator[str]:
             _ws_url(config, job_id),
             additional_headers=_headers(config),
             user_agent_header=USER_AGENT,
-            ssl=_ssl_context(config),
+            ssl=config.ssl_context(),
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
             compression=None,
@@ -73,7 +60,7 @@ async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[
             _ws_url(config, job_id),
             additional_headers=_headers(config),
             user_agent_header=USER_AGENT,
-            ssl=_ssl_context(config),
+            ssl=config.ssl_context(),
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
             compression=None,

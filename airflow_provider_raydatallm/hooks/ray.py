@@ -108,7 +108,7 @@ class RayHook(BaseHook):
         return {
             "base_url": config.base_url,
             "headers": config.request_headers(),
-            "verify": config.verify,
+            "verify": config.ssl_context() or True,
             "timeout": httpx.Timeout(config.timeout, connect=min(CONNECT_TIMEOUT, config.timeout)),
             "follow_redirects": True,
         }
@@ -281,7 +281,12 @@ class RayHook(BaseHook):
         from airflow_provider_raydatallm.hooks._logs_ws import tail_sync
 
         self.get_job_info(job_id)  # a typed 404 instead of a websocket handshake error
-        yield from tail_sync(self.config, job_id)
+        streamed = ""
+        for chunk in tail_sync(self.config, job_id):
+            streamed += chunk
+            yield chunk
+        if rest := _unstreamed(streamed, self.get_job_logs(job_id)):
+            yield rest
 
     def upload_working_dir(self, path: str, *, excludes: tuple[str, ...] = ()) -> str:
         """
@@ -350,5 +355,17 @@ class RayHook(BaseHook):
         from airflow_provider_raydatallm.hooks._logs_ws import tail_async
 
         await self.aget_job_info(job_id)
+        streamed = ""
         async for chunk in tail_async(await self.aconfig(), job_id):
+            streamed += chunk
             yield chunk
+        if rest := _unstreamed(streamed, await self.aget_job_logs(job_id)):
+            yield rest
+
+
+def _unstreamed(streamed: str, full_log: str) -> str:
+    """What the websocket did not deliver: Ray closes it without a word when a job ends
+    before its supervisor starts, and may close before the last lines are flushed."""
+    if full_log.startswith(streamed):
+        return full_log[len(streamed) :]
+    return "" if streamed else full_log

