@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -15,15 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_local_ray():
-    spec = importlib.util.spec_from_file_location("local_ray", ROOT / "scripts" / "local_ray.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_ray"] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT / "scripts"))
+import local_ray  # noqa: E402  (stdlib-only script shared with the Makefile)
 
-
-local_ray = _load_local_ray()
 TEST_PROFILE = local_ray.PROFILES["test"]
 
 

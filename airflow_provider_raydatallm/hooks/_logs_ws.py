@@ -40,6 +40,8 @@ def tail_sync(config: RayConnectionConfig, job_id: str) -> Iterator[str]:
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
             compression=None,
+            # The dashboard proxy does not answer pings: keepalive would kill a quiet tail.
+            ping_interval=None,
         )
     except OSError as err:
         raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None
@@ -64,6 +66,8 @@ async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
             compression=None,
+            # The dashboard proxy does not answer pings: keepalive would kill a quiet tail.
+            ping_interval=None,
         )
     except OSError as err:
         raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None
