@@ -87,3 +87,31 @@ class RayJobAlreadyExistsError(RayJobSubmissionError):
             status_code=500,
             job_id=submission_id,
         )
+
+
+class RayLLMConfigError(RayProviderError):
+    """The operator's inputs cannot make a valid job (processor config, callables, URIs)."""
+
+
+class RayJobFailedError(RayProviderError):
+    """A Ray job ended FAILED or STOPPED, or succeeded without reporting a result."""
+
+    def __init__(self, address: str, job_id: str, status: str, message: str, log_tail: str = ""):
+        self.address = address
+        self.job_id = job_id
+        self.status = status
+        text = f"Ray job {job_id} at {address} ended {status}: {message}"
+        if log_tail:
+            text += f"\n--- last lines of the job log ---\n{log_tail}"
+        super().__init__(text)
+
+
+class RayJobTimeoutError(RayProviderError):
+    """The job did not finish within the task's timeout (the job has been asked to stop)."""
+
+    def __init__(self, address: str, job_id: str, timeout: float):
+        self.address = address
+        self.job_id = job_id
+        super().__init__(
+            f"Ray job {job_id} at {address} did not finish within {timeout:.0f}s; it was asked to stop"
+        )

@@ -123,11 +123,14 @@ def submit_body(
 
 
 def merge_runtime_env(default: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The connection's default runtime_env with the job's own on top; ``env_vars`` merge by key."""
+    """The connection's default runtime_env with the job's own on top: ``env_vars`` merge by
+    variable, ``py_modules`` lists join (the job's last), other keys are replaced."""
     merged = dict(default)
     for key, value in (override or {}).items():
         if key == "env_vars" and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = {**merged[key], **value}
+        elif key == "py_modules" and isinstance(value, list) and isinstance(merged.get(key), list):
+            merged[key] = [m for m in merged[key] if m not in value] + list(value)
         else:
             merged[key] = value
     return merged

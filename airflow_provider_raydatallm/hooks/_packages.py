@@ -19,8 +19,12 @@ MAX_PACKAGE_BYTES = 100 * 1024 * 1024
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def zip_directory(path: str | os.PathLike[str], *, excludes: tuple[str, ...] = ()) -> bytes:
-    """Zip ``path``'s contents (files at the zip root) and return the bytes."""
+def zip_directory(path: str | os.PathLike[str], *, excludes: tuple[str, ...] = (), include_parent: bool = False) -> bytes:
+    """Zip ``path``'s contents and return the bytes.
+
+    Files sit at the zip root for a ``working_dir``; under the directory's own name with
+    ``include_parent`` for a ``py_modules`` package (so ``import <name>`` finds it).
+    """
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"working_dir {str(root)!r} is not a directory")
@@ -31,7 +35,8 @@ def zip_directory(path: str | os.PathLike[str], *, excludes: tuple[str, ...] = (
             relative = file.relative_to(root)
             if any(part in skip for part in relative.parts):
                 continue
-            info = zipfile.ZipInfo(relative.as_posix(), date_time=_EPOCH)
+            name = f"{root.name}/{relative.as_posix()}" if include_parent else relative.as_posix()
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
             info.external_attr = (file.stat().st_mode & 0o777) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, file.read_bytes())

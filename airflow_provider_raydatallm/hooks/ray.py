@@ -296,7 +296,13 @@ class RayHook(BaseHook):
         directory's files in its cwd. The name is a content hash, so an unchanged directory
         is uploaded once.
         """
-        data = zip_directory(path, excludes=excludes)
+        return self._upload(path, zip_directory(path, excludes=excludes))
+
+    def upload_py_module(self, path: str, *, excludes: tuple[str, ...] = ()) -> str:
+        """Ship a local package directory for ``runtime_env={"py_modules": [uri]}``."""
+        return self._upload(path, zip_directory(path, excludes=excludes, include_parent=True))
+
+    def _upload(self, path: str, data: bytes) -> str:
         uri, package_path = package_uri(data)
         if not self._package_exists(package_path):
             self._run(_Call("PUT", package_path, lambda r: None, content=data, expect_json=False))

@@ -1,0 +1,107 @@
+"""Deterministic, realistic input for the examples, tests and demos (stdlib only).
+
+Nothing is downloaded: the seed's 2,000,000-row customers CSV and a day's social posts
+are generated here, the same rows for the same arguments on every machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import random
+from pathlib import Path
+
+CUSTOMER_COLUMNS = [
+    "Index", "Customer Id", "First Name", "Last Name", "Company", "City", "Country",
+    "Phone 1", "Phone 2", "Email", "Subscription Date", "Website",
+]  # fmt: skip
+MAX_CUSTOMERS = 2_000_000
+
+_FIRST = ["Sheryl", "Preston", "Roy", "Linda", "Joanna", "Aimee", "Darren", "Brett", "Sheryl", "Jamie",
+          "Maria", "Kenji", "Ana", "Omar", "Chloe", "Ivan", "Priya", "Lucas", "Fatima", "Noah"]  # fmt: skip
+_LAST = ["Baxter", "Lozano", "Berry", "Hodge", "Cook", "Bowers", "Rice", "Mayer", "Frederick", "Kidd",
+         "Garcia", "Tanaka", "Silva", "Haddad", "Martin", "Petrov", "Nair", "Moreau", "Khan", "Larsen"]  # fmt: skip
+_COMPANY_WORDS = {
+    "Law Firm": ["& Partners LLP", "Legal Group", "Attorneys at Law", "Law Offices"],
+    "Healthcare": ["Medical Center", "Health Systems", "Clinic Group", "Pharma Inc"],
+    "Technology": ["Software Ltd", "Cloud Systems", "Data Labs", "Technologies Inc"],
+    "Retail": ["Outlet Stores", "Market Co", "Retail Group", "Boutique"],
+    "Consulting": ["Consulting Group", "Advisors LLC", "Strategy Partners", "Consultants"],
+    "Manufacturing": ["Industrial Works", "Manufacturing Co", "Steel & Tools", "Fabrication Inc"],
+    "Finance": ["Capital Partners", "Bank Corp", "Investments LLC", "Financial Services"],
+    "Real Estate": ["Realty Group", "Properties LLC", "Estates & Homes", "Land Holdings"],
+    "Other": ["and Sons", "Group", "PLC", "Ltd"],
+}
+_CITIES = [("Acevedoville", "Chile"), ("East Leonard", "Djibouti"), ("Lake Ariel", "Germany"),
+           ("Port Ellen", "Scotland"), ("Springfield", "United States of America"), ("Osaka", "Japan"),
+           ("Porto", "Portugal"), ("Lyon", "France"), ("Pune", "India"), ("Bergen", "Norway")]  # fmt: skip
+_POST_TEMPLATES = {
+    "positive": ["Loving the new {thing}, works perfectly!", "Great service from the {thing} team today.",
+                 "Best {thing} I have bought this year, highly recommend."],
+    "negative": ["The {thing} broke after two days, really disappointed.", "Terrible support for my {thing}.",
+                 "Worst {thing} ever, asking for a refund."],
+    "neutral": ["Picked up a {thing} today.", "Does anyone know when the {thing} update ships?",
+                "The {thing} arrived on Tuesday."],
+}  # fmt: skip
+_THINGS = ["phone", "laptop", "coffee maker", "headphones", "app", "bike", "camera", "watch"]
+
+
+def customer_rows(count: int, seed: int = 0):
+    """Yield ``count`` customers in the seed's schema (its CSV has up to 2,000,000)."""
+    if not 0 < count <= MAX_CUSTOMERS:
+        raise ValueError(f"count must be between 1 and {MAX_CUSTOMERS}, got {count}")
+    rng = random.Random(seed)
+    industries = list(_COMPANY_WORDS)
+    start = dt.date(2020, 1, 1)
+    for index in range(1, count + 1):
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        company = f"{rng.choice(_LAST)} {rng.choice(_COMPANY_WORDS[rng.choice(industries)])}"
+        city, country = rng.choice(_CITIES)
+        domain = company.split()[0].lower()
+        yield {
+            "Index": index,
+            "Customer Id": f"{rng.getrandbits(60):015x}"[:15].upper(),
+            "First Name": first,
+            "Last Name": last,
+            "Company": company,
+            "City": city,
+            "Country": country,
+            "Phone 1": f"+1-{rng.randint(200, 999)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+            "Phone 2": f"({rng.randint(200, 999)}){rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+            "Email": f"{first.lower()}.{last.lower()}{index}@{domain}.example.com",
+            "Subscription Date": (start + dt.timedelta(days=rng.randint(0, 1500))).isoformat(),
+            "Website": f"https://www.{domain}.example.com/",
+        }
+
+
+def write_customers_csv(path: str | Path, count: int, seed: int = 0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CUSTOMER_COLUMNS)
+        writer.writeheader()
+        writer.writerows(customer_rows(count, seed))
+    return path
+
+
+def social_posts(day: str, count: int, seed: int = 0) -> list[dict]:
+    """``count`` posts for ``day`` (YYYY-MM-DD); the same day gives the same posts."""
+    rng = random.Random(f"{day}:{seed}")
+    base = dt.datetime.fromisoformat(day)
+    posts = []
+    for i in range(count):
+        mood = rng.choice(list(_POST_TEMPLATES))
+        text = rng.choice(_POST_TEMPLATES[mood]).format(thing=rng.choice(_THINGS))
+        posted = base + dt.timedelta(seconds=rng.randint(0, 86_399))
+        posts.append({"post_id": f"{day}-{i:05d}", "posted_at": posted.isoformat(), "user": f"user{rng.randint(1, 999)}", "text": text})
+    return posts
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path

@@ -1,0 +1,65 @@
+"""Entry point of the Ray job: ``python -m airflow_provider_raydatallm.job``.
+
+``--spec FILE`` reads a spec file (by hand, for debugging); ``--spec-module NAME`` reads
+``spec.json`` from the package the operator shipped in ``runtime_env.py_modules``.
+Exit codes: 0 done, 1 the batch failed, 2 the spec is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from airflow_provider_raydatallm.job.spec import JobSpec
+
+ERROR_MARKER = "RAYDLLM_ERROR "
+
+
+def _spec_text(args: argparse.Namespace) -> str:
+    if args.spec:
+        return Path(args.spec).read_text()
+    found = importlib.util.find_spec(args.spec_module)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"spec package {args.spec_module!r} is not on this job's path (py_modules)")
+    return (Path(list(found.submodule_search_locations)[0]) / "spec.json").read_text()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airflow_provider_raydatallm.job")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="path of a job spec JSON file")
+    source.add_argument("--spec-module", help="name of the shipped package holding spec.json")
+    parser.add_argument("--tag", default="manual", help="staging name of this attempt")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [raydllm] %(message)s")
+    try:
+        spec = JobSpec.model_validate_json(_spec_text(args))
+    except Exception as err:
+        print(f"{ERROR_MARKER}invalid job spec: {err}", flush=True)
+        return 2
+    run_name = f"{spec.run.dag_id}.{spec.run.task_id} run {spec.run.run_id}" if spec.run.dag_id else "manual run"
+    logging.getLogger("raydllm.job").info("starting %s (submission %s)", run_name, spec.run.submission_id or "-")
+    from airflow_provider_raydatallm.job.run import run
+
+    try:
+        result = run(spec, args.tag)
+    except Exception as err:
+        traceback.print_exc()
+        root = err
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:2000]
+        if root is not err:
+            reason += f" (caused by {type(root).__name__}: {str(root).splitlines()[0][:1000] if str(root) else ''})"
+        print(f"{ERROR_MARKER}{reason}", flush=True)
+        return 1
+    print(result.to_log_line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""What a finished job reports: its metrics, and the one log line that carries them home.
+
+The job writes ``_metrics.json`` next to its output and prints the same result as a
+single ``RAYDLLM_RESULT {...}`` line, which the operator reads from the job's log: the
+Airflow side needs no access to the output storage to know what came out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RESULT_MARKER = "RAYDLLM_RESULT "
+# "Operator 3 MapBatches(vLLMEngineStageUDF): 2 tasks executed, 2 blocks produced in 12.5s"
+_STAGE_LINE = re.compile(r"^Operator \d+ (?P<name>.+?): .*?produced in (?P<seconds>[\d.]+)\s*s", re.M)
+
+
+class JobMetrics(BaseModel):
+    """Counts and rates of one batch, computed by the job itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows_in: int
+    rows_out: int
+    error_rows: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    wall_seconds: float
+    rows_per_second: float = 0.0
+    output_tokens_per_second: float = 0.0
+    num_partitions: int = 0
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.rows_out + self.error_rows
+
+
+class JobResult(BaseModel):
+    """The job's final report: where things went and the metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_uri: str
+    error_output_uri: str
+    output_format: str
+    metrics: JobMetrics
+
+    def to_log_line(self) -> str:
+        return RESULT_MARKER + self.model_dump_json()
+
+
+def find_result(log_text: str) -> JobResult | None:
+    """The last result line in a job log, or None if the job printed none."""
+    for line in reversed(log_text.splitlines()):
+        index = line.find(RESULT_MARKER)
+        if index != -1:
+            return JobResult.model_validate(json.loads(line[index + len(RESULT_MARKER) :]))
+    return None
+
+
+def stage_seconds(stats_text: str) -> dict[str, float]:
+    """Per-operator wall time from a Ray Data ``Dataset.stats()`` text."""
+    stages: dict[str, float] = {}
+    for match in _STAGE_LINE.finditer(stats_text):
+        name = match.group("name")
+        stages[name] = round(stages.get(name, 0.0) + float(match.group("seconds")), 3)
+    return stages

@@ -1,0 +1,116 @@
+"""Per-row wrappers around the user's preprocess and postprocess (run on Ray workers).
+
+They give every row an id, turn a failing row into an error row (when the task continues
+on error) or into an error that names the row (when it does not), and carry token counts
+past the user's postprocess, which may drop them. Column names starting with
+``__raydllm_`` are internal and never reach the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+ROW_ID = "__raydllm_row_id"
+ERROR = "__raydllm_error"
+ROW_JSON = "__raydllm_row_json"
+IN_TOKENS = "__raydllm_in_tokens"
+OUT_TOKENS = "__raydllm_out_tokens"
+RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
+INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, RAY_ERROR)
+ERROR_COLUMNS = ("row_id", "stage", "error", "row")
+
+
+class RowError(RuntimeError):
+    """A row failed and the task does not continue on error."""
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def row_json(row: dict[str, Any], columns: list[str]) -> str:
+    return json.dumps({c: _jsonable(row.get(c)) for c in columns}, default=str, ensure_ascii=False)
+
+
+def row_id(row: dict[str, Any], columns: list[str], id_column: str | None) -> str:
+    """The row's id: its ``id_column`` value, else a hash of its content (stable across reruns)."""
+    if id_column and row.get(id_column) is not None:
+        return str(row[id_column])
+    return "sha1:" + hashlib.sha1(row_json(row, columns).encode()).hexdigest()[:16]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Preprocess:
+    """Wraps the user's preprocess: ``row -> {**user_output, ROW_ID}``."""
+
+    def __init__(self, fn: Callable | None, columns: list[str], id_column: str | None, continue_on_error: bool):
+        self.fn, self.columns, self.id_column, self.continue_on_error = fn, columns, id_column, continue_on_error
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        rid = row_id(row, self.columns, self.id_column)
+        try:
+            out = dict(self.fn(row)) if self.fn else {}
+        except Exception as exc:
+            if not self.continue_on_error:
+                raise RowError(f"preprocess failed on row {rid}: {_describe(exc)}") from exc
+            # A non-empty RAY_ERROR makes every ray.data.llm stage pass the row through untouched.
+            return {ROW_ID: rid, RAY_ERROR: f"preprocess: {_describe(exc)}"}
+        out[ROW_ID] = rid
+        return out
+
+
+class Postprocess:
+    """Wraps the user's postprocess; keeps the row id and token counts beside its output."""
+
+    def __init__(self, fn: Callable | None, columns: list[str], continue_on_error: bool):
+        self.fn, self.columns, self.continue_on_error = fn, columns, continue_on_error
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        rid = str(row.get(ROW_ID, ""))
+        tokens = {
+            IN_TOKENS: int(row.get("num_input_tokens") or 0),
+            OUT_TOKENS: int(row.get("num_generated_tokens") or 0),
+        }
+        try:
+            out = dict(self.fn(row)) if self.fn else dict(row)
+        except Exception as exc:
+            if not self.continue_on_error:
+                raise RowError(f"postprocess failed on row {rid}: {_describe(exc)}") from exc
+            return {ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", ROW_JSON: row_json(row, self.columns)}
+        out.update({ROW_ID: rid, ERROR: "", **tokens})
+        return out
+
+
+def error_of(row: dict[str, Any]) -> str:
+    return str(row.get(ERROR) or row.get(RAY_ERROR) or "")
+
+
+def is_error(row: dict[str, Any]) -> bool:
+    return bool(error_of(row))
+
+
+class ToErrorRecord:
+    """An error row in the error output's fixed schema: row_id, stage, error, row (JSON)."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        error = error_of(row)
+        stage, _, message = error.partition(": ") if error.split(":", 1)[0] in ("preprocess", "postprocess") else (
+            "inference", "", error
+        )  # fmt: skip
+        original = row.get(ROW_JSON) or row_json(row, self.columns)
+        return {"row_id": str(row.get(ROW_ID, "")), "stage": stage, "error": message, "row": original}

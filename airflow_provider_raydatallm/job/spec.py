@@ -1,0 +1,151 @@
+"""The job spec: the one contract between the operator (Airflow side) and the job (cluster side).
+
+Pure pydantic, importable on both sides without Ray. The operator builds and validates a
+``JobSpec``, ships it as JSON; the job validates it again before touching any data.
+Bump ``SPEC_VERSION`` on any change a job of the previous version could misread.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = 1
+
+InputFormat = Literal["csv", "parquet", "json", "jsonl"]
+OutputFormat = Literal["parquet", "jsonl", "csv"]
+
+# The ray.data.llm processor configs a spec may name, with the field that must be set.
+PROCESSOR_TYPES: dict[str, str | None] = {
+    "vLLMEngineProcessorConfig": "model_source",
+    "SGLangEngineProcessorConfig": "model_source",
+    "HttpRequestProcessorConfig": "url",
+    "ServeDeploymentProcessorConfig": "deployment_name",
+}
+_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "json"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Model):
+    """Where the rows come from. ``uris`` are read with Ray Data (local, s3://, gs://, https://)."""
+
+    uris: list[str] = Field(min_length=1)
+    format: InputFormat
+    columns: list[str] | None = None
+    limit: int | None = Field(default=None, gt=0)
+    num_partitions: int | None = Field(default=None, gt=0)
+    id_column: str | None = None
+
+    @field_validator("uris")
+    @classmethod
+    def _non_empty(cls, uris: list[str]) -> list[str]:
+        if any(not u or not u.strip() for u in uris):
+            raise ValueError("input URIs must be non-empty strings")
+        return uris
+
+
+class OutputSpec(_Model):
+    """Where results go. ``uri`` is a directory; errors go to ``error_uri``."""
+
+    uri: str = Field(min_length=1)
+    format: OutputFormat = "parquet"
+    error_uri: str = ""
+
+    @model_validator(mode="after")
+    def _default_error_uri(self) -> OutputSpec:
+        if not self.error_uri:
+            # Under a "_" name: Parquet readers skip it when reading the output directory.
+            object.__setattr__(self, "error_uri", self.uri.rstrip("/") + "/_errors")
+        return self
+
+
+class ProcessorSpec(_Model):
+    """A ``ray.data.llm`` processor config by type name and keyword arguments."""
+
+    type: str
+    kwargs: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _known_type(self) -> ProcessorSpec:
+        if self.type not in PROCESSOR_TYPES:
+            raise ValueError(
+                f"processor type {self.type!r} is not one of {sorted(PROCESSOR_TYPES)}"
+            )
+        required = PROCESSOR_TYPES[self.type]
+        if required and not self.kwargs.get(required):
+            raise ValueError(f"{self.type} needs {required!r}")
+        return self
+
+
+class CallableSpec(_Model):
+    """A user function: an import path (``pkg.mod:func``) or a cloudpickled function."""
+
+    name: str
+    import_path: str | None = None
+    pickled: str | None = None  # base64 of cloudpickle.dumps(fn)
+    python_version: str  # "3.11": pickles only load on the same minor version
+    cloudpickle_version: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CallableSpec:
+        if (self.import_path is None) == (self.pickled is None):
+            raise ValueError(f"callable {self.name!r} needs exactly one of import_path or pickled")
+        if self.import_path is not None and not re.fullmatch(r"[\w.]+:[\w.]+", self.import_path):
+            raise ValueError(f"callable {self.name!r}: {self.import_path!r} is not 'package.module:function'")
+        return self
+
+
+class RunIdentity(_Model):
+    """Which Airflow task try the job belongs to (for logs, metadata and error messages)."""
+
+    dag_id: str = ""
+    task_id: str = ""
+    run_id: str = ""
+    map_index: int = -1
+    try_number: int = 0
+    submission_id: str = ""
+
+
+class JobSpec(_Model):
+    """Everything the cluster-side job needs to run one batch."""
+
+    spec_version: int = SPEC_VERSION
+    run: RunIdentity = RunIdentity()
+    input: InputSpec
+    output: OutputSpec
+    processor: ProcessorSpec
+    preprocess: CallableSpec | None = None
+    postprocess: CallableSpec | None = None
+    should_continue_on_error: bool = False
+
+    @field_validator("spec_version")
+    @classmethod
+    def _supported(cls, version: int) -> int:
+        if version != SPEC_VERSION:
+            raise ValueError(
+                f"job spec version {version} is not supported by this job (it reads version "
+                f"{SPEC_VERSION}): install the same airflow-provider-raydatallm on both sides"
+            )
+        return version
+
+
+def infer_input_format(uris: list[str]) -> InputFormat:
+    """The format implied by the URIs' extension, e.g. ``posts.csv`` -> ``csv``."""
+    found = set()
+    for uri in uris:
+        path = uri.split("?", 1)[0].lower()
+        for ext, fmt in _EXTENSIONS.items():
+            if path.endswith(ext) or path.endswith(ext + ".gz"):
+                found.add(fmt)
+                break
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot infer the input format from {uris!r}: pass input_format "
+            "(csv, parquet, json or jsonl)"
+        )
+    return found.pop()
