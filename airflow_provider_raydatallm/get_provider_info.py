@@ -26,10 +26,14 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.hooks.ray"]}],
-        "operators": [],
-        "sensors": [],
-        "triggers": [],
-        "extra-links": [],
+        "operators": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.operators.batch"]}
+        ],
+        "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.sensors.ray_job"]}],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.triggers.ray_job"]}
+        ],
+        "extra-links": ["airflow_provider_raydatallm.links.ray.RayJobLink"],
         "connection-types": [
             {
                 "connection-type": "ray",

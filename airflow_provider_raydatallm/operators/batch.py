@@ -1,0 +1,329 @@
+"""RayLLMBatchOperator: one Airflow task = one Ray Data LLM batch job on a Ray cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+import airflow_provider_raydatallm
+from airflow.sdk import BaseOperator, conf
+from airflow_provider_raydatallm import outcome
+from airflow_provider_raydatallm.exceptions import (
+    RayJobAlreadyExistsError,
+    RayJobFailedError,
+    RayJobNotFoundError,
+    RayJobTimeoutError,
+    RayLLMConfigError,
+    RayProviderError,
+)
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.job import callables
+from airflow_provider_raydatallm.job.metrics import find_result
+from airflow_provider_raydatallm.job.spec import InputSpec, JobSpec, OutputSpec, RunIdentity, infer_input_format
+from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
+from airflow_provider_raydatallm.operators import _submission as sub
+from airflow_provider_raydatallm.triggers.events import validate_event
+from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+MAX_ATTEMPTS = 100
+_REATTACH = (RayJobStatus.PENDING, RayJobStatus.RUNNING, RayJobStatus.SUCCEEDED)
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else (float(value) if value is not None else None)
+
+
+class RayLLMBatchOperator(BaseOperator):
+    """
+    Run a ``ray.data.llm`` batch inference job on a Ray cluster and return what came out.
+
+    The task ships a job spec (input, output, processor config, the user's callables) to the
+    cluster through the Ray Jobs API, follows the job's log into the task log, and returns
+    (XCom) the job id, output locations and the metrics the job computed.
+
+    :param processor_config: a ``ray.data.llm`` processor config (vLLM, SGLang, HTTP, Serve) or
+        a dict with its class name under ``type``, e.g. ``{"type": "vLLMEngineProcessorConfig",
+        "model_source": ..., "concurrency": 1}``. Templated.
+    :param preprocess: row -> request dict (``messages``, ``sampling_params`` ...): a function
+        (lambdas and DAG-file functions included) or a ``"package.module:function"`` string.
+    :param postprocess: processed row -> output row; same forms as ``preprocess``.
+    :param input_uri: input URI or list of URIs (local path, ``file://``, ``s3://``, ``gs://``,
+        ``https://``). Templated, e.g. ``"/data/posts/{{ ds }}.jsonl"``.
+    :param input_format: ``csv``, ``parquet``, ``json`` or ``jsonl``; inferred from the extension.
+    :param input_columns: read only these columns.
+    :param limit: process at most this many rows.
+    :param num_partitions: blocks to repartition into before inference; default 3x the
+        inference workers the cluster can hold (the seeds advise 2-4x), at most one per row.
+    :param id_column: column that identifies a row in error output; default a content hash.
+    :param output_uri: output directory URI (``output`` is taken: it is Airflow's XComArg). Templated. A rerun replaces it; readers wait for
+        ``_SUCCESS``.
+    :param output_format: ``parquet`` (default), ``jsonl`` or ``csv``.
+    :param error_output_uri: directory for rows that failed; default ``<output>/_errors``.
+    :param should_continue_on_error: send failing rows to the error output instead of failing.
+    :param ray_conn_id: the ``ray`` connection.
+    :param runtime_env: merged over the connection's default runtime_env.
+    :param entrypoint_num_cpus: CPUs reserved for the job's driver.
+    :param entrypoint_num_gpus: GPUs reserved for the job's driver.
+    :param entrypoint_resources: custom resources reserved for the driver.
+    :param job_metadata: extra string metadata on the Ray job.
+    :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
+    :param wait_for_completion: False returns the job id at once (pair with RayJobSensor).
+    :param poll_interval: seconds between status polls.
+    :param timeout: seconds to wait for the job before stopping it and failing.
+    :param fetch_logs: copy the job's log into the task log while waiting.
+    """
+
+    template_fields: Sequence[str] = (
+        "processor_config", "input_uri", "input_format", "input_columns", "limit", "num_partitions",
+        "output_uri", "output_format", "error_output_uri", "runtime_env", "job_metadata",
+    )  # fmt: skip
+    template_fields_renderers = {"processor_config": "json", "runtime_env": "json", "job_metadata": "json"}
+    operator_extra_links = (RayJobLink(),)
+    ui_color = "#dbeafe"
+
+    def __init__(
+        self,
+        *,
+        processor_config: Any,
+        input_uri: str | list[str],
+        output_uri: str,
+        preprocess: Callable[..., Any] | str | None = None,
+        postprocess: Callable[..., Any] | str | None = None,
+        input_format: str | None = None,
+        input_columns: list[str] | None = None,
+        limit: int | str | None = None,
+        num_partitions: int | str | None = None,
+        id_column: str | None = None,
+        output_format: str = "parquet",
+        error_output_uri: str | None = None,
+        should_continue_on_error: bool = False,
+        ray_conn_id: str = RayHook.default_conn_name,
+        runtime_env: dict[str, Any] | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+        entrypoint_resources: dict[str, float] | None = None,
+        job_metadata: dict[str, str] | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        wait_for_completion: bool = True,
+        poll_interval: float = 10.0,
+        timeout: float | timedelta | None = None,
+        fetch_logs: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.processor_config = processor_config
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self.input_uri = input_uri
+        self.input_format = input_format
+        self.input_columns = input_columns
+        self.limit = limit
+        self.num_partitions = num_partitions
+        self.id_column = id_column
+        self.output_uri = output_uri
+        self.output_format = output_format
+        self.error_output_uri = error_output_uri
+        self.should_continue_on_error = should_continue_on_error
+        self.ray_conn_id = ray_conn_id
+        self.runtime_env = runtime_env
+        self.entrypoint_num_cpus = entrypoint_num_cpus
+        self.entrypoint_num_gpus = entrypoint_num_gpus
+        self.entrypoint_resources = entrypoint_resources
+        self.job_metadata = job_metadata
+        self.deferrable = deferrable
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.timeout = _seconds(timeout)
+        self.fetch_logs = fetch_logs
+        self._submission_id: str | None = None  # for on_kill, within one execute() call
+
+    # -- building the job ---------------------------------------------------------------------
+
+    def build_spec(self, identity: RunIdentity) -> JobSpec:
+        """The validated job spec for this task's rendered arguments (no I/O, no Ray)."""
+        uris = [self.input_uri] if isinstance(self.input_uri, str) else list(self.input_uri or [])
+        try:
+            fmt = self.input_format or infer_input_format(uris)
+            spec = JobSpec(
+                run=identity,
+                input=InputSpec(
+                    uris=uris,
+                    format=fmt,
+                    columns=self.input_columns,
+                    limit=int(self.limit) if self.limit not in (None, "", "None") else None,
+                    num_partitions=int(self.num_partitions) if self.num_partitions not in (None, "", "None") else None,
+                    id_column=self.id_column,
+                ),
+                output=OutputSpec(uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or ""),
+                processor=sub.processor_spec(self.processor_config, self.task_id),
+                preprocess=callables.pack(self.preprocess, "preprocess"),
+                postprocess=callables.pack(self.postprocess, "postprocess"),
+                should_continue_on_error=self.should_continue_on_error,
+            )
+        except ValidationError as err:
+            raise sub.spec_error(err, self.task_id) from None
+        except (ValueError, callables.CallableShippingError) as err:
+            raise RayLLMConfigError(f"task {self.task_id}: {err}") from None
+        return spec
+
+    def _upload(self, hook: RayHook, spec: JobSpec) -> tuple[str, list[str]]:
+        """Ship the provider's job code and the spec; return (spec package, py_modules URIs)."""
+        package_dir = Path(airflow_provider_raydatallm.__file__).parent
+        provider_uri = hook.upload_py_module(str(package_dir))
+        payload = spec.model_dump_json()
+        name = "raydllm_spec_" + hashlib.sha1(payload.encode()).hexdigest()[:16]
+        with tempfile.TemporaryDirectory() as tmp:
+            spec_dir = Path(tmp) / name
+            spec_dir.mkdir()
+            (spec_dir / "__init__.py").write_text("")
+            (spec_dir / "spec.json").write_text(payload)
+            spec_uri = hook.upload_py_module(str(spec_dir))
+        return name, [provider_uri, spec_uri]
+
+    def _submit(self, hook: RayHook, spec: JobSpec, submission_id: str) -> None:
+        spec = spec.model_copy(update={"run": spec.run.model_copy(update={"submission_id": submission_id})})
+        spec_package, py_modules = self._upload(hook, spec)
+        runtime_env = dict(self.runtime_env or {})
+        runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + py_modules
+        run = spec.run
+        metadata = {
+            "airflow_dag_id": run.dag_id, "airflow_task_id": run.task_id, "airflow_run_id": run.run_id,
+            "airflow_map_index": str(run.map_index), "airflow_try_number": str(run.try_number),
+            "submitted_by": f"airflow-provider-raydatallm {airflow_provider_raydatallm.__version__}",
+            **{str(k): str(v) for k, v in (self.job_metadata or {}).items()},
+        }  # fmt: skip
+        hook.submit_job(
+            f"python -m airflow_provider_raydatallm.job --spec-module {spec_package} --tag {submission_id}",
+            submission_id=submission_id,
+            runtime_env=runtime_env,
+            metadata=metadata,
+            entrypoint_num_cpus=self.entrypoint_num_cpus,
+            entrypoint_num_gpus=self.entrypoint_num_gpus,
+            entrypoint_resources=self.entrypoint_resources,
+        )
+
+    def _find_or_submit(self, hook: RayHook, spec: JobSpec) -> str:
+        """Reattach to this task instance's live or finished job, or submit the next attempt."""
+        base = sub.submission_base(spec.run.dag_id, spec.run.task_id, spec.run.run_id, spec.run.map_index)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            candidate = sub.submission_id(base, attempt)
+            try:
+                status = hook.get_job_status(candidate)
+            except RayJobNotFoundError:
+                try:
+                    self._submit(hook, spec, candidate)
+                except RayJobAlreadyExistsError:  # another try got there first: look again
+                    status = hook.get_job_status(candidate)
+                else:
+                    self.log.info("Submitted Ray job %s", candidate)
+                    return candidate
+            if status in _REATTACH:
+                self.log.info("Reattaching to Ray job %s (%s) of this task instance", candidate, status.value)
+                return candidate
+            self.log.info("Ray job %s of an earlier try ended %s; submitting a new attempt", candidate, status.value)
+        raise RayLLMConfigError(f"task {self.task_id}: {MAX_ATTEMPTS} Ray jobs already ran for this task instance")
+
+    # -- Airflow semantics ---------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        identity = RunIdentity(
+            dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
+            map_index=getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1,
+            try_number=getattr(ti, "try_number", 0) or 0,
+        )  # fmt: skip
+        spec = self.build_spec(identity)
+        hook = RayHook(ray_conn_id=self.ray_conn_id)
+        from airflow.sdk.log import mask_secret
+
+        for value in sub.secret_like_values(self.runtime_env):
+            mask_secret(value)
+        job_id = self._find_or_submit(hook, spec)
+        self._submission_id = job_id
+        url = dashboard_url(hook.address, job_id)
+        ti.xcom_push(key=XCOM_JOB_KEY, value={"submission_id": job_id, "dashboard_url": url})
+        self.log.info("Ray job %s: %s", job_id, url)
+        if not self.wait_for_completion:
+            return self._result(job_id, spec, url, metrics=None)
+        if self.deferrable:
+            info = hook.get_job_info(job_id)
+            if not info.status.is_terminal:
+                self.defer(
+                    trigger=RayJobTrigger(
+                        job_id=job_id,
+                        ray_conn_id=self.ray_conn_id,
+                        poll_interval=self.poll_interval,
+                        timeout=self.timeout,
+                        fetch_logs=self.fetch_logs,
+                    ),
+                    method_name="execute_complete",
+                )
+        outcome.wait(
+            hook, job_id, poll_interval=self.poll_interval, timeout=self.timeout,
+            fetch_logs=self.fetch_logs, log=self.log,
+        )  # fmt: skip
+        return self._finish(hook, job_id, spec.output, url)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after RayJobTrigger: everything needed comes from the event and the cluster."""
+        ev = validate_event(event)
+        hook = RayHook(ray_conn_id=self.ray_conn_id)
+        if ev.status == "timeout":
+            hook.stop_job(ev.job_id)
+            raise RayJobTimeoutError(hook.address, ev.job_id, self.timeout or 0)
+        if ev.job_status is None:  # the trigger could not watch the job
+            raise RayProviderError(f"task {self.task_id}: watching Ray job {ev.job_id} failed: {ev.message}")
+        output = OutputSpec(uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or "")
+        return self._finish(hook, ev.job_id, output, dashboard_url(hook.address, ev.job_id))
+
+    def _finish(self, hook: RayHook, job_id: str, output: OutputSpec, url: str) -> dict[str, Any]:
+        info = hook.get_job_info(job_id)
+        if info.status is not RayJobStatus.SUCCEEDED:
+            outcome.raise_failed(hook, info)
+        result = find_result(hook.get_job_logs(job_id))
+        if result is None:
+            raise RayJobFailedError(
+                hook.address, job_id, info.status.value, "the job printed no result line (is it this provider's job?)",
+                outcome.log_tail(hook, job_id),
+            )
+        m = result.metrics
+        self.log.info(
+            "Ray job %s: %d rows in, %d out, %d errors; %.1f rows/s, %.1f output tokens/s; output %s",
+            job_id, m.rows_in, m.rows_out, m.error_rows, m.rows_per_second, m.output_tokens_per_second,
+            result.output_uri,
+        )  # fmt: skip
+        return {
+            "job_id": info.job_id,
+            "submission_id": job_id,
+            "output_uri": result.output_uri,
+            "error_output_uri": result.error_output_uri,
+            "output_format": result.output_format,
+            "dashboard_url": url,
+            "metrics": m.model_dump(),
+        }
+
+    def _result(self, job_id: str, spec: JobSpec, url: str, metrics: dict | None) -> dict[str, Any]:
+        return {
+            "job_id": None,
+            "submission_id": job_id,
+            "output_uri": spec.output.uri,
+            "error_output_uri": spec.output.error_uri,
+            "output_format": spec.output.format,
+            "dashboard_url": url,
+            "metrics": metrics,
+        }
+
+    def on_kill(self) -> None:
+        """Stop (not delete) the Ray job this task started, so it stops using the cluster."""
+        if self._submission_id:
+            stopped = RayHook(ray_conn_id=self.ray_conn_id).stop_job(self._submission_id)
+            self.log.info("Asked Ray to stop job %s (was running: %s)", self._submission_id, stopped)
