@@ -27,6 +27,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home}/airflow.db"
+    # dag.test() finds DAGs through the configured bundles: the tests' DAGs and the examples.
+    bundles = [
+        {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {"path": str(path)}}
+        for name, path in (("raydllm_test_dags", ROOT / "tests" / "dags"), ("raydllm_examples", ROOT / "example_dags"))
+    ]
+    os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(bundles)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Deterministic, realistic input for the examples, tests and demos (stdlib only).
+"""Helpers for the examples, tests and demos (stdlib only): deterministic data, local model.
 
 Nothing is downloaded: the seed's 2,000,000-row customers CSV and a day's social posts
 are generated here, the same rows for the same arguments on every machine.
@@ -105,3 +105,32 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def default_model_path() -> str:
+    """The default model: ``$RAYDLLM_MODEL``, else the directory ``make setup`` prepares."""
+    import os
+
+    return os.environ.get(
+        "RAYDLLM_MODEL", str(Path(__file__).resolve().parent.parent / ".cache" / "models" / "SmolLM2-135M-Instruct")
+    )
+
+
+def cpu_vllm_config(**overrides) -> dict:
+    """A vLLMEngineProcessorConfig (as a dict) that runs on a CPU-only Ray cluster.
+
+    On a GPU cluster drop ``placement_group_config`` and ``gpu_memory_utilization``, and set
+    ``accelerator_type``, ``concurrency`` and ``tensor_parallel_size`` for your hardware.
+    """
+    config = {
+        "type": "vLLMEngineProcessorConfig",
+        "model_source": default_model_path(),
+        # CPU vLLM reserves this share of NUMA node 0's memory; the 0.92 default refuses to start.
+        "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
+        # The default bundle asks for a GPU and would wait forever on a CPU-only cluster.
+        "placement_group_config": {"bundles": [{"CPU": 1}]},
+        "batch_size": 16,
+        "concurrency": 1,
+    }
+    config.update(overrides)
+    return config

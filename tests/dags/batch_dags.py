@@ -1,0 +1,170 @@
+"""DAGs the system tests run with dag.test(): the seeds' user code through RayLLMBatchOperator.
+
+Paths and counts come from params (set per test through run_conf), never from edits here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+from airflow_provider_raydatallm.sensors import RayJobSensor
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+PARAMS = {"input": Param("", type="string"), "output": Param("", type="string")}
+
+# --- seed 000: common questions --------------------------------------------------------------
+
+
+def ask(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": row["item"]},
+        ],
+        sampling_params=dict(temperature=0.3, max_tokens=40),
+    )
+
+
+# --- seed 003: company industries, the seed's functions as written -----------------------------
+
+CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
+           "Real Estate", "Other"]  # fmt: skip
+
+
+def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        messages=[
+            {
+                "role": "system",
+                "content": "You are a helpful assistant that infers company industries. "
+                "Based on the company name provided, output only the industry category. "
+                f"Choose from: {', '.join(CHOICES)}.",
+            },
+            {"role": "user", "content": f"What industry is this company in: {row['Company']}"},
+        ],
+        sampling_params=dict(temperature=0, max_tokens=16, structured_outputs=dict(choice=CHOICES)),
+    )
+
+
+def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return {"inferred_industry": row["generated_text"], **row}
+
+
+def every_fifth_fails(row: dict[str, Any]) -> dict[str, Any]:
+    if int(row["Index"]) % 5 == 0:
+        raise ValueError(f"refusing row {row['Index']} on purpose")
+    return preprocess(row)
+
+
+def always_fails(row: dict[str, Any]) -> dict[str, Any]:
+    raise ValueError("this preprocess rejects every row")
+
+
+def slow(row: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(30)
+    return ask(row)
+
+
+def _dag(dag_id: str, **kwargs: Any) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, params=PARAMS, catchup=False, **kwargs)
+
+
+with _dag("test_questions_sync"):
+    RayLLMBatchOperator(
+        task_id="answer",
+        processor_config=cpu_vllm_config(),
+        preprocess=ask,
+        postprocess=lambda row: dict(answer=row["generated_text"], **row),
+        input_uri="{{ params.input }}",
+        input_format="jsonl",
+        output_uri="{{ params.output }}",
+        deferrable=False,
+        poll_interval=2,
+    )
+
+with _dag("test_industries_deferred"):
+    RayLLMBatchOperator(
+        task_id="classify",
+        processor_config=cpu_vllm_config(batch_size=32),
+        preprocess=preprocess,
+        postprocess=postprocess,
+        input_uri="{{ params.input }}",
+        output_uri="{{ params.output }}/{{ ds }}",
+        id_column="Customer Id",
+        deferrable=True,
+        poll_interval=2,
+    )
+
+with _dag("test_submit_then_sense"):
+    submit = RayLLMBatchOperator(
+        task_id="submit",
+        processor_config=cpu_vllm_config(),
+        preprocess=ask,
+        postprocess=lambda row: dict(answer=row["generated_text"], item=row["item"]),
+        input_uri="{{ params.input }}",
+        input_format="jsonl",
+        output_uri="{{ params.output }}",
+        wait_for_completion=False,
+    )
+    wait = RayJobSensor(
+        task_id="wait",
+        job_id="{{ ti.xcom_pull(task_ids='submit')['submission_id'] }}",
+        deferrable=True,
+        poke_interval=2,
+        timeout=600,
+    )
+
+    @task
+    def read_output(summary: dict[str, Any]) -> int:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(summary["output_uri"]).num_rows
+
+    submit >> wait
+    read_output(wait.output)
+
+with _dag("test_failing_preprocess"):
+    RayLLMBatchOperator(
+        task_id="classify",
+        processor_config=cpu_vllm_config(),
+        preprocess=always_fails,
+        postprocess=postprocess,
+        input_uri="{{ params.input }}",
+        output_uri="{{ params.output }}",
+        deferrable=False,
+        poll_interval=2,
+    )
+
+with _dag("test_continue_on_error"):
+    RayLLMBatchOperator(
+        task_id="classify",
+        processor_config=cpu_vllm_config(),
+        preprocess=every_fifth_fails,
+        postprocess=postprocess,
+        input_uri="{{ params.input }}",
+        output_uri="{{ params.output }}",
+        id_column="Index",
+        should_continue_on_error=True,
+        deferrable=False,
+        poll_interval=2,
+    )
+
+with _dag("test_killed_task"):
+    RayLLMBatchOperator(
+        task_id="slow",
+        processor_config=cpu_vllm_config(),
+        preprocess=slow,
+        input_uri="{{ params.input }}",
+        input_format="jsonl",
+        output_uri="{{ params.output }}",
+        deferrable=False,
+        poll_interval=1,
+        # Airflow calls on_kill when a task hits its execution_timeout, as on SIGTERM.
+        execution_timeout=dt.timedelta(seconds=20),
+    )

@@ -1,0 +1,129 @@
+"""RayLLMBatchOperator end to end: dag.test() on SQLite, the real local Ray cluster, vLLM on
+CPU and the real default model. Labels are checked against the allowed choices, not for
+being right: it is a 135M model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_raydatallm.examples import customer_rows, write_customers_csv, write_jsonl
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+
+pytestmark = pytest.mark.system
+
+QUESTIONS = ["What is the weather like today?", "Tell me a joke.", "Give me a motivational quote.", "What is 2+2?"]
+CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
+           "Real Estate", "Other"]  # fmt: skip
+
+
+def _data_files(path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith("_"))
+
+
+def test_seed000_questions_non_deferrable_and_a_rerun_replaces_the_output(test_dags, tmp_path, capfd):
+    questions = write_jsonl(tmp_path / "questions.jsonl", [{"item": q} for q in QUESTIONS])
+    out = tmp_path / "answers"
+    conf = {"input": str(questions), "output": str(out)}
+    run = test_dags.run("test_questions_sync", conf)
+    assert test_dags.states(run) == {"answer": "success"}
+    table = pq.read_table(out)
+    assert table.num_rows == 4
+    assert sorted(table.column("item").to_pylist()) == sorted(QUESTIONS)
+    assert all(a.strip() for a in table.column("answer").to_pylist())
+    assert (out / "_SUCCESS").exists() and not any(p.name.startswith("answers.__") for p in tmp_path.iterdir())
+    result = test_dags.xcom(run, "answer")
+    metrics = result["metrics"]
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (4, 4, 0)
+    assert metrics["output_tokens"] > 0 and metrics["input_tokens"] > 0
+    assert any("vLLMEngineStageUDF" in stage for stage in metrics["stage_seconds"])
+    assert json.loads((out / "_metrics.json").read_text())["metrics"] == metrics
+    assert result["dashboard_url"].endswith(f"/#/jobs/{result['submission_id']}")
+    link = test_dags.xcom(run, "answer", key="ray_job")
+    assert link["dashboard_url"] == result["dashboard_url"]
+    logged = capfd.readouterr().out
+    assert f"[ray job {result['submission_id']}]" in logged and "MapBatches(vLLMEngineStageUDF)" in logged
+
+    # Another run writing the same output replaces it: still 4 rows, never 8.
+    before = _data_files(out)
+    rerun = test_dags.run("test_questions_sync", conf, logical_date=dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc))
+    assert test_dags.states(rerun) == {"answer": "success"}
+    assert pq.read_table(out).num_rows == 4 and len(_data_files(out)) == len(before)
+    assert test_dags.xcom(rerun, "answer")["submission_id"] != result["submission_id"]
+
+
+def test_seed003_industries_deferrable_200_rows_and_same_date_rerun(test_dags, tmp_path):
+    customers = write_customers_csv(tmp_path / "customers.csv", 200)
+    out = tmp_path / "industries"
+    conf = {"input": str(customers), "output": str(out)}
+    run = test_dags.run("test_industries_deferred", conf)
+    assert test_dags.states(run) == {"classify": "success"}
+    day = out / "2026-11-22"
+    table = pq.read_table(day)
+    assert table.num_rows == 200
+    assert set(table.column("inferred_industry").to_pylist()) <= set(CHOICES)
+    expected_ids = {r["Customer Id"] for r in customer_rows(200)}
+    assert set(table.column("Customer Id").to_pylist()) == expected_ids
+    metrics = test_dags.xcom(run, "classify")["metrics"]
+    assert metrics["rows_in"] == metrics["rows_out"] == table.num_rows and metrics["error_rows"] == 0
+    assert metrics["rows_per_second"] > 0 and metrics["output_tokens"] >= 200
+
+    # The same logical date again: one output, the same rows, and no second job for it.
+    files = _data_files(day)
+    again = test_dags.run("test_industries_deferred", conf)
+    assert test_dags.states(again) == {"classify": "success"}
+    assert pq.read_table(day).num_rows == 200 and _data_files(day) == files
+    assert [p.name for p in out.iterdir()] == ["2026-11-22"]
+
+
+def test_submit_now_then_deferrable_sensor(test_dags, tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"item": q} for q in QUESTIONS[:2]])
+    run = test_dags.run("test_submit_then_sense", {"input": str(questions), "output": str(tmp_path / "out")})
+    assert test_dags.states(run) == {"submit": "success", "wait": "success", "read_output": "success"}
+    submitted = test_dags.xcom(run, "submit")
+    assert submitted["metrics"] is None and submitted["submission_id"]
+    sensed = test_dags.xcom(run, "wait")
+    assert sensed["status"] == "SUCCEEDED" and sensed["metrics"]["rows_out"] == 2
+    assert test_dags.xcom(run, "read_output") == 2
+
+
+def test_failing_job_fails_the_task_with_the_jobs_error(test_dags, tmp_path, capfd):
+    customers = write_customers_csv(tmp_path / "c.csv", 10)
+    out = tmp_path / "never"
+    run = test_dags.run("test_failing_preprocess", {"input": str(customers), "output": str(out)})
+    assert test_dags.states(run) == {"classify": "failed"}
+    logged = capfd.readouterr().out
+    assert "RayJobFailedError" in logged and "ended FAILED" in logged
+    assert "preprocess failed on row" in logged and "this preprocess rejects every row" in logged
+    assert not out.exists()
+
+
+def test_continue_on_error_every_fifth_row_goes_to_the_error_output(test_dags, tmp_path):
+    customers = write_customers_csv(tmp_path / "c.csv", 20)
+    out = tmp_path / "out"
+    run = test_dags.run("test_continue_on_error", {"input": str(customers), "output": str(out)})
+    assert test_dags.states(run) == {"classify": "success"}
+    good, bad = pq.read_table(out), pq.read_table(out / "_errors")
+    assert good.num_rows + bad.num_rows == 20
+    assert sorted(bad.column("row_id").to_pylist(), key=int) == ["5", "10", "15", "20"]
+    assert set(bad.column("stage").to_pylist()) == {"preprocess"}
+    assert all("refusing row" in e for e in bad.column("error").to_pylist())
+    assert json.loads(bad.column("row").to_pylist()[0])["Company"]
+    metrics = test_dags.xcom(run, "classify")["metrics"]
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (20, 16, 4)
+
+
+def test_on_kill_stops_the_ray_job(test_dags, tmp_path, ray_conn):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"item": q} for q in QUESTIONS])
+    run = test_dags.run("test_killed_task", {"input": str(questions), "output": str(tmp_path / "out")})
+    assert test_dags.states(run) == {"slow": "failed"}
+    job_id = test_dags.xcom(run, "slow", key="ray_job")["submission_id"]
+    hook = RayHook()
+    deadline = time.monotonic() + 10
+    while hook.get_job_status(job_id) is not RayJobStatus.STOPPED and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hook.get_job_status(job_id) is RayJobStatus.STOPPED
