@@ -29,7 +29,7 @@ setup: venv venv-ray model
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv
-	.venv/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test]" $(QUIET_PIP)
+	.venv/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test,examples]" $(QUIET_PIP)
 	touch $@
 
 venv-ray: .venv-ray/.installed

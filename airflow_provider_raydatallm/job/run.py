@@ -72,8 +72,25 @@ def _cluster_slots(config: Any) -> int:
     return int(resources.get("GPU" if uses_gpu else "CPU", 0))
 
 
-def _sum(ds: Any, column: str) -> int:
-    return int(ds.sum(column) or 0) if ds.count() else 0
+def _token_totals(ds: Any) -> tuple[int, int]:
+    """Input and output tokens of the successful rows. Per batch, because blocks that held
+    only error rows lack the token columns, which Dataset.sum() refuses."""
+    import pyarrow.compute as pc
+
+    def per_batch(table: Any) -> Any:
+        import pyarrow as pa
+
+        def total(column: str) -> int:
+            return int(pc.sum(table[column]).as_py() or 0) if column in table.column_names else 0
+
+        return pa.table({"i": [total(rows.IN_TOKENS)], "o": [total(rows.OUT_TOKENS)]})
+
+    parts = ds.map_batches(per_batch, batch_format="pyarrow").take_all()
+    return sum(p["i"] for p in parts), sum(p["o"] for p in parts)
+
+
+def _without_internal_columns(table: Any) -> Any:
+    return table.drop_columns([c for c in rows.INTERNAL_COLUMNS if c in table.column_names])
 
 
 def run(spec: JobSpec, tag: str) -> JobResult:
@@ -110,13 +127,11 @@ def run(spec: JobSpec, tag: str) -> JobResult:
     rows_out, error_rows = ok.count(), bad.count()
     if rows_in != rows_out + error_rows:
         raise RuntimeError(f"row count mismatch: {rows_in} in, {rows_out} out, {error_rows} errors")
-    input_tokens, output_tokens = _sum(ok, rows.IN_TOKENS), _sum(ok, rows.OUT_TOKENS)
+    input_tokens, output_tokens = _token_totals(ok)
 
     staging = io.staging_uri(spec.output, tag)
-    internal = set(rows.INTERNAL_COLUMNS)
     if rows_out:
-        keep = [c for c in ok.schema().names if c not in internal]
-        io.write_rows(ok.select_columns(keep), staging, spec.output.format)
+        io.write_rows(ok.map_batches(_without_internal_columns, batch_format="pyarrow"), staging, spec.output.format)
     if error_rows:
         io.write_rows(bad, io.error_staging_uri(spec.output, staging), spec.output.format)
     wall = time.monotonic() - started

@@ -72,11 +72,14 @@ def test_seed003_industries_deferrable_200_rows_and_same_date_rerun(test_dags, t
     assert metrics["rows_in"] == metrics["rows_out"] == table.num_rows and metrics["error_rows"] == 0
     assert metrics["rows_per_second"] > 0 and metrics["output_tokens"] >= 200
 
-    # The same logical date again: one output, the same rows, and no second job for it.
+    # The same logical date again (dag.test makes a new run id, so a new job runs): the day's
+    # output is replaced, not appended to.
     files = _data_files(day)
     again = test_dags.run("test_industries_deferred", conf)
     assert test_dags.states(again) == {"classify": "success"}
-    assert pq.read_table(day).num_rows == 200 and _data_files(day) == files
+    assert test_dags.xcom(again, "classify")["submission_id"] != test_dags.xcom(run, "classify")["submission_id"]
+    assert pq.read_table(day).num_rows == 200 and len(_data_files(day)) == len(files)
+    assert set(_data_files(day)).isdisjoint(files)
     assert [p.name for p in out.iterdir()] == ["2026-11-22"]
 
 

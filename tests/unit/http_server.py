@@ -26,13 +26,19 @@ class Seen:
 
 @dataclass
 class CannedServer:
-    routes: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], list[tuple[int, str, str]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     address: str = ""
 
     def answer(self, method: str, path: str, status: int, body: object, content_type: str = "application/json"):
+        """Answer this from now on (replacing earlier answers for the route)."""
+        self.routes[(method, path)] = []
+        self.then(method, path, status, body, content_type)
+
+    def then(self, method: str, path: str, status: int, body: object, content_type: str = "application/json"):
+        """Queue a further answer: each answer is given once, the last one from then on."""
         text = body if isinstance(body, str) else json.dumps(body)
-        self.routes[(method, path)] = (status, text, content_type)
+        self.routes.setdefault((method, path), []).append((status, text, content_type))
 
 
 def _handler(server: CannedServer):
@@ -41,9 +47,10 @@ def _handler(server: CannedServer):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             server.seen.append(Seen(self.command, self.path, dict(self.headers.items()), body))
-            status, text, content_type = server.routes.get(
-                (self.command, self.path), (404, f"{self.command} {self.path}: no route", "text/plain")
-            )
+            queue = server.routes.get((self.command, self.path)) or [
+                (404, f"{self.command} {self.path}: no route", "text/plain")
+            ]
+            status, text, content_type = queue.pop(0) if len(queue) > 1 else queue[0]
             payload = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)

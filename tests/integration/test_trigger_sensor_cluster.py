@@ -1,0 +1,59 @@
+"""RayJobTrigger and RayJobSensor against the session's real Ray head."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from airflow_provider_raydatallm.exceptions import RayJobFailedError, RayJobNotFoundError
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.sensors import RayJobSensor
+from airflow_provider_raydatallm.triggers import RayJobTrigger
+from airflow_provider_raydatallm.triggers.events import validate_event
+
+pytestmark = pytest.mark.integration
+
+
+async def test_trigger_times_out_on_a_job_that_keeps_running(ray_conn):
+    hook = RayHook()
+    job_id = hook.submit_job("python -c 'import time; time.sleep(120)'", submission_id=f"slow-{uuid.uuid4().hex[:8]}")
+    try:
+        started = time.monotonic()
+        events = [validate_event(e.payload) async for e in RayJobTrigger(job_id, poll_interval=0.5, timeout=3).run()]
+        elapsed = time.monotonic() - started
+    finally:
+        hook.stop_job(job_id)
+    assert [e.status for e in events] == ["timeout"] and events[0].job_id == job_id
+    assert 3 <= elapsed < 10
+
+
+async def test_trigger_reports_success_and_streams_the_log(ray_conn, caplog):
+    hook = RayHook()
+    job_id = hook.submit_job("python -c \"print('hello from the job')\"", submission_id=f"ok-{uuid.uuid4().hex[:8]}")
+    caplog.set_level("INFO")
+    events = [validate_event(e.payload) async for e in RayJobTrigger(job_id, poll_interval=0.5).run()]
+    assert [(e.status, e.job_status) for e in events] == [("success", "SUCCEEDED")]
+    assert events[0].log_offset == len(hook.get_job_logs(job_id))
+    assert "hello from the job" in caplog.text
+
+
+def test_sensor_on_an_unknown_job_fails_clearly(ray_conn):
+    sensor = RayJobSensor(task_id="wait", job_id="no-such-job-123")
+    with pytest.raises(RayJobNotFoundError) as err:
+        sensor.poke({})
+    assert "no-such-job-123" in str(err.value) and f"127.0.0.1:{ray_conn['port']}" in str(err.value)
+
+
+def test_sensor_fails_with_the_log_tail_of_a_failed_job(ray_conn):
+    hook = RayHook()
+    job_id = hook.submit_job("python -c \"import sys; print('about to fail'); sys.exit(3)\"",
+                             submission_id=f"bad-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not hook.get_job_status(job_id).is_terminal and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hook.get_job_status(job_id) is RayJobStatus.FAILED
+    with pytest.raises(RayJobFailedError) as err:
+        RayJobSensor(task_id="wait", job_id=job_id).poke({})
+    assert "ended FAILED" in str(err.value) and "about to fail" in str(err.value)

@@ -1,0 +1,104 @@
+"""The job's pure parts: row wrappers, metrics parsing, and the output commit protocol
+(on the local filesystem through fsspec; Ray is not needed for these)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_raydatallm.job import io, rows
+from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, find_result, stage_seconds
+from airflow_provider_raydatallm.job.spec import OutputSpec
+
+COLUMNS = ["Index", "Company"]
+
+
+def test_preprocess_keeps_an_id_and_turns_failures_into_error_rows():
+    wrap = rows.Preprocess(lambda r: {"messages": [r["Company"]]}, COLUMNS, "Index", continue_on_error=True)
+    assert wrap({"Index": 7, "Company": "Acme"}) == {"messages": ["Acme"], rows.ROW_ID: "7"}
+    failing = rows.Preprocess(lambda r: 1 / 0, COLUMNS, None, continue_on_error=True)
+    out = failing({"Index": 7, "Company": "Acme"})
+    assert out[rows.RAY_ERROR].startswith("preprocess: ZeroDivisionError") and out[rows.ROW_ID].startswith("sha1:")
+
+
+def test_preprocess_without_continue_names_the_row():
+    failing = rows.Preprocess(lambda r: 1 / 0, COLUMNS, "Index", continue_on_error=False)
+    with pytest.raises(rows.RowError, match="preprocess failed on row 7: ZeroDivisionError"):
+        failing({"Index": 7, "Company": "Acme"})
+
+
+def test_content_ids_are_stable_and_distinguish_rows():
+    a = rows.row_id({"Index": 1, "Company": "A"}, COLUMNS, None)
+    assert a == rows.row_id({"Company": "A", "Index": 1}, COLUMNS, None)
+    assert a != rows.row_id({"Index": 2, "Company": "A"}, COLUMNS, None)
+
+
+def test_postprocess_carries_tokens_and_catches_errors():
+    wrap = rows.Postprocess(lambda r: {"label": r["generated_text"]}, COLUMNS, continue_on_error=True)
+    row = {rows.ROW_ID: "1", "Index": 1, "Company": "A", "generated_text": "Retail",
+           "num_input_tokens": 30, "num_generated_tokens": 2}  # fmt: skip
+    out = wrap(row)
+    assert out["label"] == "Retail" and (out[rows.IN_TOKENS], out[rows.OUT_TOKENS]) == (30, 2)
+    assert not rows.is_error(out)
+    broken = rows.Postprocess(lambda r: r["missing"], COLUMNS, continue_on_error=True)(row)
+    assert rows.is_error(broken)
+    record = rows.ToErrorRecord(COLUMNS)(broken)
+    assert record["stage"] == "postprocess" and record["error"].startswith("KeyError")
+    assert json.loads(record["row"]) == {"Index": 1, "Company": "A"}
+
+
+def test_inference_errors_from_ray_become_records_with_the_original_row():
+    row = {rows.ROW_ID: "9", "Index": 9, "Company": "Z", rows.RAY_ERROR: "engine exploded", "messages": []}
+    assert rows.ToErrorRecord(COLUMNS)(row) == {
+        "row_id": "9", "stage": "inference", "error": "engine exploded", "row": '{"Index": 9, "Company": "Z"}'
+    }  # fmt: skip
+
+
+def test_result_line_round_trip_and_stage_parsing():
+    metrics = JobMetrics(rows_in=3, rows_out=2, error_rows=1, wall_seconds=1.5)
+    result = JobResult(output_uri="o", error_output_uri="o/_errors", output_format="parquet", metrics=metrics)
+    log = "noise\n2026 INFO something\n" + result.to_log_line() + "\nafter\n"
+    assert find_result(log) == result and metrics.balanced
+    assert find_result("no result here") is None
+    stats = (
+        "Operator 1 ReadCSV->SplitBlocks(4): 4 tasks executed, 4 blocks produced in 0.5s\n"
+        "Operator 3 MapBatches(vLLMEngineStageUDF): 2 tasks executed, 2 blocks produced in 12.25s\n"
+    )
+    assert stage_seconds(stats) == {"ReadCSV->SplitBlocks(4)": 0.5, "MapBatches(vLLMEngineStageUDF)": 12.25}
+
+
+def _write(path, name, text):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / name).write_text(text)
+
+
+def test_commit_replaces_the_previous_output_and_marks_success(tmp_path):
+    output = OutputSpec(uri=str(tmp_path / "out"))
+    _write(tmp_path / "out", "old.parquet", "old")
+    staging = io.staging_uri(output, "job-a2")
+    _write(tmp_path / "out.__staging__job-a2", "new.parquet", "new")
+    _write(tmp_path / "out.__staging__job-a2" / "_errors", "e.parquet", "err")
+    io.write_metrics(staging, {"rows_in": 1})
+    io.commit(output, staging)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS", "_errors", "_metrics.json", "new.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_stale_staging_of_a_failed_run_is_cleared(tmp_path):
+    output = OutputSpec(uri=str(tmp_path / "out"))
+    _write(tmp_path / "out.__staging__job-a1", "partial.parquet", "x")
+    _write(tmp_path / "other.__staging__x", "keep.parquet", "x")
+    removed = io.clear_stale_staging(output)
+    assert len(removed) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["other.__staging__x"]
+
+
+def test_separate_error_location_is_committed_too(tmp_path):
+    output = OutputSpec(uri=str(tmp_path / "out"), error_uri=str(tmp_path / "errors"))
+    staging = io.staging_uri(output, "t")
+    error_staging = io.error_staging_uri(output, staging)
+    assert error_staging == str(tmp_path / "errors") + ".__staging__t"
+    _write(tmp_path / "out.__staging__t", "a.parquet", "a")
+    _write(tmp_path / "errors.__staging__t", "e.parquet", "e")
+    io.commit(output, staging)
+    assert (tmp_path / "errors" / "e.parquet").exists() and (tmp_path / "out" / "_SUCCESS").exists()

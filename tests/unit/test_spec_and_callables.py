@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import sys
+import threading
+import types
+
+import pytest
+
+from airflow_provider_raydatallm.exceptions import RayLLMConfigError
+from airflow_provider_raydatallm.job import callables
+from airflow_provider_raydatallm.job.spec import JobSpec, OutputSpec, infer_input_format
+from airflow_provider_raydatallm.operators import _submission as sub
+
+CHOICES = ["A", "B"]
+
+
+def uses_a_global(row):
+    return {"choices": CHOICES, "x": row["x"]}
+
+
+def test_a_function_from_a_dag_file_travels_by_value():
+    # Airflow imports DAG files under names the cluster cannot import: simulate one.
+    module = types.ModuleType("unusual_prefix_abc123_my_dag")
+    exec("K = 41\ndef pre(row):\n    return {'y': row['x'] + K}\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        spec = callables.pack(module.pre, "preprocess")
+    finally:
+        del sys.modules[module.__name__]
+    assert spec.pickled and spec.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert callables.load(spec)({"x": 1}) == {"y": 42}  # loads with the module gone
+
+
+def test_lambdas_and_import_paths():
+    assert callables.load(callables.pack(lambda row: {"n": len(row)}, "postprocess"))({"a": 1}) == {"n": 1}
+    spec = callables.pack("json:dumps", "postprocess")
+    assert spec.import_path == "json:dumps" and callables.load(spec)({"a": 1}) == '{"a": 1}'
+    assert callables.pack(None, "preprocess") is None
+
+
+def test_an_unshippable_callable_is_named_before_submission():
+    lock = threading.Lock()
+
+    def holds_a_lock(row):
+        with lock:
+            return row
+
+    with pytest.raises(callables.CallableShippingError, match="preprocess .*holds_a_lock.* cannot be shipped"):
+        callables.pack(holds_a_lock, "preprocess")
+
+
+def test_bad_import_path_and_missing_module_are_clear():
+    with pytest.raises(callables.CallableShippingError, match="not 'package.module:function'"):
+        callables.pack("not a path", "preprocess")
+    spec = callables.pack("no_such_pkg.mod:fn", "preprocess")
+    with pytest.raises(callables.CallableShippingError, match="cannot be imported on the cluster"):
+        callables.load(spec)
+
+
+def test_python_minor_version_mismatch_names_both_versions():
+    spec = callables.pack(uses_a_global, "preprocess").model_copy(update={"python_version": "3.9"})
+    with pytest.raises(callables.CallableShippingError, match=r"Python 3\.9 .* cluster runs Python 3\.\d+"):
+        callables.load(spec)
+
+
+def test_processor_spec_from_dict_normalizes_the_seed_model_name():
+    spec = sub.processor_spec({"type": "vLLMEngineProcessorConfig", "model": "m", "concurrency": 2}, "t")
+    assert spec.kwargs == {"model_source": "m", "concurrency": 2}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"model_source": "m"}, "needs a 'type' key"),
+        ({"type": "NoSuchConfig", "x": 1}, "not one of"),
+        ({"type": "HttpRequestProcessorConfig", "qps": 1}, "needs 'url'"),
+        ({"type": "vLLMEngineProcessorConfig", "model_source": "m", "fn": object()}, "'fn' is not JSON-serializable"),
+        (42, "must be a ray.data.llm processor config or a dict"),
+    ],
+)
+def test_processor_spec_errors_name_task_and_field(config, message):
+    with pytest.raises(RayLLMConfigError, match=message) as err:
+        sub.processor_spec(config, "classify")
+    assert "task classify" in str(err.value)
+
+
+def test_processor_spec_from_a_config_object_keeps_only_set_fields():
+    from pydantic import BaseModel
+
+    class vLLMEngineProcessorConfig(BaseModel):  # stands in for Ray's class: same name and API
+        model_source: str
+        batch_size: int = 64
+
+    spec = sub.processor_spec(vLLMEngineProcessorConfig(model_source="m"), "t")
+    assert spec.type == "vLLMEngineProcessorConfig" and spec.kwargs == {"model_source": "m"}
+
+
+def test_submission_ids_are_deterministic_url_safe_and_distinct():
+    a = sub.submission_base("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00", -1)
+    assert a == sub.submission_base("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00", -1)
+    assert all(c.isalnum() or c in "-_." for c in a)
+    assert a != sub.submission_base("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00", 3)
+    assert sub.submission_id(a, 2).endswith("-a2")
+
+
+def test_output_spec_defaults_errors_under_the_output():
+    assert OutputSpec(uri="s3://b/out/").error_uri == "s3://b/out/_errors"
+
+
+def test_input_format_inference():
+    assert infer_input_format(["a/x.csv", "b/y.CSV"]) == "csv"
+    assert infer_input_format(["s3://b/p.jsonl.gz"]) == "jsonl"
+    with pytest.raises(ValueError, match="pass input_format"):
+        infer_input_format(["a.csv", "b.parquet"])
+
+
+def test_job_spec_refuses_another_version():
+    base = {
+        "input": {"uris": ["a.csv"], "format": "csv"},
+        "output": {"uri": "out"},
+        "processor": {"type": "vLLMEngineProcessorConfig", "kwargs": {"model_source": "m"}},
+    }
+    assert JobSpec.model_validate(base).spec_version == 1
+    with pytest.raises(ValueError, match="same airflow-provider-raydatallm on both sides"):
+        JobSpec.model_validate({**base, "spec_version": 99})
+
+
+def test_secret_like_env_vars_are_found_for_masking():
+    env = {"env_vars": {"OPENAI_API_KEY": "sk-1", "HF_TOKEN": "hf-2", "REGION": "eu"}}
+    assert sorted(sub.secret_like_values(env)) == ["hf-2", "sk-1"]

@@ -1,0 +1,72 @@
+"""RayJobTrigger against a real local HTTP server standing in for the dashboard's error cases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_raydatallm.triggers.events import RayJobEvent, validate_event
+from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
+from tests.unit import http_server
+
+JOB = {"type": "SUBMISSION", "job_id": "01", "submission_id": "s1", "status": "RUNNING", "entrypoint": "x"}
+
+
+def test_serialize_round_trips_every_argument():
+    trigger = RayJobTrigger("s1", ray_conn_id="ray_x", poll_interval=3, timeout=60, fetch_logs=False,
+                            log_offset=120, max_transient_errors=2)  # fmt: skip
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_raydatallm.triggers.ray_job.RayJobTrigger"
+    again = RayJobTrigger(**kwargs)
+    assert again.serialize() == (path, kwargs)
+    assert kwargs == {"job_id": "s1", "ray_conn_id": "ray_x", "poll_interval": 3.0, "timeout": 60.0,
+                      "fetch_logs": False, "log_offset": 120, "max_transient_errors": 2}  # fmt: skip
+
+
+@pytest.fixture
+def dashboard(monkeypatch):
+    canned, httpd = http_server.start()
+    host, port = canned.address.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_TRIG", json.dumps({"conn_type": "ray", "host": host, "port": int(port)}))
+    yield canned
+    httpd.shutdown()
+
+
+async def _events(trigger: RayJobTrigger) -> list[RayJobEvent]:
+    return [validate_event(e.payload) async for e in trigger.run()]
+
+
+async def test_transient_errors_are_retried_then_the_job_is_followed_to_the_end(dashboard):
+    dashboard.answer("GET", "/api/jobs/s1", 503, "busy", "text/plain")
+    dashboard.then("GET", "/api/jobs/s1", 502, "bad gateway", "text/plain")
+    dashboard.then("GET", "/api/jobs/s1", 200, JOB)
+    dashboard.then("GET", "/api/jobs/s1", 200, {**JOB, "status": "SUCCEEDED", "message": "done"})
+    dashboard.answer("GET", "/api/jobs/s1/logs", 200, {"logs": "line 1\nline 2\n"})
+    events = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, max_transient_errors=3))
+    assert events == [RayJobEvent(status="success", job_id="s1", job_status="SUCCEEDED", message="done", log_offset=14)]
+
+
+async def test_persistent_errors_give_up_after_the_bound(dashboard):
+    dashboard.answer("GET", "/api/jobs/s1", 503, "busy", "text/plain")
+    events = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, max_transient_errors=2))
+    assert len(events) == 1 and events[0].status == "error" and "gave up after 3 failed polls" in events[0].message
+    assert len([s for s in dashboard.seen if s.path == "/api/jobs/s1"]) == 3
+
+
+async def test_unknown_job_is_an_error_event_at_once(dashboard):
+    dashboard.answer("GET", "/api/jobs/gone", 404, "Job gone does not exist", "text/plain")
+    (event,) = await _events(RayJobTrigger("gone", ray_conn_id="ray_trig", poll_interval=0.01))
+    assert event.status == "error" and event.job_status is None and "gone" in event.message
+
+
+async def test_failed_job_is_an_error_event_with_rays_message(dashboard):
+    dashboard.answer("GET", "/api/jobs/s1", 200, {**JOB, "status": "FAILED", "message": "exit code 1"})
+    dashboard.answer("GET", "/api/jobs/s1/logs", 200, {"logs": ""})
+    (event,) = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01))
+    assert (event.status, event.job_status, event.message) == ("error", "FAILED", "exit code 1")
+
+
+def test_validate_event_refuses_a_foreign_payload():
+    with pytest.raises(Exception, match="unexpected event from RayJobTrigger"):
+        validate_event({"status": "weird", "job_id": "x"})
