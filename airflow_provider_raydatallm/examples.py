@@ -134,3 +134,39 @@ def cpu_vllm_config(**overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def sql_hook(conn_id: str, sqlite_fallback: str):
+    """The DbApiHook of ``conn_id``; a SQLite file at ``sqlite_fallback`` if it is not defined.
+
+    Call inside a task (it looks the connection up); never at DAG parse time.
+    """
+    import os
+
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id).get_hook()
+    except AirflowNotFoundException:
+        Path(sqlite_fallback).parent.mkdir(parents=True, exist_ok=True)
+        # Defined for this task's process only: the embedded default, as a connection would be.
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = f"sqlite:///{sqlite_fallback}"
+        return BaseHook.get_connection(conn_id).get_hook()
+
+
+def replace_day_rows(hook, table: str, day: str, rows: list[tuple]) -> None:
+    """Replace ``table``'s rows for ``day`` with ``rows`` (day, label, count) in one transaction."""
+    p = hook.placeholder
+    conn = hook.get_conn()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (day VARCHAR(10), label VARCHAR(32), count INTEGER)")
+        cur.execute(f"DELETE FROM {table} WHERE day = {p}", (day,))
+        cur.executemany(f"INSERT INTO {table} (day, label, count) VALUES ({p}, {p}, {p})", rows)
+        conn.commit()
+    except Exception:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()

@@ -28,6 +28,11 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool) -> Any:
     if cls is None:
         raise JobConfigError(f"ray.data.llm on this cluster has no {spec.type} (Ray {_ray_version()})")
     kwargs = dict(spec.kwargs)
+    fields = getattr(cls, "model_fields", {})
+    # The seeds' has_image=True became prepare_multimodal_stage in newer Ray releases.
+    if "has_image" in kwargs and "has_image" not in fields and "prepare_multimodal_stage" in fields:
+        kwargs.setdefault("prepare_multimodal_stage", kwargs.pop("has_image"))
+        log.info("has_image is prepare_multimodal_stage on Ray %s: translated", _ray_version())
     if continue_on_error and "should_continue_on_error" in getattr(cls, "model_fields", {}):
         kwargs.setdefault("should_continue_on_error", True)
     try:

@@ -68,7 +68,8 @@ def test_seed003_industries_deferrable_200_rows_and_same_date_rerun(test_dags, t
     assert set(table.column("inferred_industry").to_pylist()) <= set(CHOICES)
     expected_ids = {r["Customer Id"] for r in customer_rows(200)}
     assert set(table.column("Customer Id").to_pylist()) == expected_ids
-    metrics = test_dags.xcom(run, "classify")["metrics"]
+    first = test_dags.xcom(run, "classify")
+    metrics = first["metrics"]
     assert metrics["rows_in"] == metrics["rows_out"] == table.num_rows and metrics["error_rows"] == 0
     assert metrics["rows_per_second"] > 0 and metrics["output_tokens"] >= 200
 
@@ -77,7 +78,7 @@ def test_seed003_industries_deferrable_200_rows_and_same_date_rerun(test_dags, t
     files = _data_files(day)
     again = test_dags.run("test_industries_deferred", conf)
     assert test_dags.states(again) == {"classify": "success"}
-    assert test_dags.xcom(again, "classify")["submission_id"] != test_dags.xcom(run, "classify")["submission_id"]
+    assert test_dags.xcom(again, "classify")["submission_id"] != first["submission_id"]
     assert pq.read_table(day).num_rows == 200 and len(_data_files(day)) == len(files)
     assert set(_data_files(day)).isdisjoint(files)
     assert [p.name for p in out.iterdir()] == ["2026-11-22"]

@@ -1,0 +1,153 @@
+"""
+Daily sentiment of social media posts (seeds 000/001, advanced level).
+
+Every day: take that day's posts, split them into partitions that run as parallel mapped
+tasks, classify each post as positive, negative or neutral with a choice-constrained vLLM
+processor, then write downstream:
+
+- the labelled posts to a date-partitioned Parquet dataset
+  ``{{ params.output_root }}/sentiment/date=YYYY-MM-DD/part=K/`` (each with ``_SUCCESS``);
+- a per-day summary (posts per label, error rows, throughput) into the SQL table
+  ``daily_sentiment`` through the Airflow connection ``params.sql_conn_id`` (any
+  DbApiHook database; SQLite at ``{{ params.output_root }}/sentiment.db`` when the
+  connection is not defined).
+
+Re-running a day replaces that day's Parquet partitions and SQL rows, never adds to them,
+so the DAG is catchup-safe. The two outputs are Airflow Assets for data-aware DAGs.
+
+Input: ``{{ params.posts_root }}/{{ ds }}.jsonl`` (post_id, posted_at, user, text). With
+``generate_demo_posts`` (default) a missing day is generated, deterministically, so the
+example runs as written; turn it off to read your own export.
+
+Runs as written on this repository's local CPU cluster with the default model. For a GPU
+cluster: in ``cpu_vllm_config`` terms, drop ``placement_group_config`` and
+``gpu_memory_utilization``, set ``model_source``, ``accelerator_type`` (e.g. "L4"),
+``concurrency`` (replicas per partition task) and ``engine_kwargs.tensor_parallel_size``;
+raise ``num_partitions`` to keep all GPUs busy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+LABELS = ["positive", "negative", "neutral"]
+SENTIMENT_PARQUET = Asset(name="daily_sentiment_parquet", uri="file:///raydllm/sentiment")
+SENTIMENT_TABLE = Asset(name="daily_sentiment_table", uri="sqlite:///raydllm/daily_sentiment")
+
+
+# [START howto_sentiment_callables]
+def sentiment_request(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        messages=[
+            {
+                "role": "system",
+                "content": "You classify the sentiment of social media posts. "
+                f"Answer with one word: {', '.join(LABELS)}.",
+            },
+            {"role": "user", "content": row["text"]},
+        ],
+        sampling_params=dict(temperature=0, max_tokens=4, structured_outputs=dict(choice=LABELS)),
+    )
+
+
+def sentiment_row(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        post_id=row["post_id"],
+        posted_at=row["posted_at"],
+        text=row["text"],
+        sentiment=row["generated_text"].strip(),
+    )
+# [END howto_sentiment_callables]
+
+
+with DAG(
+    "example_daily_sentiment",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 11, 1),
+    catchup=False,
+    max_active_runs=1,
+    params={
+        "posts_root": Param("/tmp/raydllm/posts", type="string"),
+        "output_root": Param("/tmp/raydllm/daily_sentiment", type="string"),
+        "num_partitions": Param(2, type="integer", minimum=1),
+        "generate_demo_posts": Param(True, type="boolean"),
+        "posts_per_day": Param(40, type="integer", minimum=1),
+        "sql_conn_id": Param("sentiment_db", type="string"),
+    },
+    tags=["ray", "llm", "example"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def partition_posts(**context: Any) -> list[dict[str, str]]:
+        """Split the day's posts into ``num_partitions`` files: one mapped task each."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        from airflow_provider_raydatallm.examples import social_posts, write_jsonl
+
+        params, ds = context["params"], context["ds"]
+        source = Path(params["posts_root"]) / f"{ds}.jsonl"
+        if not source.exists():
+            if not params["generate_demo_posts"]:
+                raise FileNotFoundError(f"no posts for {ds} at {source}")
+            write_jsonl(source, social_posts(ds, params["posts_per_day"]))
+        posts = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        n = min(params["num_partitions"], max(1, len(posts)))
+        day_dir = Path(params["output_root"]) / "sentiment" / f"date={ds}"
+        for stale in day_dir.glob("part=*"):  # a rerun with fewer partitions: drop the extra ones
+            if int(stale.name.split("=")[1]) >= n:
+                shutil.rmtree(stale)
+        partitions = []
+        for k in range(n):
+            chunk = posts[k::n]
+            path = write_jsonl(Path(params["output_root"]) / "staging" / f"date={ds}" / f"part-{k}.jsonl", chunk)
+            partitions.append({"input_uri": str(path), "output_uri": str(day_dir / f"part={k}")})
+        return partitions
+
+    # [START howto_operator_sentiment_mapped]
+    classify = RayLLMBatchOperator.partial(
+        task_id="classify",
+        processor_config=cpu_vllm_config(batch_size=32),
+        preprocess=sentiment_request,
+        postprocess=sentiment_row,
+        input_format="jsonl",
+        id_column="post_id",
+        should_continue_on_error=True,
+        poll_interval=5,
+        outlets=[SENTIMENT_PARQUET],
+    ).expand_kwargs(partition_posts())
+    # [END howto_operator_sentiment_mapped]
+
+    @task(outlets=[SENTIMENT_TABLE])
+    def write_summary(results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+        """Count labels over the day's partitions and replace the day's rows in SQL."""
+        from collections import Counter
+
+        import pyarrow.parquet as pq
+
+        from airflow_provider_raydatallm.examples import sql_hook, replace_day_rows
+
+        ds, params = context["ds"], context["params"]
+        labels: Counter[str] = Counter()
+        rows_in = errors = 0
+        for result in results:
+            labels.update(pq.read_table(result["output_uri"], columns=["sentiment"]).column(0).to_pylist())
+            rows_in += result["metrics"]["rows_in"]
+            errors += result["metrics"]["error_rows"]
+        rows = [(ds, label, labels.get(label, 0)) for label in LABELS]
+        rows.append((ds, "error", errors))
+        hook = sql_hook(params["sql_conn_id"], f"{params['output_root']}/sentiment.db")
+        replace_day_rows(hook, "daily_sentiment", ds, rows)
+        summary = {"day": ds, "posts": rows_in, "errors": errors, "labels": {k: labels.get(k, 0) for k in LABELS}}
+        print(f"daily sentiment {summary}")
+        return summary
+
+    write_summary(classify.output)

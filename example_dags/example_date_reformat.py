@@ -1,0 +1,113 @@
+"""
+Date reformatting (seed 004): ``Subscription Date`` (YYYY-MM-DD) -> ``MM-DD-YYYY``.
+
+The seed's preprocess and postprocess with its sampling params (temperature 0.3, up to
+150 tokens). A small model often answers in a sentence rather than the bare date, so a
+downstream task counts how many answers contain a well-formed MM-DD-YYYY date equal to
+the input and reports it; the generated text is kept as ``resp``.
+
+Runs as written on the local CPU cluster with the default model. GPU cluster: the seed's
+config is ``model_source="unsloth/Llama-3.1-8B-Instruct"``, ``engine_kwargs`` with
+``max_model_len=4096, enable_chunked_prefill=True, max_num_batched_tokens=1024,
+gpu_memory_utilization=0.85``, ``batch_size=256, accelerator_type="L4", concurrency=4``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+
+# [START howto_dates_callables]
+# Preprocess function prepares `messages` and `sampling_params` for vLLM engine, and
+# all other fields will be ignored.
+def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {
+                "role": "user",
+                "content": f"Convert this date:\n{row['Subscription Date']}\n\n as the format:MM-DD-YYYY",
+            },
+        ],
+        sampling_params=dict(temperature=0.3, max_tokens=150, detokenize=False),
+    )
+
+
+# Input row of postprocess function will have `generated_text`.
+def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resp": row["generated_text"],
+        **row,  # This will return all the original columns in the dataset.
+    }
+# [END howto_dates_callables]
+
+
+with DAG(
+    "example_date_reformat",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 11, 1),
+    catchup=False,
+    params={
+        "customers_csv": Param("/tmp/raydllm/customers/customers.csv", type="string"),
+        "output_root": Param("/tmp/raydllm/date_reformat", type="string"),
+        "row_limit": Param(20, type="integer", minimum=1, maximum=2_000_000),
+        "generate_demo_customers": Param(True, type="boolean"),
+    },
+    tags=["ray", "llm", "example"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def ensure_customers(**context: Any) -> str:
+        from pathlib import Path
+
+        from airflow_provider_raydatallm.examples import write_customers_csv
+
+        params = context["params"]
+        path = Path(params["customers_csv"])
+        if not path.exists():
+            if not params["generate_demo_customers"]:
+                raise FileNotFoundError(f"customers CSV not found at {path}")
+            write_customers_csv(path, params["row_limit"])
+        return str(path)
+
+    reformat = RayLLMBatchOperator(
+        task_id="reformat_dates",
+        processor_config=cpu_vllm_config(batch_size=64),
+        preprocess=preprocess,
+        postprocess=postprocess,
+        input_uri="{{ ti.xcom_pull(task_ids='ensure_customers') }}",
+        input_format="csv",
+        input_columns=["Customer Id", "Subscription Date"],
+        limit="{{ params.row_limit }}",
+        id_column="Customer Id",
+        output_uri="{{ params.output_root }}/{{ ds }}",
+        should_continue_on_error=True,
+        poll_interval=5,
+    )
+
+    @task
+    def check_dates(result: dict[str, Any]) -> dict[str, Any]:
+        """Count answers holding the input date as MM-DD-YYYY (reported, not enforced)."""
+        import re
+
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(result["output_uri"], columns=["Subscription Date", "resp"]).to_pylist()
+        correct = 0
+        for row in rows:
+            day = row["Subscription Date"]
+            expected = day.strftime("%m-%d-%Y") if hasattr(day, "strftime") else dt.date.fromisoformat(str(day)).strftime("%m-%d-%Y")
+            correct += expected in re.findall(r"\b\d{2}-\d{2}-\d{4}\b", row["resp"] or "")
+        report = {"rows": len(rows), "mm_dd_yyyy_correct": correct, "errors": result["metrics"]["error_rows"]}
+        print(f"date reformatting: {report}")
+        return report
+
+    ensure_customers() >> reformat
+    check_dates(reformat.output)
