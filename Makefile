@@ -16,10 +16,11 @@ MODEL_DIR := .cache/models/SmolLM2-135M-Instruct
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup venv venv-ray model ray-up ray-down demo test test-unit clean
+.PHONY: help setup venv venv-ray model ray-up ray-down demo demo-questions test test-unit clean
 
 help:
-	@echo "make demo      set up, start the local Ray head, run the main job and print its result"
+	@echo "make demo      set up, start the local Ray head, run the daily sentiment DAG, print its result"
+	@echo "make demo-questions  the seed's four common questions through the same path"
 	@echo "make test      set up and run the whole test suite (starts its own Ray head)"
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
@@ -61,6 +62,9 @@ ray-down:
 
 demo: setup ray-up
 	.venv/bin/python scripts/demo.py
+
+demo-questions: setup ray-up
+	.venv/bin/python scripts/demo.py --questions
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: setup

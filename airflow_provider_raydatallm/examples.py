@@ -151,7 +151,7 @@ def sql_hook(conn_id: str, sqlite_fallback: str):
     except AirflowNotFoundException:
         Path(sqlite_fallback).parent.mkdir(parents=True, exist_ok=True)
         # Defined for this task's process only: the embedded default, as a connection would be.
-        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = f"sqlite:///{sqlite_fallback}"
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({"conn_type": "sqlite", "host": sqlite_fallback})
         return BaseHook.get_connection(conn_id).get_hook()
 
 

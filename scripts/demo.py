@@ -1,13 +1,15 @@
-"""`make demo`: the seed questions answered on the local Ray head by a real Airflow DAG run.
+"""`make demo`: the daily sentiment DAG for one day, on the local Ray head, with real Airflow.
 
-Runs in .venv (the Airflow side): migrates a SQLite Airflow DB under .cache/, points the
-`ray_default` connection at the head `make ray-up` started, runs the example DAG
-`example_common_questions` with dag.test() (its creative-prompts task is marked success to
-keep the demo short), then prints the answers and the task's XCom metrics.
+Runs in .venv (the Airflow side): migrates a SQLite Airflow DB under .cache/, points
+`ray_default` at the head `make ray-up` started, runs `example_daily_sentiment` with
+dag.test() for today, and prints what a user wants to see: label counts, three sample rows,
+the output locations and the throughput. `--questions` runs `example_common_questions`
+instead and prints the seed's four questions with their answers.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DAG_ID = "example_common_questions"
+OUT = ROOT / ".cache" / "demo"
 
 
 def _environment() -> None:
@@ -33,53 +35,95 @@ def _environment() -> None:
           "kwargs": {"path": str(ROOT / "example_dags")}}]
     )  # fmt: skip
     os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(local_ray.connection(local_ray.PROFILES["dev"]))
+    os.environ.setdefault("AIRFLOW_CONN_SENTIMENT_DB", json.dumps({"conn_type": "sqlite", "host": str(OUT / "sentiment.db")}))
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
-def main() -> int:
-    _environment()
+def _run(dag_id: str, conf: dict, **test_kwargs):
+    """dag.test() with its (long) log in a file; returns the run, its task states and XComs."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    bag = DagBag(dag_folder=str(ROOT / "example_dags" / f"{DAG_ID}.py"))
-    dag = bag.dags[DAG_ID]
-    output_root = str(ROOT / ".cache" / "demo")
+    dag = DagBag(dag_folder=str(ROOT / "example_dags" / f"{dag_id}.py")).dags[dag_id]
+    log_path = OUT / f"{dag_id}.log"
+    print(f"running {dag_id} on the local Ray head (task logs: {log_path.relative_to(ROOT)}) ...", flush=True)
     started = time.monotonic()
-    print(f"running {DAG_ID} on the local Ray head (full task log: .cache/demo/dag_test.log) ...", flush=True)
-    log_path = ROOT / ".cache" / "demo" / "dag_test.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         saved = os.dup(1), os.dup(2)
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            run = dag.test(
-                run_conf={"output_root": output_root},
-                logical_date=dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0),
-                mark_success_pattern="write_prompts",
-            )
+            today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+            run = dag.test(run_conf=conf, logical_date=today, **test_kwargs)
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print(f"dag run {run.state} in {time.monotonic() - started:.0f}s: {states}")
     with create_session() as session:
-        row = session.scalars(
-            XComModel.get_many(run_id=run.run_id, key="return_value", task_ids="answer_questions", dag_ids=DAG_ID)
-        ).first()
-        result = XComModel.deserialize_value(row) if row is not None else None
-    if states.get("answer_questions") != "success" or not result:
-        print(f"the questions task did not succeed; see {log_path}")
-        return 1
+        rows = session.scalars(XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=dag_id)).all()
+        xcoms: dict[str, list] = {}
+        for row in sorted(rows, key=lambda r: r.map_index):
+            xcoms.setdefault(row.task_id, []).append(XComModel.deserialize_value(row))
+    return run, states, xcoms
+
+
+def sentiment() -> int:
     import pyarrow.parquet as pq
 
-    print()
-    for answer in pq.read_table(result["output_uri"]).to_pylist():
-        print(f"Q: {answer['item']}\nA: {answer['answer'].strip()}\n")
-    print("XCom of answer_questions:")
-    print(json.dumps(result, indent=2))
+    conf = {"posts_root": str(OUT / "posts"), "output_root": str(OUT / "daily_sentiment"),
+            "num_partitions": 2, "posts_per_day": 40}  # fmt: skip
+    run, states, xcoms = _run("example_daily_sentiment", conf)
+    if set(states.values()) != {"success"}:
+        print("the run did not succeed; see the log above")
+        return 1
+    summary, results = xcoms["write_summary"][0], xcoms["classify"]
+    print(f"\nsentiment of {summary['posts']} posts on {summary['day']} ({summary['errors']} error rows):")
+    for label, count in summary["labels"].items():
+        print(f"  {label:<9} {count:>4}  {'#' * count}")
+    sample = pq.read_table(results[0]["output_uri"], columns=["post_id", "sentiment", "text"]).to_pylist()[:3]
+    print("\nthree rows:")
+    for row in sample:
+        print(f"  {row['post_id']}  {row['sentiment']:<9} {row['text']}")
+    print("\noutputs:")
+    for result in results:
+        m = result["metrics"]
+        print(f"  {result['output_uri']}  ({m['rows_out']} rows, {m['error_rows']} errors)")
+    print(f"  SQL table daily_sentiment in {json.loads(os.environ['AIRFLOW_CONN_SENTIMENT_DB'])['host']}")
+    print("\nthroughput per partition task (wall time includes vLLM start-up):")
+    for i, result in enumerate(results):
+        m = result["metrics"]
+        print(f"  classify[{i}]: {m['rows_in']} rows in {m['wall_seconds']:.0f}s = {m['rows_per_second']:.2f} rows/s, "
+              f"{m['output_tokens_per_second']:.1f} output tokens/s; "
+              f"vLLM stage {sum(v for k, v in m['stage_seconds'].items() if 'vLLM' in k):.1f}s")  # fmt: skip
+    print(f"\nXCom of classify[0]:\n{json.dumps(results[0], indent=2)}")
     return 0
+
+
+def questions() -> int:
+    import pyarrow.parquet as pq
+
+    run, states, xcoms = _run("example_common_questions", {"output_root": str(OUT / "questions")},
+                              mark_success_pattern="write_prompts")  # fmt: skip
+    if states.get("answer_questions") != "success":
+        print("the questions task did not succeed; see the log above")
+        return 1
+    result = xcoms["answer_questions"][0]
+    print()
+    for row in pq.read_table(result["output_uri"]).to_pylist():
+        print(f"Q: {row['item']}\nA: {row['answer'].strip()}\n")
+    print(f"XCom of answer_questions:\n{json.dumps(result, indent=2)}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", action="store_true", help="run the seed 000 questions instead")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    _environment()
+    return questions() if args.questions else sentiment()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The only provider module that imports Ray. It runs as the Ray job's driver (see
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -33,6 +34,11 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool) -> Any:
     if "has_image" in kwargs and "has_image" not in fields and "prepare_multimodal_stage" in fields:
         kwargs.setdefault("prepare_multimodal_stage", kwargs.pop("has_image"))
         log.info("has_image is prepare_multimodal_stage on Ray %s: translated", _ray_version())
+    for header, env_var in spec.secret_headers.items():
+        value = os.environ.get(env_var)
+        if not value:
+            raise JobConfigError(f"header {header!r} needs the environment variable {env_var}, which is not set")
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), header: value}
     if continue_on_error and "should_continue_on_error" in getattr(cls, "model_fields", {}):
         kwargs.setdefault("should_continue_on_error", True)
     try:

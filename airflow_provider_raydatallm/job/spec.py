@@ -69,6 +69,9 @@ class ProcessorSpec(_Model):
 
     type: str
     kwargs: dict[str, Any]
+    # Header name -> environment variable of the job that holds its value (an API key).
+    # Secrets travel in runtime_env env_vars, which Ray redacts, never in the spec itself.
+    secret_headers: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_type(self) -> ProcessorSpec:
@@ -78,7 +81,7 @@ class ProcessorSpec(_Model):
             )
         required = PROCESSOR_TYPES[self.type]
         if required and not self.kwargs.get(required):
-            raise ValueError(f"{self.type} needs {required!r}")
+            raise ValueError(f"{self.type} needs {required!r}" + (" (or http_conn_id)" if required == "url" else ""))
         return self
 
 

@@ -17,7 +17,7 @@ from airflow_provider_raydatallm.job.spec import PROCESSOR_TYPES, ProcessorSpec
 _MODEL_ALIASES = {"vLLMEngineProcessorConfig", "SGLangEngineProcessorConfig"}
 
 
-def processor_spec(config: Any, task_id: str) -> ProcessorSpec:
+def processor_spec(config: Any, task_id: str, url_from_connection: bool = False) -> ProcessorSpec:
     """A ``ray.data.llm`` config object, or a dict with its ``type`` name, as a ProcessorSpec.
 
     Checked here, before submission and without importing Ray: a known type, its required
@@ -41,6 +41,8 @@ def processor_spec(config: Any, task_id: str) -> ProcessorSpec:
     # The seeds' vLLM example says model=...; Ray 2.60 calls it model_source.
     if type_name in _MODEL_ALIASES and "model" in kwargs and "model_source" not in kwargs:
         kwargs["model_source"] = kwargs.pop("model")
+    if url_from_connection and type_name == "HttpRequestProcessorConfig" and not kwargs.get("url"):
+        kwargs["url"] = "<from connection>"  # resolved at execute time, when connections may be read
     for key, value in kwargs.items():
         try:
             json.dumps(value)
@@ -86,3 +88,41 @@ def secret_like_values(runtime_env: Mapping[str, Any] | None) -> list[str]:
     env = (runtime_env or {}).get("env_vars") or {}
     pattern = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
     return [str(v) for k, v in env.items() if pattern.search(str(k)) and v]
+
+
+SECRET_AUTH_ENV = "RAYDLLM_SECRET_AUTHORIZATION"
+
+
+def endpoint_url(host: str | None, port: int | None, schema: str | None, path: str | None) -> str:
+    """An OpenAI-compatible endpoint's URL from a connection: a full URL host is kept as is."""
+    if not host:
+        raise RayLLMConfigError("the endpoint connection has no host (e.g. https://api.openai.com)")
+    if "://" in host:
+        base = host.rstrip("/")
+    else:
+        base = f"{schema or 'https'}://{host}{f':{port}' if port else ''}"
+    if path is None and base.rstrip("/").endswith(("/completions", "/embeddings", "/responses")):
+        return base
+    return base + (path if path is not None else "/v1/chat/completions")
+
+
+def with_endpoint_connection(spec_processor: ProcessorSpec, conn: Any, task_id: str) -> tuple[ProcessorSpec, dict[str, str]]:
+    """Point an HTTP processor at a connection's endpoint; the API key goes into an env var.
+
+    Returns the updated processor spec and the env vars to add to the job's runtime_env.
+    """
+    if spec_processor.type != "HttpRequestProcessorConfig":
+        raise RayLLMConfigError(f"task {task_id}: http_conn_id only applies to HttpRequestProcessorConfig")
+    extra = conn.extra_dejson or {}
+    kwargs = dict(spec_processor.kwargs)
+    if not kwargs.get("url") or kwargs.get("url") == "<from connection>":
+        kwargs["url"] = endpoint_url(conn.host, conn.port, conn.schema, extra.get("path"))
+    if extra.get("headers"):
+        kwargs["headers"] = {**(extra.get("headers") or {}), **(kwargs.get("headers") or {})}
+    env: dict[str, str] = {}
+    secret_headers = dict(spec_processor.secret_headers)
+    if conn.password:
+        env[SECRET_AUTH_ENV] = f"Bearer {conn.password}"
+        secret_headers["Authorization"] = SECRET_AUTH_ENV
+    updated = spec_processor.model_copy(update={"kwargs": kwargs, "secret_headers": secret_headers})
+    return updated, env

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 import airflow_provider_raydatallm
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseHook, BaseOperator, conf
 from airflow_provider_raydatallm import outcome
 from airflow_provider_raydatallm.exceptions import (
     RayJobAlreadyExistsError,
@@ -70,6 +70,10 @@ class RayLLMBatchOperator(BaseOperator):
     :param error_output_uri: directory for rows that failed; default ``<output>/_errors``.
     :param should_continue_on_error: send failing rows to the error output instead of failing.
     :param ray_conn_id: the ``ray`` connection.
+    :param http_conn_id: for ``HttpRequestProcessorConfig``: a connection to an OpenAI-compatible
+        endpoint (host = base URL, password = API key, extra ``path`` and ``headers``). The key
+        reaches the job as an environment variable (Ray redacts those), never the DAG file,
+        the spec, XCom or the logs.
     :param runtime_env: merged over the connection's default runtime_env.
     :param entrypoint_num_cpus: CPUs reserved for the job's driver.
     :param entrypoint_num_gpus: GPUs reserved for the job's driver.
@@ -107,6 +111,7 @@ class RayLLMBatchOperator(BaseOperator):
         error_output_uri: str | None = None,
         should_continue_on_error: bool = False,
         ray_conn_id: str = RayHook.default_conn_name,
+        http_conn_id: str | None = None,
         runtime_env: dict[str, Any] | None = None,
         entrypoint_num_cpus: float | None = None,
         entrypoint_num_gpus: float | None = None,
@@ -134,6 +139,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.error_output_uri = error_output_uri
         self.should_continue_on_error = should_continue_on_error
         self.ray_conn_id = ray_conn_id
+        self.http_conn_id = http_conn_id
         self.runtime_env = runtime_env
         self.entrypoint_num_cpus = entrypoint_num_cpus
         self.entrypoint_num_gpus = entrypoint_num_gpus
@@ -164,7 +170,7 @@ class RayLLMBatchOperator(BaseOperator):
                     id_column=self.id_column,
                 ),
                 output=OutputSpec(uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or ""),
-                processor=sub.processor_spec(self.processor_config, self.task_id),
+                processor=sub.processor_spec(self.processor_config, self.task_id, url_from_connection=bool(self.http_conn_id)),
                 preprocess=callables.pack(self.preprocess, "preprocess"),
                 postprocess=callables.pack(self.postprocess, "postprocess"),
                 should_continue_on_error=self.should_continue_on_error,
@@ -189,10 +195,12 @@ class RayLLMBatchOperator(BaseOperator):
             spec_uri = hook.upload_py_module(str(spec_dir))
         return name, [provider_uri, spec_uri]
 
-    def _submit(self, hook: RayHook, spec: JobSpec, submission_id: str) -> None:
+    def _submit(self, hook: RayHook, spec: JobSpec, submission_id: str, secret_env: dict[str, str]) -> None:
         spec = spec.model_copy(update={"run": spec.run.model_copy(update={"submission_id": submission_id})})
         spec_package, py_modules = self._upload(hook, spec)
         runtime_env = dict(self.runtime_env or {})
+        if secret_env:
+            runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **secret_env}
         runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + py_modules
         run = spec.run
         metadata = {
@@ -211,7 +219,7 @@ class RayLLMBatchOperator(BaseOperator):
             entrypoint_resources=self.entrypoint_resources,
         )
 
-    def _find_or_submit(self, hook: RayHook, spec: JobSpec) -> str:
+    def _find_or_submit(self, hook: RayHook, spec: JobSpec, secret_env: dict[str, str] | None = None) -> str:
         """Reattach to this task instance's live or finished job, or submit the next attempt."""
         base = sub.submission_base(spec.run.dag_id, spec.run.task_id, spec.run.run_id, spec.run.map_index)
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -220,7 +228,7 @@ class RayLLMBatchOperator(BaseOperator):
                 status = hook.get_job_status(candidate)
             except RayJobNotFoundError:
                 try:
-                    self._submit(hook, spec, candidate)
+                    self._submit(hook, spec, candidate, secret_env or {})
                 except RayJobAlreadyExistsError:  # another try got there first: look again
                     status = hook.get_job_status(candidate)
                 else:
@@ -247,7 +255,16 @@ class RayLLMBatchOperator(BaseOperator):
 
         for value in sub.secret_like_values(self.runtime_env):
             mask_secret(value)
-        job_id = self._find_or_submit(hook, spec)
+        secret_env: dict[str, str] = {}
+        if self.http_conn_id:
+            conn = BaseHook.get_connection(self.http_conn_id)
+            if conn.password:
+                mask_secret(conn.password)
+            processor, secret_env = sub.with_endpoint_connection(spec.processor, conn, self.task_id)
+            spec = spec.model_copy(update={"processor": processor})
+            for value in secret_env.values():
+                mask_secret(value)
+        job_id = self._find_or_submit(hook, spec, secret_env)
         self._submission_id = job_id
         url = dashboard_url(hook.address, job_id)
         ti.xcom_push(key=XCOM_JOB_KEY, value={"submission_id": job_id, "dashboard_url": url})

@@ -9,11 +9,10 @@ import datetime as dt
 import time
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 
 from airflow_provider_raydatallm.examples import cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
-from airflow_provider_raydatallm.sensors import RayJobSensor
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 PARAMS = {"input": Param("", type="string"), "output": Param("", type="string")}
@@ -100,34 +99,6 @@ with _dag("test_industries_deferred"):
         deferrable=True,
         poll_interval=2,
     )
-
-with _dag("test_submit_then_sense"):
-    submit = RayLLMBatchOperator(
-        task_id="submit",
-        processor_config=cpu_vllm_config(),
-        preprocess=ask,
-        postprocess=lambda row: dict(answer=row["generated_text"], item=row["item"]),
-        input_uri="{{ params.input }}",
-        input_format="jsonl",
-        output_uri="{{ params.output }}",
-        wait_for_completion=False,
-    )
-    wait = RayJobSensor(
-        task_id="wait",
-        job_id="{{ ti.xcom_pull(task_ids='submit')['submission_id'] }}",
-        deferrable=True,
-        poke_interval=2,
-        timeout=600,
-    )
-
-    @task
-    def read_output(summary: dict[str, Any]) -> int:
-        import pyarrow.parquet as pq
-
-        return pq.read_table(summary["output_uri"]).num_rows
-
-    submit >> wait
-    read_output(wait.output)
 
 with _dag("test_failing_preprocess"):
     RayLLMBatchOperator(

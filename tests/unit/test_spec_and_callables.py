@@ -128,3 +128,30 @@ def test_job_spec_refuses_another_version():
 def test_secret_like_env_vars_are_found_for_masking():
     env = {"env_vars": {"OPENAI_API_KEY": "sk-1", "HF_TOKEN": "hf-2", "REGION": "eu"}}
     assert sorted(sub.secret_like_values(env)) == ["hf-2", "sk-1"]
+
+
+def test_endpoint_connection_puts_the_key_in_an_env_var_not_the_spec():
+    from types import SimpleNamespace
+
+    conn = SimpleNamespace(host="https://api.openai.com", port=None, schema=None, password="sk-secret-123",
+                           extra_dejson={"headers": {"OpenAI-Organization": "org-1"}})  # fmt: skip
+    processor = sub.processor_spec({"type": "HttpRequestProcessorConfig", "qps": 2}, "ask", url_from_connection=True)
+    updated, env = sub.with_endpoint_connection(processor, conn, "ask")
+    assert updated.kwargs["url"] == "https://api.openai.com/v1/chat/completions"
+    assert updated.kwargs["headers"] == {"OpenAI-Organization": "org-1"}
+    assert updated.secret_headers == {"Authorization": sub.SECRET_AUTH_ENV}
+    assert env == {sub.SECRET_AUTH_ENV: "Bearer sk-secret-123"}
+    assert "sk-secret-123" not in updated.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "schema", "path", "url"),
+    [
+        ("127.0.0.1", 8000, "http", None, "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8011/", None, None, None, "http://127.0.0.1:8011/v1/chat/completions"),
+        ("https://x.example.com/v1/chat/completions", None, None, None, "https://x.example.com/v1/chat/completions"),
+        ("https://x.example.com", None, None, "/openai/v1/chat/completions", "https://x.example.com/openai/v1/chat/completions"),
+    ],
+)
+def test_endpoint_url_forms(host, port, schema, path, url):
+    assert sub.endpoint_url(host, port, schema, path) == url
