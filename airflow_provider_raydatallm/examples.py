@@ -170,3 +170,14 @@ def replace_day_rows(hook, table: str, day: str, rows: list[tuple]) -> None:
         raise
     finally:
         conn.close()
+
+
+def ensure_customers_csv(path: str, rows: int, generate: bool) -> str:
+    """The customers CSV at ``path``; with ``generate``, a deterministic one of ``rows`` rows
+    is written there when it is missing (the examples' stand-in for the seed's download)."""
+    target = Path(path)
+    if not target.exists():
+        if not generate:
+            raise FileNotFoundError(f"customers CSV not found at {target}")
+        write_customers_csv(target, rows)
+    return str(target)

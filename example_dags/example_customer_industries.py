@@ -87,17 +87,10 @@ with DAG(
 
     @task
     def ensure_customers(**context: Any) -> str:
-        from pathlib import Path
-
-        from airflow_provider_raydatallm.examples import write_customers_csv
+        from airflow_provider_raydatallm.examples import ensure_customers_csv
 
         params = context["params"]
-        path = Path(params["customers_csv"])
-        if not path.exists():
-            if not params["generate_demo_customers"]:
-                raise FileNotFoundError(f"customers CSV not found at {path}")
-            write_customers_csv(path, params["row_limit"])
-        return str(path)
+        return ensure_customers_csv(params["customers_csv"], params["row_limit"], params["generate_demo_customers"])
 
     # [START howto_operator_industries]
     classify = RayLLMBatchOperator(
