@@ -98,8 +98,9 @@ def openai_server(tmp_path_factory):
             raise AssertionError(f"vllm serve did not come up: {log.read_text()[-3000:]}")
         yield {"url": f"http://127.0.0.1:{port}", "key": key}
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=60)
 
 
 def test_openai_endpoint_example_uses_the_connections_key_and_never_shows_it(examples, openai_server, tmp_path, monkeypatch, capfd):
