@@ -17,33 +17,42 @@ ERROR_MARKER = "RAYDLLM_ERROR "
 TAIL_LINES = 30
 
 
-def log_tail(hook: RayHook, job_id: str, lines: int = TAIL_LINES) -> str:
-    """The end of the job's log (secrets redacted), with the job's own error line first."""
+def _fetch_log(hook: RayHook, job_id: str) -> tuple[str, str | None]:
+    """The job's log and, if it could not be read, why (the failure matters more than its log)."""
     try:
-        text = hook.get_job_logs(job_id)
-    except Exception as err:  # the failure matters more than its log
-        return f"(log unavailable: {err})"
+        return hook.get_job_logs(job_id), None
+    except Exception as err:
+        return "", f"(log unavailable: {err})"
+
+
+def _tail_of(text: str, secrets: list[str], lines: int = TAIL_LINES) -> str:
+    """The end of a job log (secrets redacted), with the job's own error line first."""
     all_lines = text.rstrip().splitlines()
     errors = [line for line in all_lines if line.startswith(ERROR_MARKER)]
     tail = all_lines[-lines:]
     if errors and errors[-1] not in tail:
         tail = [errors[-1], "...", *tail]
-    return redact("\n".join(tail), hook.config.secrets())
+    return redact("\n".join(tail), secrets)
 
 
-def job_error_line(hook: RayHook, job_id: str) -> str:
-    try:
-        text = hook.get_job_logs(job_id)
-    except Exception:
-        return ""
+def _error_line_of(text: str, secrets: list[str]) -> str:
     found = [line[len(ERROR_MARKER) :] for line in text.splitlines() if line.startswith(ERROR_MARKER)]
-    return redact(found[-1], hook.config.secrets()) if found else ""
+    return redact(found[-1], secrets) if found else ""
+
+
+def log_tail(hook: RayHook, job_id: str, lines: int = TAIL_LINES) -> str:
+    """The end of the job's log (secrets redacted), with the job's own error line first."""
+    text, unavailable = _fetch_log(hook, job_id)
+    return unavailable or _tail_of(text, hook.config.secrets(), lines)
 
 
 def raise_failed(hook: RayHook, info: RayJobInfo) -> None:
     """Raise RayJobFailedError for a job that did not succeed, naming its own error."""
-    reason = job_error_line(hook, info.id) or (info.message or "no message from Ray")
-    raise RayJobFailedError(hook.address, info.id, info.status.value, reason, log_tail(hook, info.id))
+    text, unavailable = _fetch_log(hook, info.id)
+    secrets = hook.config.secrets()
+    reason = _error_line_of(text, secrets) or (info.message or "no message from Ray")
+    tail = unavailable or _tail_of(text, secrets)
+    raise RayJobFailedError(hook.address, info.id, info.status.value, reason, tail)
 
 
 def show_new_logs(hook: RayHook, job_id: str, offset: int, log: logging.Logger) -> int:
