@@ -4,6 +4,12 @@ They give every row an id, turn a failing row into an error row (when the task c
 on error) or into an error that names the row (when it does not), and carry token counts
 past the user's postprocess, which may drop them. Column names starting with
 ``__raydllm_`` are internal and never reach the output.
+
+What an error row is, is Ray's rule, kept in one place (:func:`ray_error_of`): every
+``ray.data.llm`` stage passes a row through untouched, and skips the postprocess, when
+``row.get("__inference_error__", "") != ""``. A missing key is a good row; ``None`` is an
+error row. Ray Data fills a column with ``None`` for the rows of a block that lack it, so
+every row we emit carries the column: ``""`` when it is good.
 """
 
 from __future__ import annotations
@@ -18,8 +24,18 @@ ERROR = "__raydllm_error"
 ROW_JSON = "__raydllm_row_json"
 IN_TOKENS = "__raydllm_in_tokens"
 OUT_TOKENS = "__raydllm_out_tokens"
+# True once a row went through the user's postprocess with the processor's result in it.
+INFERRED = "__raydllm_inferred"
 RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
-INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, RAY_ERROR)
+INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, RAY_ERROR)
+# Columns a processor adds to a row it ran on; a row without any of them was not inferred.
+RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "vLLMEngineProcessorConfig": ("generated_text", "embeddings"),
+    "SGLangEngineProcessorConfig": ("generated_text",),
+    "HttpRequestProcessorConfig": ("http_response",),
+    "ServeDeploymentProcessorConfig": ("request_id",),
+}
+NO_MESSAGE = "row marked failed by a ray.data.llm stage without a message"
 ERROR_COLUMNS = ("row_id", "stage", "error", "row")
 
 
@@ -68,14 +84,19 @@ class Preprocess:
             # A non-empty RAY_ERROR makes every ray.data.llm stage pass the row through untouched.
             return {ROW_ID: rid, RAY_ERROR: f"preprocess: {_describe(exc)}"}
         out[ROW_ID] = rid
+        out[RAY_ERROR] = ""  # "" is good to Ray; a missing value in a mixed block is None: an error
         return out
 
 
 class Postprocess:
-    """Wraps the user's postprocess; keeps the row id and token counts beside its output."""
+    """Wraps the user's postprocess; keeps the row id, token counts and whether the
+    processor's result was there beside its output."""
 
-    def __init__(self, fn: Callable | None, columns: list[str], continue_on_error: bool):
+    def __init__(
+        self, fn: Callable | None, columns: list[str], continue_on_error: bool, result_columns: tuple[str, ...] = ()
+    ):
         self.fn, self.columns, self.continue_on_error = fn, columns, continue_on_error
+        self.result_columns = result_columns
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         rid = str(row.get(ROW_ID, ""))
@@ -88,17 +109,29 @@ class Postprocess:
         except Exception as exc:
             if not self.continue_on_error:
                 raise RowError(f"postprocess failed on row {rid}: {_describe(exc)}") from exc
-            return {ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", ROW_JSON: row_json(row, self.columns)}
-        out.update({ROW_ID: rid, ERROR: "", **tokens})
+            return {
+                ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", RAY_ERROR: "", ROW_JSON: row_json(row, self.columns)
+            }  # fmt: skip
+        inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
+        out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, **tokens})
         return out
 
 
+def ray_error_of(row: dict[str, Any]) -> str:
+    """The ray.data.llm stages' verdict on a row: "" for a good row, else why it failed."""
+    value = row.get(RAY_ERROR, "")
+    if value != "":  # Ray's own test, so the provider and the stages never disagree
+        return str(value) if value is not None else NO_MESSAGE
+    return ""
+
+
 def error_of(row: dict[str, Any]) -> str:
-    return str(row.get(ERROR) or row.get(RAY_ERROR) or "")
+    """Why a row failed ("" for a good row): a stage's error, else the postprocess's."""
+    return ray_error_of(row) or str(row.get(ERROR) or "")
 
 
 def is_error(row: dict[str, Any]) -> bool:
-    return bool(error_of(row))
+    return error_of(row) != ""
 
 
 class ToErrorRecord:

@@ -83,21 +83,56 @@ def _cluster_slots(config: Any) -> int:
     return int(resources.get("GPU" if uses_gpu else "CPU", 0))
 
 
-def _token_totals(ds: Any) -> tuple[int, int]:
-    """Input and output tokens of the successful rows. Per batch, because blocks that held
-    only error rows lack the token columns, which Dataset.sum() refuses."""
-    import pyarrow.compute as pc
+class JobIntegrityError(RuntimeError):
+    """The processed rows break the job's invariants; nothing is committed."""
 
-    def per_batch(table: Any) -> Any:
-        import pyarrow as pa
 
-        def total(column: str) -> int:
-            return int(pc.sum(table[column]).as_py() or 0) if column in table.column_names else 0
+class TooManyErrorRowsError(RuntimeError):
+    """More rows failed than the task allows; nothing is committed."""
 
-        return pa.table({"i": [total(rows.IN_TOKENS)], "o": [total(rows.OUT_TOKENS)]})
 
-    parts = ds.map_batches(per_batch, batch_format="pyarrow").take_all()
-    return sum(p["i"] for p in parts), sum(p["o"] for p in parts)
+FIRST_ERRORS = 5
+
+
+def _tally(table: Any) -> Any:
+    """One row of counts per batch: ok rows, error rows, ok rows that skipped the processor
+    or the postprocess, tokens of the ok rows."""
+    import pyarrow as pa
+
+    ok = errors = not_inferred = in_tokens = out_tokens = 0
+    for row in table.to_pylist():
+        if rows.is_error(row):
+            errors += 1
+            continue
+        ok += 1
+        not_inferred += row.get(rows.INFERRED) is not True
+        in_tokens += int(row.get(rows.IN_TOKENS) or 0)
+        out_tokens += int(row.get(rows.OUT_TOKENS) or 0)
+    return pa.table({"ok": [ok], "errors": [errors], "not_inferred": [not_inferred], "i": [in_tokens], "o": [out_tokens]})
+
+
+def _counts(ds: Any) -> dict[str, int]:
+    parts = ds.map_batches(_tally, batch_format="pyarrow").take_all()
+    return {key: sum(int(p[key]) for p in parts) for key in ("ok", "errors", "not_inferred", "i", "o")}
+
+
+def check_counts(rows_in: int, counts: dict[str, int], first_errors: list[dict[str, Any]], max_error_ratio: float) -> None:
+    """Fail the job, before anything is committed, when its rows do not add up, when a row
+    counted as output never reached the processor, or when too many rows failed."""
+    rows_out, error_rows = counts["ok"], counts["errors"]
+    if rows_in != rows_out + error_rows:
+        raise JobIntegrityError(f"row count mismatch: {rows_in} in, {rows_out} out, {error_rows} errors")
+    if counts["not_inferred"]:
+        raise JobIntegrityError(
+            f"{counts['not_inferred']} of {rows_out} output rows lack the processor's result "
+            "(they skipped inference or the postprocess): refusing to commit them as output"
+        )
+    if rows_in and error_rows and (rows_out == 0 or error_rows / rows_in > max_error_ratio):
+        shown = "; ".join(f"row {e['row_id']} ({e['stage']}): {e['error']}" for e in first_errors)
+        why = "every row failed" if rows_out == 0 else f"more than max_error_ratio={max_error_ratio:g}"
+        raise TooManyErrorRowsError(
+            f"{error_rows} of {rows_in} rows failed ({why}); nothing was committed. First errors: {shown}"
+        )
 
 
 def _without_internal_columns(table: Any) -> Any:
@@ -129,16 +164,16 @@ def run(spec: JobSpec, tag: str) -> JobResult:
     processor = build_processor(
         config,
         preprocess=rows.Preprocess(preprocess, columns, spec.input.id_column, go_on),
-        postprocess=rows.Postprocess(postprocess, columns, go_on),
+        postprocess=rows.Postprocess(postprocess, columns, go_on, rows.RESULT_COLUMNS.get(spec.processor.type, ())),
     )
     processed = processor(ds).materialize()
     stats_text = processed.stats()
     ok = processed.filter(lambda r: not rows.is_error(r))
     bad = processed.filter(rows.is_error).map(rows.ToErrorRecord(columns))
-    rows_out, error_rows = ok.count(), bad.count()
-    if rows_in != rows_out + error_rows:
-        raise RuntimeError(f"row count mismatch: {rows_in} in, {rows_out} out, {error_rows} errors")
-    input_tokens, output_tokens = _token_totals(ok)
+    counts = _counts(processed)
+    rows_out, error_rows = counts["ok"], counts["errors"]
+    check_counts(rows_in, counts, bad.take(FIRST_ERRORS) if error_rows else [], spec.max_error_ratio)
+    input_tokens, output_tokens = counts["i"], counts["o"]
 
     staging = io.staging_uri(spec.output, tag)
     if rows_out:

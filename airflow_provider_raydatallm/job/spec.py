@@ -13,6 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPEC_VERSION = 1
+# With should_continue_on_error, a run fails (and commits nothing) when more than this share
+# of its rows failed: a tenth of the rows failing says something is wrong with the input, the
+# prompt or the model, not with a few odd rows.
+DEFAULT_MAX_ERROR_RATIO = 0.1
 
 InputFormat = Literal["csv", "parquet", "json", "jsonl"]
 OutputFormat = Literal["parquet", "jsonl", "csv"]
@@ -125,6 +129,7 @@ class JobSpec(_Model):
     preprocess: CallableSpec | None = None
     postprocess: CallableSpec | None = None
     should_continue_on_error: bool = False
+    max_error_ratio: float = Field(default=DEFAULT_MAX_ERROR_RATIO, ge=0, le=1)
 
     @field_validator("spec_version")
     @classmethod

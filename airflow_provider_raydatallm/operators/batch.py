@@ -25,7 +25,7 @@ from airflow_provider_raydatallm.exceptions import (
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job import callables
 from airflow_provider_raydatallm.job.metrics import find_result
-from airflow_provider_raydatallm.job.spec import InputSpec, JobSpec, OutputSpec, RunIdentity, infer_input_format
+from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, InputSpec, JobSpec, OutputSpec, RunIdentity, infer_input_format
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
 from airflow_provider_raydatallm.operators import _submission as sub
 from airflow_provider_raydatallm.triggers.events import validate_event
@@ -69,6 +69,9 @@ class RayLLMBatchOperator(BaseOperator):
     :param output_format: ``parquet`` (default), ``jsonl`` or ``csv``.
     :param error_output_uri: directory for rows that failed; default ``<output>/_errors``.
     :param should_continue_on_error: send failing rows to the error output instead of failing.
+    :param max_error_ratio: with ``should_continue_on_error``, fail the task (committing
+        nothing) when more than this share of the rows failed; default 0.1. A run where every
+        row failed always fails. ``1.0`` accepts any number of failed rows short of all.
     :param ray_conn_id: the ``ray`` connection.
     :param http_conn_id: for ``HttpRequestProcessorConfig``: a connection to an OpenAI-compatible
         endpoint (host = base URL, password = API key, extra ``path`` and ``headers``). The key
@@ -110,6 +113,7 @@ class RayLLMBatchOperator(BaseOperator):
         output_format: str = "parquet",
         error_output_uri: str | None = None,
         should_continue_on_error: bool = False,
+        max_error_ratio: float = DEFAULT_MAX_ERROR_RATIO,
         ray_conn_id: str = RayHook.default_conn_name,
         http_conn_id: str | None = None,
         runtime_env: dict[str, Any] | None = None,
@@ -138,6 +142,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.output_format = output_format
         self.error_output_uri = error_output_uri
         self.should_continue_on_error = should_continue_on_error
+        self.max_error_ratio = max_error_ratio
         self.ray_conn_id = ray_conn_id
         self.http_conn_id = http_conn_id
         self.runtime_env = runtime_env
@@ -174,6 +179,7 @@ class RayLLMBatchOperator(BaseOperator):
                 preprocess=callables.pack(self.preprocess, "preprocess"),
                 postprocess=callables.pack(self.postprocess, "postprocess"),
                 should_continue_on_error=self.should_continue_on_error,
+                max_error_ratio=self.max_error_ratio,
             )
         except ValidationError as err:
             raise sub.spec_error(err, self.task_id) from None

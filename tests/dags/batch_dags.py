@@ -55,10 +55,17 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
     return {"inferred_industry": row["generated_text"], **row}
 
 
-def every_fifth_fails(row: dict[str, Any]) -> dict[str, Any]:
-    if int(row["Index"]) % 5 == 0:
+def every_fourth_fails(row: dict[str, Any]) -> dict[str, Any]:
+    # Every block of the run (24 rows in 3 partitions) holds failing rows beside good ones.
+    if int(row["Index"]) % 4 == 0:
         raise ValueError(f"refusing row {row['Index']} on purpose")
     return preprocess(row)
+
+
+def postprocess_every_seventh_fails(row: dict[str, Any]) -> dict[str, Any]:
+    if int(row["Index"]) % 7 == 0:
+        raise KeyError(f"no label for row {row['Index']}")
+    return postprocess(row)
 
 
 def always_fails(row: dict[str, Any]) -> dict[str, Any]:
@@ -116,12 +123,29 @@ with _dag("test_continue_on_error"):
     RayLLMBatchOperator(
         task_id="classify",
         processor_config=cpu_vllm_config(),
-        preprocess=every_fifth_fails,
+        preprocess=every_fourth_fails,
+        postprocess=postprocess_every_seventh_fails,
+        input_uri="{{ params.input }}",
+        output_uri="{{ params.output }}",
+        id_column="Index",
+        num_partitions=3,
+        should_continue_on_error=True,
+        max_error_ratio=0.5,
+        deferrable=False,
+        poll_interval=2,
+    )
+
+with _dag("test_every_row_fails_on_error"):
+    RayLLMBatchOperator(
+        task_id="classify",
+        processor_config=cpu_vllm_config(),
+        preprocess=always_fails,
         postprocess=postprocess,
         input_uri="{{ params.input }}",
         output_uri="{{ params.output }}",
         id_column="Index",
         should_continue_on_error=True,
+        max_error_ratio=1.0,
         deferrable=False,
         poll_interval=2,
     )

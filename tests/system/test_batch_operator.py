@@ -87,19 +87,46 @@ def test_failing_job_fails_the_task_with_the_jobs_error(test_dags, tmp_path, cap
     assert not out.exists()
 
 
-def test_continue_on_error_every_fifth_row_goes_to_the_error_output(test_dags, tmp_path):
-    customers = write_customers_csv(tmp_path / "c.csv", 20)
+def test_failed_rows_in_every_block_leave_the_other_rows_inferred(test_dags, tmp_path):
+    """Preprocess fails on every 4th row and postprocess on every 7th, so every block holds
+    failed rows beside good ones: each good row must still reach the model and the user's
+    postprocess (issue 7: they used to skip both and count as output)."""
+    customers = write_customers_csv(tmp_path / "c.csv", 24)
     out = tmp_path / "out"
     run = test_dags.run("test_continue_on_error", {"input": str(customers), "output": str(out)})
     assert test_dags.states(run) == {"classify": "success"}
     good, bad = pq.read_table(out), pq.read_table(out / "_errors")
-    assert good.num_rows + bad.num_rows == 20
-    assert sorted(bad.column("row_id").to_pylist(), key=int) == ["5", "10", "15", "20"]
-    assert set(bad.column("stage").to_pylist()) == {"preprocess"}
-    assert all("refusing row" in e for e in bad.column("error").to_pylist())
+    pre_failed, post_failed = {i for i in range(1, 25) if i % 4 == 0}, {7, 14, 21}
+    assert sorted(bad.column("row_id").to_pylist(), key=int) == [str(i) for i in sorted(pre_failed | post_failed)]
+    stages = dict(zip(bad.column("row_id").to_pylist(), bad.column("stage").to_pylist()))
+    assert {int(k) for k, v in stages.items() if v == "preprocess"} == pre_failed
+    assert {int(k) for k, v in stages.items() if v == "postprocess"} == post_failed
+    assert all("refusing row" in e or "no label for row" in e for e in bad.column("error").to_pylist())
     assert json.loads(bad.column("row").to_pylist()[0])["Company"]
+
+    rows_out = good.to_pylist()
+    assert sorted(r["Index"] for r in rows_out) == [i for i in range(1, 25) if i not in pre_failed | post_failed]
+    for row in rows_out:  # the model's output and the postprocess's column, on every output row
+        assert row["inferred_industry"] in CHOICES and row["generated_text"] == row["inferred_industry"], row
+        assert row["num_input_tokens"] > 0 and row["num_generated_tokens"] > 0, row
+    assert not any(c.startswith("__") for c in good.column_names)
     metrics = test_dags.xcom(run, "classify")["metrics"]
-    assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (20, 16, 4)
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (24, 15, 9)
+    assert metrics["input_tokens"] == sum(r["num_input_tokens"] for r in rows_out)
+    assert metrics["output_tokens"] == sum(r["num_generated_tokens"] for r in rows_out)
+    print(f"mixed failures: output columns {good.column_names}; tokens in {metrics['input_tokens']}, "
+          f"out {metrics['output_tokens']}")  # fmt: skip
+
+
+def test_a_run_where_every_row_failed_fails_and_commits_nothing(test_dags, tmp_path, capfd):
+    customers = write_customers_csv(tmp_path / "c.csv", 8)
+    out = tmp_path / "out"
+    run = test_dags.run("test_every_row_fails_on_error", {"input": str(customers), "output": str(out)})
+    assert test_dags.states(run) == {"classify": "failed"}
+    logged = capfd.readouterr().out
+    assert "8 of 8 rows failed (every row failed); nothing was committed" in logged
+    assert "row 1 (preprocess): ValueError: this preprocess rejects every row" in logged
+    assert not out.exists()
 
 
 def test_on_kill_stops_the_ray_job(test_dags, tmp_path, ray_conn):

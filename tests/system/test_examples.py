@@ -132,6 +132,7 @@ def test_customer_industries_sample_then_scale_path(examples, tmp_path):
                "Real Estate", "Other"}  # fmt: skip
     assert table.num_rows == 30 and set(table.column("inferred_industry").to_pylist()) <= choices
     assert result["metrics"]["num_partitions"] == 2 and result["metrics"]["rows_in"] == 30
+    assert result["metrics"]["output_tokens"] >= 30 and result["metrics"]["input_tokens"] > 0
 
 
 def test_date_reformat_counts_well_formed_answers(examples, tmp_path, capfd):
@@ -143,7 +144,11 @@ def test_date_reformat_counts_well_formed_answers(examples, tmp_path, capfd):
     # A 135M model: how many dates came back right is reported, not asserted.
     print(f"\nseed 004 date reformatting with the default model: {report}")
     result = examples.xcom(run, "reformat_dates")
-    assert set(pq.read_table(result["output_uri"]).column_names) >= {"resp", "Subscription Date", "Customer Id"}
+    table = pq.read_table(result["output_uri"])
+    assert set(table.column_names) >= {"resp", "Subscription Date", "Customer Id"}
+    # Every output row went through the model and the postprocess (issue 7's blind spot).
+    assert table.num_rows == report["rows"] and all((r or "").strip() for r in table.column("resp").to_pylist())
+    assert result["metrics"]["output_tokens"] >= table.num_rows
 
 
 def test_common_questions_and_creative_prompts(examples, tmp_path):

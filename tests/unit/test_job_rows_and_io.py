@@ -16,7 +16,7 @@ COLUMNS = ["Index", "Company"]
 
 def test_preprocess_keeps_an_id_and_turns_failures_into_error_rows():
     wrap = rows.Preprocess(lambda r: {"messages": [r["Company"]]}, COLUMNS, "Index", continue_on_error=True)
-    assert wrap({"Index": 7, "Company": "Acme"}) == {"messages": ["Acme"], rows.ROW_ID: "7"}
+    assert wrap({"Index": 7, "Company": "Acme"}) == {"messages": ["Acme"], rows.ROW_ID: "7", rows.RAY_ERROR: ""}
     failing = rows.Preprocess(lambda r: 1 / 0, COLUMNS, None, continue_on_error=True)
     out = failing({"Index": 7, "Company": "Acme"})
     assert out[rows.RAY_ERROR].startswith("preprocess: ZeroDivisionError") and out[rows.ROW_ID].startswith("sha1:")
@@ -40,7 +40,7 @@ def test_postprocess_carries_tokens_and_catches_errors():
            "num_input_tokens": 30, "num_generated_tokens": 2}  # fmt: skip
     out = wrap(row)
     assert out["label"] == "Retail" and (out[rows.IN_TOKENS], out[rows.OUT_TOKENS]) == (30, 2)
-    assert not rows.is_error(out)
+    assert not rows.is_error(out) and out[rows.INFERRED] is True
     broken = rows.Postprocess(lambda r: r["missing"], COLUMNS, continue_on_error=True)(row)
     assert rows.is_error(broken)
     record = rows.ToErrorRecord(COLUMNS)(broken)
@@ -102,3 +102,41 @@ def test_separate_error_location_is_committed_too(tmp_path):
     _write(tmp_path / "errors.__staging__t", "e.parquet", "e")
     io.commit(output, staging)
     assert (tmp_path / "errors" / "e.parquet").exists() and (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_missing_error_value_is_an_error_row_as_ray_says():
+    # Ray's stages: row.get("__inference_error__", "") != "" -> pass through, skip postprocess.
+    assert not rows.is_error({"x": 1}) and not rows.is_error({rows.RAY_ERROR: ""})
+    assert rows.error_of({rows.RAY_ERROR: None}) == rows.NO_MESSAGE
+    assert rows.error_of({rows.RAY_ERROR: "", rows.ERROR: "postprocess: boom"}) == "postprocess: boom"
+
+
+def test_postprocess_marks_rows_without_the_processors_result():
+    wrap = rows.Postprocess(None, COLUMNS, True, rows.RESULT_COLUMNS["vLLMEngineProcessorConfig"])
+    assert wrap({rows.ROW_ID: "1", "generated_text": "x"})[rows.INFERRED] is True
+    assert wrap({rows.ROW_ID: "1", "messages": []})[rows.INFERRED] is False
+
+
+def _counts(ok=0, errors=0, not_inferred=0):
+    return {"ok": ok, "errors": errors, "not_inferred": not_inferred, "i": 0, "o": 0}
+
+
+def test_job_refuses_output_rows_that_skipped_the_processor():
+    from airflow_provider_raydatallm.job.run import JobIntegrityError, check_counts
+
+    with pytest.raises(JobIntegrityError, match="90 of 90 output rows lack the processor's result"):
+        check_counts(100, _counts(ok=90, errors=10, not_inferred=90), [], 0.5)
+    with pytest.raises(JobIntegrityError, match="row count mismatch: 100 in, 90 out, 9 errors"):
+        check_counts(100, _counts(ok=90, errors=9), [], 0.5)
+
+
+def test_job_fails_when_too_many_or_all_rows_failed():
+    from airflow_provider_raydatallm.job.run import TooManyErrorRowsError, check_counts
+
+    first = [{"row_id": "3", "stage": "preprocess", "error": "ValueError: no"}]
+    check_counts(100, _counts(ok=90, errors=10), first, 0.1)  # exactly the ratio is allowed
+    with pytest.raises(TooManyErrorRowsError, match=r"11 of 100 rows failed \(more than max_error_ratio=0.1\)"):
+        check_counts(100, _counts(ok=89, errors=11), first, 0.1)
+    with pytest.raises(TooManyErrorRowsError, match=r"every row failed.*row 3 \(preprocess\): ValueError: no"):
+        check_counts(4, _counts(errors=4), first, 1.0)
+    check_counts(0, _counts(), [], 0.1)  # an empty input is not a failure of every row
