@@ -115,3 +115,15 @@ class RayJobTimeoutError(RayProviderError):
         super().__init__(
             f"Ray job {job_id} at {address} did not finish within {timeout:.0f}s; it was asked to stop"
         )
+
+
+class RayJobUnschedulableError(RayProviderError):
+    """The job waited longer than ``pending_timeout`` for resources no node has; it was stopped."""
+
+    def __init__(self, address: str, job_id: str, message: str):
+        self.address = address
+        self.job_id = job_id
+        super().__init__(
+            f"Ray job {job_id} at {address} could not be placed and was {message}. Check the processor "
+            "config's accelerator_type, concurrency and placement_group_config against the cluster's nodes."
+        )

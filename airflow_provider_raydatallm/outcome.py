@@ -1,17 +1,13 @@
-"""Waiting for a Ray job from a worker, and turning its end into a result or a clear error.
+"""Turning a Ray job's end into a clear error (its own error line first, then its log tail).
 
-Shared by RayLLMBatchOperator and RayJobSensor in their non-deferred modes and after
-they resume from RayJobTrigger.
+Shared by RayLLMBatchOperator and RayJobSensor. Waiting for the job is ``watch.py``.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-
-from airflow_provider_raydatallm.exceptions import RayJobFailedError, RayJobTimeoutError
+from airflow_provider_raydatallm.exceptions import RayJobFailedError
 from airflow_provider_raydatallm.hooks._jobs_api import redact
-from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo, RayJobStatus
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo
 
 ERROR_MARKER = "RAYDLLM_ERROR "
 TAIL_LINES = 30
@@ -53,38 +49,3 @@ def raise_failed(hook: RayHook, info: RayJobInfo) -> None:
     reason = _error_line_of(text, secrets) or (info.message or "no message from Ray")
     tail = unavailable or _tail_of(text, secrets)
     raise RayJobFailedError(hook.address, info.id, info.status.value, reason, tail)
-
-
-def show_new_logs(hook: RayHook, job_id: str, offset: int, log: logging.Logger) -> int:
-    """Log the job's log lines past ``offset``; return the new offset."""
-    text = hook.get_job_logs(job_id)
-    for line in text[offset:].splitlines():
-        log.info("[ray job %s] %s", job_id, line)
-    return len(text)
-
-
-def wait(
-    hook: RayHook,
-    job_id: str,
-    *,
-    poll_interval: float,
-    timeout: float | None,
-    fetch_logs: bool,
-    log: logging.Logger,
-    log_offset: int = 0,
-) -> RayJobInfo:
-    """Block until the job ends (streaming its log); stop it and raise on timeout."""
-    deadline = time.monotonic() + timeout if timeout is not None else None
-    offset = log_offset
-    while True:
-        info = hook.get_job_info(job_id)
-        if fetch_logs:
-            offset = show_new_logs(hook, job_id, offset, log)
-        if info.status.is_terminal:
-            return info
-        if deadline is not None and time.monotonic() >= deadline:
-            hook.stop_job(job_id)
-            raise RayJobTimeoutError(hook.address, job_id, timeout or 0)
-        if info.status is RayJobStatus.PENDING and info.message:
-            log.info("Ray job %s is PENDING: %s", job_id, info.message)
-        time.sleep(poll_interval)

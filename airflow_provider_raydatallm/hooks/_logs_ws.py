@@ -54,15 +54,18 @@ def tail_sync(config: RayConnectionConfig, job_id: str) -> Iterator[str]:
 
 
 async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[str]:
+    import asyncio
+
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
+    ssl_context = await asyncio.to_thread(config.ssl_context)  # reads CA files: off the loop
     try:
         socket = await connect(
             _ws_url(config, job_id),
             additional_headers=_headers(config),
             user_agent_header=USER_AGENT,
-            ssl=config.ssl_context(),
+            ssl=ssl_context,
             open_timeout=CONNECT_TIMEOUT,
             max_size=None,
             compression=None,

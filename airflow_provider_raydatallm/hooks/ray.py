@@ -8,6 +8,7 @@ triggers and never block the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,7 +18,7 @@ import httpx
 
 from airflow.sdk import BaseHook
 from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
-from airflow_provider_raydatallm.hooks import _jobs_api as api
+from airflow_provider_raydatallm.hooks import _jobs_api as api, _state_api as _state
 from airflow_provider_raydatallm.hooks._connection import (
     CONNECT_TIMEOUT,
     RayConnectionConfig,
@@ -25,12 +26,15 @@ from airflow_provider_raydatallm.hooks._connection import (
 )
 from airflow_provider_raydatallm.hooks._jobs_api import RayJobInfo, RayJobStatus
 from airflow_provider_raydatallm.hooks._packages import package_uri, zip_directory
+from airflow_provider_raydatallm.hooks._state_api import Demand
 from airflow_provider_raydatallm.hooks._ui import UI_FIELD_BEHAVIOUR
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-__all__ = ["RayHook", "RayJobInfo", "RayJobStatus"]
+__all__ = ["Demand", "RayHook", "RayJobInfo", "RayJobStatus"]
+# Answers above this size (a long job log) are decoded in a thread, off the triggerer's loop.
+LARGE_BODY = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class _Call:
     job_id: str | None = None
     submitting: bool = False
     expect_json: bool = True
+    params: Mapping[str, Any] | None = None
 
 
 class RayHook(BaseHook):
@@ -123,7 +128,9 @@ class RayHook(BaseHook):
 
     async def _aclient(self) -> httpx.AsyncClient:
         if self._async_client is None:
-            self._async_client = httpx.AsyncClient(**self._client_kwargs(await self.aconfig()))
+            config = await self.aconfig()
+            # Building the TLS context reads the CA bundle from disk: off the event loop.
+            self._async_client = await asyncio.to_thread(lambda: httpx.AsyncClient(**self._client_kwargs(config)))
         return self._async_client
 
     def close(self) -> None:
@@ -161,7 +168,9 @@ class RayHook(BaseHook):
     def _run(self, call: _Call) -> Any:
         config = self.config
         try:
-            response = self._client.request(call.method, call.path, json=call.body, content=call.content)
+            response = self._client.request(
+                call.method, call.path, json=call.body, content=call.content, params=call.params
+            )
         except httpx.TransportError as err:
             raise self._unreachable(config, err) from None
         return self._read(call, config, response)
@@ -170,9 +179,13 @@ class RayHook(BaseHook):
         client = await self._aclient()
         config = await self.aconfig()
         try:
-            response = await client.request(call.method, call.path, json=call.body, content=call.content)
+            response = await client.request(
+                call.method, call.path, json=call.body, content=call.content, params=call.params
+            )
         except httpx.TransportError as err:
             raise self._unreachable(config, err) from None
+        if len(response.content) > LARGE_BODY:  # a long job log: decode it off the event loop
+            return await asyncio.to_thread(self._read, call, config, response)
         return self._read(call, config, response)
 
     # -- the Jobs API as calls ---------------------------------------------------------------
@@ -209,6 +222,18 @@ class RayHook(BaseHook):
     @staticmethod
     def _list_call() -> _Call:
         return _Call("GET", api.JOBS_PATH, lambda d: [RayJobInfo.from_api(j) for j in d])
+
+    @staticmethod
+    def _state_call(path: str, params: Mapping[str, Any]) -> _Call:
+        return _Call("GET", path, _state.rows_of, params=params)
+
+    def _demand_calls(self, job_hex_id: str) -> tuple[_Call, _Call, _Call]:
+        """Pending actors of the job, pending placement groups, alive nodes."""
+        return (
+            self._state_call(_state.ACTORS_PATH, _state.actors_query(job_hex_id)),
+            self._state_call(_state.PLACEMENT_GROUPS_PATH, _state.pending_groups_query()),
+            self._state_call(_state.NODES_PATH, _state.nodes_query()),
+        )
 
     @staticmethod
     def _version_call() -> _Call:
@@ -271,6 +296,12 @@ class RayHook(BaseHook):
 
     def list_jobs(self) -> list[RayJobInfo]:
         return self._run(self._list_call())
+
+    def get_pending_demands(self, job_hex_id: str) -> list[Demand]:
+        """Resources the job's actors and placement groups wait for, each with what no node
+        has (``job_hex_id`` is Ray's job id, e.g. ``"02000000"``, not the submission id)."""
+        actors, groups, nodes = (self._run(call) for call in self._demand_calls(job_hex_id))
+        return _state.demands(job_hex_id, actors, groups, nodes)
 
     def get_cluster_version(self) -> str:
         """The Ray version of the cluster, e.g. ``"2.60.0"``."""
@@ -352,6 +383,11 @@ class RayHook(BaseHook):
 
     async def alist_jobs(self) -> list[RayJobInfo]:
         return await self._arun(self._list_call())
+
+    async def aget_pending_demands(self, job_hex_id: str) -> list[Demand]:
+        """Async twin of :meth:`get_pending_demands`."""
+        actors, groups, nodes = [await self._arun(call) for call in self._demand_calls(job_hex_id)]
+        return _state.demands(job_hex_id, actors, groups, nodes)
 
     async def aget_cluster_version(self) -> str:
         return await self._arun(self._version_call())

@@ -9,24 +9,34 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from airflow_provider_raydatallm.job.spec import JobSpec
+from airflow_provider_raydatallm.job.spec import SECRETS_FILE, JobSpec
 
 ERROR_MARKER = "RAYDLLM_ERROR "
 
 
-def _spec_text(args: argparse.Namespace) -> str:
+def _spec_dir(args: argparse.Namespace) -> Path:
     if args.spec:
-        return Path(args.spec).read_text()
+        return Path(args.spec).parent
     found = importlib.util.find_spec(args.spec_module)
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"spec package {args.spec_module!r} is not on this job's path (py_modules)")
-    return (Path(list(found.submodule_search_locations)[0]) / "spec.json").read_text()
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _spec_text(args: argparse.Namespace) -> str:
+    return Path(args.spec).read_text() if args.spec else (_spec_dir(args) / "spec.json").read_text()
+
+
+def _secrets(args: argparse.Namespace) -> dict[str, str]:
+    path = _spec_dir(args) / SECRETS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from airflow_provider_raydatallm.job.run import run
 
     try:
-        result = run(spec, args.tag)
+        result = run(spec, args.tag, _secrets(args))
     except Exception as err:
         traceback.print_exc()
         root = err

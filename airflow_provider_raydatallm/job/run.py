@@ -11,18 +11,30 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, io, rows
+from airflow_provider_raydatallm.job import callables, commit, io, lock, rows
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, stage_seconds
-from airflow_provider_raydatallm.job.spec import JobSpec, ProcessorSpec
+from airflow_provider_raydatallm.job.spec import JobSpec, ProcessorSpec, SecretRef
 
 log = logging.getLogger("raydllm.job")
+# How long a job waits for another job writing the same output (e.g. one being stopped).
+LOCK_WAIT_SECONDS = float(os.environ.get("RAYDLLM_LOCK_WAIT_SECONDS") or 120)
 
 
 class JobConfigError(ValueError):
     """The spec's processor config or callables are not usable on this cluster."""
 
 
-def build_config(spec: ProcessorSpec, continue_on_error: bool) -> Any:
+def resolve_secret(ref: SecretRef, shipped: dict[str, str]) -> str:
+    """The value behind a secret reference: an environment variable here, or a shipped value."""
+    value = os.environ.get(ref.name) if ref.source == "env" else shipped.get(ref.name)
+    if not value:
+        where = (f"the environment variable {ref.name} on the Ray nodes" if ref.source == "env"
+                 else f"the shipped secret {ref.name}")  # fmt: skip
+        raise JobConfigError(f"{where} is not set (a header of the processor config needs it)")
+    return ref.prefix + value
+
+
+def build_config(spec: ProcessorSpec, continue_on_error: bool, secrets: dict[str, str] | None = None) -> Any:
     import ray.data.llm as llm
 
     cls = getattr(llm, spec.type, None)
@@ -34,11 +46,8 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool) -> Any:
     if "has_image" in kwargs and "has_image" not in fields and "prepare_multimodal_stage" in fields:
         kwargs.setdefault("prepare_multimodal_stage", kwargs.pop("has_image"))
         log.info("has_image is prepare_multimodal_stage on Ray %s: translated", _ray_version())
-    for header, env_var in spec.secret_headers.items():
-        value = os.environ.get(env_var)
-        if not value:
-            raise JobConfigError(f"header {header!r} needs the environment variable {env_var}, which is not set")
-        kwargs["headers"] = {**(kwargs.get("headers") or {}), header: value}
+    for header, ref in spec.secret_headers.items():
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), header: resolve_secret(ref, secrets or {})}
     if continue_on_error and "should_continue_on_error" in getattr(cls, "model_fields", {}):
         kwargs.setdefault("should_continue_on_error", True)
     try:
@@ -139,17 +148,35 @@ def _without_internal_columns(table: Any) -> Any:
     return table.drop_columns([c for c in rows.INTERNAL_COLUMNS if c in table.column_names])
 
 
-def run(spec: JobSpec, tag: str) -> JobResult:
-    """Run one batch; ``tag`` names this attempt's staging directory (the submission id)."""
+def _locations(spec: JobSpec, tag: str) -> tuple[commit.OutputDir, commit.OutputDir | None, commit.OutputDir]:
+    """The output directory, the error directory when it is not nested in the output (else
+    None), and the error directory."""
+    out_uri, err_uri = spec.output.uri.rstrip("/"), spec.output.error_uri.rstrip("/")
+    nested = err_uri.startswith(out_uri + "/")
+    errors = commit.OutputDir(err_uri, tag)
+    output = commit.OutputDir(out_uri, tag, skip=err_uri if nested else None)
+    return output, (errors if not nested else None), errors
+
+
+def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobResult:
+    """Run one batch; ``tag`` names this attempt's staging directory (the submission id);
+    ``secrets`` are the shipped values the spec refers to."""
     import ray
 
     started = time.monotonic()
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     log.info("Ray %s, cluster resources %s", ray.__version__, ray.cluster_resources())
     preprocess, postprocess = callables.load(spec.preprocess), callables.load(spec.postprocess)
-    config = build_config(spec.processor, spec.should_continue_on_error)
-    for stale in io.clear_stale_staging(spec.output):
-        log.info("removed staging left by an earlier failed run: %s", stale)
+    config = build_config(spec.processor, spec.should_continue_on_error, secrets)
+
+    output, separate_errors, errors = _locations(spec, tag)
+    dirs = [d for d in (output, separate_errors) if d is not None]
+    holder = {"submission_id": spec.run.submission_id or tag, "run": spec.run.model_dump()}
+    locks = lock.acquire([d.fs.unstrip_protocol(d.path) for d in dirs], holder, LOCK_WAIT_SECONDS)
+    for directory in (output, errors):
+        directory.check_owned(spec.output.overwrite)  # before any actor or engine starts
+        for stale in directory.clear_stale():
+            log.info("removed what an earlier attempt left unfinished: %s", stale)
 
     ds = io.read_input(spec.input)
     columns = list(ds.schema().names)
@@ -173,23 +200,21 @@ def run(spec: JobSpec, tag: str) -> JobResult:
     counts = _counts(processed)
     rows_out, error_rows = counts["ok"], counts["errors"]
     check_counts(rows_in, counts, bad.take(FIRST_ERRORS) if error_rows else [], spec.max_error_ratio)
-    input_tokens, output_tokens = counts["i"], counts["o"]
 
-    staging = io.staging_uri(spec.output, tag)
     if rows_out:
-        io.write_rows(ok.map_batches(_without_internal_columns, batch_format="pyarrow"), staging, spec.output.format)
+        io.write_rows(ok.map_batches(_without_internal_columns, batch_format="pyarrow"), output.staging_uri, spec.output.format)
     if error_rows:
-        io.write_rows(bad, io.error_staging_uri(spec.output, staging), spec.output.format)
+        io.write_rows(bad, errors.staging_uri, spec.output.format)
     wall = time.monotonic() - started
     metrics = JobMetrics(
         rows_in=rows_in,
         rows_out=rows_out,
         error_rows=error_rows,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
+        input_tokens=counts["i"],
+        output_tokens=counts["o"],
         wall_seconds=round(wall, 3),
         rows_per_second=round(rows_in / wall, 3) if wall else 0.0,
-        output_tokens_per_second=round(output_tokens / wall, 3) if wall else 0.0,
+        output_tokens_per_second=round(counts["o"] / wall, 3) if wall else 0.0,
         num_partitions=num_partitions,
         stage_seconds=stage_seconds(stats_text),
     )
@@ -199,7 +224,15 @@ def run(spec: JobSpec, tag: str) -> JobResult:
         output_format=spec.output.format,
         metrics=metrics,
     )
-    io.write_metrics(staging, {"run": spec.run.model_dump(), **result.model_dump()})
-    io.commit(spec.output, staging)
+    pause = float(os.environ.get("RAYDLLM_TEST_COMMIT_PAUSE") or 0)
+    identity = {"submission_id": holder["submission_id"], "run": spec.run.model_dump()}
+    # Errors first: once the output's manifest names the new version, its errors are in place.
+    errors.commit(commit.Manifest(rows=error_rows, **identity), spec.output.overwrite, pause)
+    output.commit(
+        commit.Manifest(rows=rows_out, extra={"metrics": metrics.model_dump(), "format": spec.output.format}, **identity),
+        spec.output.overwrite,
+        pause,
+    )
+    del locks  # released when the job ends anyway; dropping the handles says we are done
     log.info("committed %d rows to %s (%d error rows to %s)", rows_out, spec.output.uri, error_rows, spec.output.error_uri)
     return result

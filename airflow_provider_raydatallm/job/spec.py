@@ -7,6 +7,7 @@ Bump ``SPEC_VERSION`` on any change a job of the previous version could misread.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ SPEC_VERSION = 1
 # of its rows failed: a tenth of the rows failing says something is wrong with the input, the
 # prompt or the model, not with a few odd rows.
 DEFAULT_MAX_ERROR_RATIO = 0.1
+# Beside spec.json in the shipped spec package: secret values the spec refers to by name.
+SECRETS_FILE = "secrets.json"
 
 InputFormat = Literal["csv", "parquet", "json", "jsonl"]
 OutputFormat = Literal["parquet", "jsonl", "csv"]
@@ -54,18 +57,38 @@ class InputSpec(_Model):
 
 
 class OutputSpec(_Model):
-    """Where results go. ``uri`` is a directory; errors go to ``error_uri``."""
+    """Where results go. ``uri`` is a directory; errors go to ``error_uri``. ``overwrite``
+    lets a commit delete files in them that this provider did not write."""
 
     uri: str = Field(min_length=1)
     format: OutputFormat = "parquet"
     error_uri: str = ""
+    overwrite: bool = False
 
     @model_validator(mode="after")
     def _default_error_uri(self) -> OutputSpec:
         if not self.error_uri:
             # Under a "_" name: Parquet readers skip it when reading the output directory.
             object.__setattr__(self, "error_uri", self.uri.rstrip("/") + "/_errors")
+        out, err = normalize_uri(self.uri), normalize_uri(self.error_uri)
+        if err == out:
+            raise ValueError(f"error_output_uri {self.error_uri!r} is output_uri: give failed rows their own directory")
+        if is_inside(out, err):
+            raise ValueError(
+                f"error_output_uri {self.error_uri!r} contains output_uri {self.uri!r}: committing the errors "
+                "would replace the output"
+            )
         return self
+
+
+class SecretRef(_Model):
+    """A secret by reference: ``env``, an environment variable the Ray nodes already have
+    (e.g. from a Kubernetes Secret; Airflow never sees it), or ``shipped``, an entry of the
+    spec package's secrets file. The value used is ``prefix + value`` (``"Bearer "``)."""
+
+    source: Literal["env", "shipped"]
+    name: str = Field(min_length=1)
+    prefix: str = ""
 
 
 class ProcessorSpec(_Model):
@@ -73,9 +96,9 @@ class ProcessorSpec(_Model):
 
     type: str
     kwargs: dict[str, Any]
-    # Header name -> environment variable of the job that holds its value (an API key).
-    # Secrets travel in runtime_env env_vars, which Ray redacts, never in the spec itself.
-    secret_headers: dict[str, str] = Field(default_factory=dict)
+    # Header name -> where its value (an API key) is. Never in the spec, runtime_env or
+    # metadata: any Jobs API client reads those back.
+    secret_headers: dict[str, SecretRef] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_type(self) -> ProcessorSpec:
@@ -131,6 +154,20 @@ class JobSpec(_Model):
     should_continue_on_error: bool = False
     max_error_ratio: float = Field(default=DEFAULT_MAX_ERROR_RATIO, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _output_apart_from_input(self) -> JobSpec:
+        for name, uri in (("output_uri", self.output.uri), ("error_output_uri", self.output.error_uri)):
+            target = normalize_uri(uri)
+            for source in self.input.uris:
+                src = normalize_uri(source)
+                if target == src or is_inside(target, src) or is_inside(src, target):
+                    relation = "is" if target == src else ("is inside" if is_inside(target, src) else "contains")
+                    raise ValueError(
+                        f"{name} {uri!r} {relation} input_uri {source!r}: a commit replaces its directory, "
+                        "which would delete the input. Write the output somewhere else."
+                    )
+        return self
+
     @field_validator("spec_version")
     @classmethod
     def _supported(cls, version: int) -> int:
@@ -157,3 +194,20 @@ def infer_input_format(uris: list[str]) -> InputFormat:
             "(csv, parquet, json or jsonl)"
         )
     return found.pop()
+
+
+def normalize_uri(uri: str) -> str:
+    """A URI in one spelling for comparisons: ``file://`` dropped, ``..`` and ``//`` resolved,
+    no trailing slash (``/data/./out/`` and ``file:///data/out`` are the same place)."""
+    scheme, rest = uri.split("://", 1) if "://" in uri else ("", uri)
+    if scheme == "file":
+        scheme = ""
+    rest = posixpath.normpath(rest) if rest else rest
+    if rest.startswith("//") and not scheme:
+        rest = "/" + rest.lstrip("/")
+    return f"{scheme}://{rest}" if scheme else rest
+
+
+def is_inside(path: str, parent: str) -> bool:
+    """``path`` lies strictly under ``parent`` (both normalized)."""
+    return path.startswith(parent.rstrip("/") + "/")

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from airflow_provider_raydatallm.exceptions import RayLLMConfigError
-from airflow_provider_raydatallm.job.spec import PROCESSOR_TYPES, ProcessorSpec
+from airflow_provider_raydatallm.job.spec import PROCESSOR_TYPES, ProcessorSpec, SecretRef
 
 # Fields that only mean something on the Airflow side of a config object.
 _MODEL_ALIASES = {"vLLMEngineProcessorConfig", "SGLangEngineProcessorConfig"}
@@ -83,14 +83,21 @@ def submission_id(base: str, attempt: int) -> str:
     return f"{base}-a{attempt}"
 
 
-def secret_like_values(runtime_env: Mapping[str, Any] | None) -> list[str]:
-    """Values of env_vars whose names say they are secrets, to be masked in logs."""
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
+
+
+def refuse_secret_env(runtime_env: Mapping[str, Any] | None, task_id: str) -> None:
+    """runtime_env goes to the Ray job as is, and every Jobs API client reads it back
+    (Ray redacts it for browsers only): a secret there is a secret published."""
     env = (runtime_env or {}).get("env_vars") or {}
-    pattern = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
-    return [str(v) for k, v in env.items() if pattern.search(str(k)) and v]
-
-
-SECRET_AUTH_ENV = "RAYDLLM_SECRET_AUTHORIZATION"
+    named = sorted(str(k) for k, v in env.items() if _SECRET_NAME.search(str(k)) and v)
+    if named:
+        raise RayLLMConfigError(
+            f"task {task_id}: runtime_env env_vars {', '.join(named)} look like secrets, and every Ray Jobs API "
+            "client can read runtime_env back (GET /api/jobs/). Set them on the Ray nodes instead (e.g. from a "
+            "Kubernetes Secret): Ray workers inherit the nodes' environment. For an endpoint's API key use "
+            "http_conn_id (password, or extra api_key_env). See docs/security.md."
+        )
 
 
 def endpoint_url(host: str | None, port: int | None, schema: str | None, path: str | None) -> str:
@@ -107,9 +114,12 @@ def endpoint_url(host: str | None, port: int | None, schema: str | None, path: s
 
 
 def with_endpoint_connection(spec_processor: ProcessorSpec, conn: Any, task_id: str) -> tuple[ProcessorSpec, dict[str, str]]:
-    """Point an HTTP processor at a connection's endpoint; the API key goes into an env var.
+    """Point an HTTP processor at a connection's endpoint, its secrets kept out of the spec.
 
-    Returns the updated processor spec and the env vars to add to the job's runtime_env.
+    The connection's password (the API key) and its extra ``headers`` (which may carry keys
+    too) are shipped in the spec package's secrets file; ``api_key_env`` and
+    ``headers_from_env`` in the extra name environment variables the Ray nodes already hold,
+    so Airflow never sees those values. Returns the updated spec and the values to ship.
     """
     if spec_processor.type != "HttpRequestProcessorConfig":
         raise RayLLMConfigError(f"task {task_id}: http_conn_id only applies to HttpRequestProcessorConfig")
@@ -117,12 +127,19 @@ def with_endpoint_connection(spec_processor: ProcessorSpec, conn: Any, task_id: 
     kwargs = dict(spec_processor.kwargs)
     if not kwargs.get("url") or kwargs.get("url") == "<from connection>":
         kwargs["url"] = endpoint_url(conn.host, conn.port, conn.schema, extra.get("path"))
-    if extra.get("headers"):
-        kwargs["headers"] = {**(extra.get("headers") or {}), **(kwargs.get("headers") or {})}
-    env: dict[str, str] = {}
-    secret_headers = dict(spec_processor.secret_headers)
-    if conn.password:
-        env[SECRET_AUTH_ENV] = f"Bearer {conn.password}"
-        secret_headers["Authorization"] = SECRET_AUTH_ENV
-    updated = spec_processor.model_copy(update={"kwargs": kwargs, "secret_headers": secret_headers})
-    return updated, env
+    refs = dict(spec_processor.secret_headers)
+    shipped: dict[str, str] = {}
+    for index, (header, value) in enumerate(sorted((extra.get("headers") or {}).items())):
+        shipped[f"header_{index}"] = str(value)
+        refs[header] = SecretRef(source="shipped", name=f"header_{index}")
+    for header, env_name in (extra.get("headers_from_env") or {}).items():
+        refs[header] = SecretRef(source="env", name=str(env_name))
+    if extra.get("api_key_env"):
+        refs["Authorization"] = SecretRef(source="env", name=str(extra["api_key_env"]), prefix="Bearer ")
+    elif conn.password:
+        shipped["api_key"] = conn.password
+        refs["Authorization"] = SecretRef(source="shipped", name="api_key", prefix="Bearer ")
+    if kwargs.get("headers"):  # a header set in the DAG's config too would travel in the spec
+        kwargs["headers"] = {k: v for k, v in kwargs["headers"].items() if k not in refs}
+    updated = spec_processor.model_copy(update={"kwargs": kwargs, "secret_headers": refs})
+    return updated, shipped

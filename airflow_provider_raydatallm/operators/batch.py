@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-import airflow_provider_raydatallm
 from airflow.sdk import BaseHook, BaseOperator, conf
 from airflow_provider_raydatallm import outcome
 from airflow_provider_raydatallm.exceptions import (
-    RayJobAlreadyExistsError,
     RayJobFailedError,
-    RayJobNotFoundError,
     RayJobTimeoutError,
+    RayJobUnschedulableError,
     RayLLMConfigError,
     RayProviderError,
 )
@@ -27,15 +23,18 @@ from airflow_provider_raydatallm.job import callables
 from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, InputSpec, JobSpec, OutputSpec, RunIdentity, infer_input_format
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
-from airflow_provider_raydatallm.operators import _submission as sub
-from airflow_provider_raydatallm.triggers.events import validate_event
+from airflow_provider_raydatallm.operators import _jobs, _submission as sub
+from airflow_provider_raydatallm.triggers.events import RayJobEvent, validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
+from airflow_provider_raydatallm.watch import WaitPolicy, wait_sync
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-MAX_ATTEMPTS = 100
-_REATTACH = (RayJobStatus.PENDING, RayJobStatus.RUNNING, RayJobStatus.SUCCEEDED)
+# How long a job may wait for resources no node has before it is stopped: long enough for
+# an autoscaler to bring up a GPU node, short enough that a typo'd accelerator_type does
+# not hold a task (and its slot in a pool) for hours.
+DEFAULT_PENDING_TIMEOUT = 900.0
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -68,6 +67,8 @@ class RayLLMBatchOperator(BaseOperator):
         ``_SUCCESS``.
     :param output_format: ``parquet`` (default), ``jsonl`` or ``csv``.
     :param error_output_uri: directory for rows that failed; default ``<output>/_errors``.
+    :param overwrite: let the commit delete files in the output (and error) directory that
+        this provider did not write; by default such a directory is refused before the job runs.
     :param should_continue_on_error: send failing rows to the error output instead of failing.
     :param max_error_ratio: with ``should_continue_on_error``, fail the task (committing
         nothing) when more than this share of the rows failed; default 0.1. A run where every
@@ -86,6 +87,9 @@ class RayLLMBatchOperator(BaseOperator):
     :param wait_for_completion: False returns the job id at once (pair with RayJobSensor).
     :param poll_interval: seconds between status polls.
     :param timeout: seconds to wait for the job before stopping it and failing.
+    :param pending_timeout: seconds the job may wait for resources no node of the cluster has
+        (e.g. an ``accelerator_type`` it lacks) before it is stopped and the task fails; the
+        wait is named in the task log within a minute. Default 900; None never stops it.
     :param fetch_logs: copy the job's log into the task log while waiting.
     """
 
@@ -112,6 +116,7 @@ class RayLLMBatchOperator(BaseOperator):
         id_column: str | None = None,
         output_format: str = "parquet",
         error_output_uri: str | None = None,
+        overwrite: bool = False,
         should_continue_on_error: bool = False,
         max_error_ratio: float = DEFAULT_MAX_ERROR_RATIO,
         ray_conn_id: str = RayHook.default_conn_name,
@@ -125,6 +130,7 @@ class RayLLMBatchOperator(BaseOperator):
         wait_for_completion: bool = True,
         poll_interval: float = 10.0,
         timeout: float | timedelta | None = None,
+        pending_timeout: float | timedelta | None = DEFAULT_PENDING_TIMEOUT,
         fetch_logs: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -141,6 +147,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.output_uri = output_uri
         self.output_format = output_format
         self.error_output_uri = error_output_uri
+        self.overwrite = overwrite
         self.should_continue_on_error = should_continue_on_error
         self.max_error_ratio = max_error_ratio
         self.ray_conn_id = ray_conn_id
@@ -154,6 +161,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.timeout = _seconds(timeout)
+        self.pending_timeout = _seconds(pending_timeout)
         self.fetch_logs = fetch_logs
         self._submission_id: str | None = None  # for on_kill, within one execute() call
 
@@ -174,7 +182,10 @@ class RayLLMBatchOperator(BaseOperator):
                     num_partitions=int(self.num_partitions) if self.num_partitions not in (None, "", "None") else None,
                     id_column=self.id_column,
                 ),
-                output=OutputSpec(uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or ""),
+                output=OutputSpec(
+                    uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or "",
+                    overwrite=self.overwrite,
+                ),
                 processor=sub.processor_spec(self.processor_config, self.task_id, url_from_connection=bool(self.http_conn_id)),
                 preprocess=callables.pack(self.preprocess, "preprocess"),
                 postprocess=callables.pack(self.postprocess, "postprocess"),
@@ -187,64 +198,18 @@ class RayLLMBatchOperator(BaseOperator):
             raise RayLLMConfigError(f"task {self.task_id}: {err}") from None
         return spec
 
-    def _upload(self, hook: RayHook, spec: JobSpec) -> tuple[str, list[str]]:
-        """Ship the provider's job code and the spec; return (spec package, py_modules URIs)."""
-        package_dir = Path(airflow_provider_raydatallm.__file__).parent
-        provider_uri = hook.upload_py_module(str(package_dir))
-        payload = spec.model_dump_json()
-        name = "raydllm_spec_" + hashlib.sha1(payload.encode()).hexdigest()[:16]
-        with tempfile.TemporaryDirectory() as tmp:
-            spec_dir = Path(tmp) / name
-            spec_dir.mkdir()
-            (spec_dir / "__init__.py").write_text("")
-            (spec_dir / "spec.json").write_text(payload)
-            spec_uri = hook.upload_py_module(str(spec_dir))
-        return name, [provider_uri, spec_uri]
-
-    def _submit(self, hook: RayHook, spec: JobSpec, submission_id: str, secret_env: dict[str, str]) -> None:
-        spec = spec.model_copy(update={"run": spec.run.model_copy(update={"submission_id": submission_id})})
-        spec_package, py_modules = self._upload(hook, spec)
-        runtime_env = dict(self.runtime_env or {})
-        if secret_env:
-            runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **secret_env}
-        runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + py_modules
-        run = spec.run
-        metadata = {
-            "airflow_dag_id": run.dag_id, "airflow_task_id": run.task_id, "airflow_run_id": run.run_id,
-            "airflow_map_index": str(run.map_index), "airflow_try_number": str(run.try_number),
-            "submitted_by": f"airflow-provider-raydatallm {airflow_provider_raydatallm.__version__}",
-            **{str(k): str(v) for k, v in (self.job_metadata or {}).items()},
-        }  # fmt: skip
-        hook.submit_job(
-            f"python -m airflow_provider_raydatallm.job --spec-module {spec_package} --tag {submission_id}",
-            submission_id=submission_id,
-            runtime_env=runtime_env,
-            metadata=metadata,
-            entrypoint_num_cpus=self.entrypoint_num_cpus,
-            entrypoint_num_gpus=self.entrypoint_num_gpus,
+    def _submission(self, secrets: dict[str, str]) -> _jobs.Submission:
+        return _jobs.Submission(
+            runtime_env=self.runtime_env or {}, job_metadata=self.job_metadata or {}, secrets=secrets,
+            entrypoint_num_cpus=self.entrypoint_num_cpus, entrypoint_num_gpus=self.entrypoint_num_gpus,
             entrypoint_resources=self.entrypoint_resources,
-        )
+        )  # fmt: skip
 
-    def _find_or_submit(self, hook: RayHook, spec: JobSpec, secret_env: dict[str, str] | None = None) -> str:
-        """Reattach to this task instance's live or finished job, or submit the next attempt."""
-        base = sub.submission_base(spec.run.dag_id, spec.run.task_id, spec.run.run_id, spec.run.map_index)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            candidate = sub.submission_id(base, attempt)
-            try:
-                status = hook.get_job_status(candidate)
-            except RayJobNotFoundError:
-                try:
-                    self._submit(hook, spec, candidate, secret_env or {})
-                except RayJobAlreadyExistsError:  # another try got there first: look again
-                    status = hook.get_job_status(candidate)
-                else:
-                    self.log.info("Submitted Ray job %s", candidate)
-                    return candidate
-            if status in _REATTACH:
-                self.log.info("Reattaching to Ray job %s (%s) of this task instance", candidate, status.value)
-                return candidate
-            self.log.info("Ray job %s of an earlier try ended %s; submitting a new attempt", candidate, status.value)
-        raise RayLLMConfigError(f"task {self.task_id}: {MAX_ATTEMPTS} Ray jobs already ran for this task instance")
+    def _policy(self) -> WaitPolicy:
+        return WaitPolicy(
+            poll_interval=self.poll_interval, deadline=time.time() + self.timeout if self.timeout else None,
+            pending_timeout=self.pending_timeout, fetch_logs=self.fetch_logs, owns_job=True,
+        )  # fmt: skip
 
     # -- Airflow semantics ---------------------------------------------------------------------
 
@@ -256,59 +221,50 @@ class RayLLMBatchOperator(BaseOperator):
             try_number=getattr(ti, "try_number", 0) or 0,
         )  # fmt: skip
         spec = self.build_spec(identity)
+        sub.refuse_secret_env(self.runtime_env, self.task_id)
         hook = RayHook(ray_conn_id=self.ray_conn_id)
-        from airflow.sdk.log import mask_secret
-
-        for value in sub.secret_like_values(self.runtime_env):
-            mask_secret(value)
-        secret_env: dict[str, str] = {}
+        secrets: dict[str, str] = {}
         if self.http_conn_id:
+            from airflow.sdk.log import mask_secret
+
             conn = BaseHook.get_connection(self.http_conn_id)
-            if conn.password:
-                mask_secret(conn.password)
-            processor, secret_env = sub.with_endpoint_connection(spec.processor, conn, self.task_id)
-            spec = spec.model_copy(update={"processor": processor})
-            for value in secret_env.values():
+            processor, secrets = sub.with_endpoint_connection(spec.processor, conn, self.task_id)
+            for value in secrets.values():
                 mask_secret(value)
-        job_id = self._find_or_submit(hook, spec, secret_env)
+            spec = spec.model_copy(update={"processor": processor})
+        job_id, _ = _jobs.find_or_submit(hook, spec, self._submission(secrets), self.log, self.task_id)
         self._submission_id = job_id
         url = dashboard_url(hook.address, job_id)
         ti.xcom_push(key=XCOM_JOB_KEY, value={"submission_id": job_id, "dashboard_url": url})
         self.log.info("Ray job %s: %s", job_id, url)
         if not self.wait_for_completion:
-            return self._result(job_id, spec, url, metrics=None)
+            return self._result(job_id, spec, url)
+        policy = self._policy()
         if self.deferrable:
-            info = hook.get_job_info(job_id)
-            if not info.status.is_terminal:
-                self.defer(
-                    trigger=RayJobTrigger(
-                        job_id=job_id,
-                        ray_conn_id=self.ray_conn_id,
-                        poll_interval=self.poll_interval,
-                        timeout=self.timeout,
-                        fetch_logs=self.fetch_logs,
-                    ),
-                    method_name="execute_complete",
-                )
-        outcome.wait(
-            hook, job_id, poll_interval=self.poll_interval, timeout=self.timeout,
-            fetch_logs=self.fetch_logs, log=self.log,
-        )  # fmt: skip
-        return self._finish(hook, job_id, spec.output, url)
+            self.defer(
+                trigger=RayJobTrigger(
+                    job_id=job_id, ray_conn_id=self.ray_conn_id, poll_interval=policy.poll_interval,
+                    deadline=policy.deadline, pending_timeout=policy.pending_timeout, fetch_logs=policy.fetch_logs,
+                ),
+                method_name="execute_complete",
+            )  # fmt: skip
+        event = wait_sync(self.ray_conn_id, job_id, policy, self.log)
+        return self._complete(hook, event)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after RayJobTrigger: everything needed comes from the event and the cluster."""
-        ev = validate_event(event)
-        hook = RayHook(ray_conn_id=self.ray_conn_id)
-        if ev.status == "timeout":
-            hook.stop_job(ev.job_id)
-            raise RayJobTimeoutError(hook.address, ev.job_id, self.timeout or 0)
-        if ev.job_status is None:  # the trigger could not watch the job
-            raise RayProviderError(f"task {self.task_id}: watching Ray job {ev.job_id} failed: {ev.message}")
-        output = OutputSpec(uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or "")
-        return self._finish(hook, ev.job_id, output, dashboard_url(hook.address, ev.job_id))
+        return self._complete(RayHook(ray_conn_id=self.ray_conn_id), validate_event(event))
 
-    def _finish(self, hook: RayHook, job_id: str, output: OutputSpec, url: str) -> dict[str, Any]:
+    def _complete(self, hook: RayHook, ev: RayJobEvent) -> dict[str, Any]:
+        if ev.status == "timeout":
+            raise RayJobTimeoutError(hook.address, ev.job_id, self.timeout or 0)
+        if ev.status == "unschedulable":
+            raise RayJobUnschedulableError(hook.address, ev.job_id, ev.message)
+        if ev.job_status is None:  # the wait could not watch the job
+            raise RayProviderError(f"task {self.task_id}: watching Ray job {ev.job_id} failed: {ev.message}")
+        return self._finish(hook, ev.job_id, dashboard_url(hook.address, ev.job_id))
+
+    def _finish(self, hook: RayHook, job_id: str, url: str) -> dict[str, Any]:
         info = hook.get_job_info(job_id)
         if info.status is not RayJobStatus.SUCCEEDED:
             outcome.raise_failed(hook, info)
@@ -317,10 +273,10 @@ class RayLLMBatchOperator(BaseOperator):
             raise RayJobFailedError(
                 hook.address, job_id, info.status.value, "the job printed no result line (is it this provider's job?)",
                 outcome.log_tail(hook, job_id),
-            )
+            )  # fmt: skip
         m = result.metrics
         self.log.info(
-            "Ray job %s: %d rows in, %d out, %d errors; %.1f rows/s, %.1f output tokens/s; output %s",
+            "Ray job %s: %d rows in, %d out, %d errors; %.3g rows/s, %.3g output tokens/s; output %s",
             job_id, m.rows_in, m.rows_out, m.error_rows, m.rows_per_second, m.output_tokens_per_second,
             result.output_uri,
         )  # fmt: skip
@@ -334,7 +290,7 @@ class RayLLMBatchOperator(BaseOperator):
             "metrics": m.model_dump(),
         }
 
-    def _result(self, job_id: str, spec: JobSpec, url: str, metrics: dict | None) -> dict[str, Any]:
+    def _result(self, job_id: str, spec: JobSpec, url: str) -> dict[str, Any]:
         return {
             "job_id": None,
             "submission_id": job_id,
@@ -342,11 +298,21 @@ class RayLLMBatchOperator(BaseOperator):
             "error_output_uri": spec.output.error_uri,
             "output_format": spec.output.format,
             "dashboard_url": url,
-            "metrics": metrics,
+            "metrics": None,
         }
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Airflow fails a deferred task whose execution_timeout passed by resuming it with
+        ``__fail__`` (the trigger is dropped without on_kill): stop the job first."""
+        if next_method == "__fail__":
+            job = context["ti"].xcom_pull(task_ids=self.task_id, key=XCOM_JOB_KEY, map_indexes=context["ti"].map_index)
+            if isinstance(job, dict) and job.get("submission_id") and self.wait_for_completion:
+                stopped = RayHook(ray_conn_id=self.ray_conn_id).stop_job(job["submission_id"])
+                self.log.info("Asked Ray to stop job %s (was running: %s)", job["submission_id"], stopped)
+        return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
         """Stop (not delete) the Ray job this task started, so it stops using the cluster."""
-        if self._submission_id:
+        if self._submission_id and self.wait_for_completion:
             stopped = RayHook(ray_conn_id=self.ray_conn_id).stop_job(self._submission_id)
             self.log.info("Asked Ray to stop job %s (was running: %s)", self._submission_id, stopped)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk.exceptions import AirflowSensorTimeout
 from airflow_provider_raydatallm import outcome
-from airflow_provider_raydatallm.exceptions import RayJobTimeoutError, RayProviderError
+from airflow_provider_raydatallm.exceptions import RayProviderError
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.links.ray import RayJobLink
@@ -77,13 +79,15 @@ class RayJobSensor(BaseSensorOperator):
         if isinstance(done, PokeReturnValue):
             return done.xcom_value
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
+        interval = self.poke_interval
         self.defer(
             trigger=RayJobTrigger(
                 job_id=self.job_id,
                 ray_conn_id=self.ray_conn_id,
-                poll_interval=float(self.poke_interval if not isinstance(self.poke_interval, timedelta) else self.poke_interval.total_seconds()),
-                timeout=float(timeout) if timeout else None,
+                poll_interval=float(interval.total_seconds() if isinstance(interval, timedelta) else interval),
+                deadline=time.time() + float(timeout) if timeout else None,
                 fetch_logs=self.fetch_logs,
+                owns_job=False,  # the sensor watches a job; stopping it is not its call
             ),
             method_name="execute_complete",
         )
@@ -91,8 +95,11 @@ class RayJobSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         ev = validate_event(event)
         hook = RayHook(ray_conn_id=self.ray_conn_id)
-        if ev.status == "timeout":
-            raise RayJobTimeoutError(hook.address, ev.job_id, float(self.timeout or 0))
+        if ev.status == "timeout":  # soft_fail turns this into a skip (BaseSensorOperator)
+            raise AirflowSensorTimeout(
+                f"Ray job {ev.job_id} at {hook.address} was still running when the sensor's timeout "
+                f"({float(self.timeout or 0):.0f}s) passed; the job was left running"
+            )
         if ev.job_status is None:
             raise RayProviderError(f"task {self.task_id}: watching Ray job {ev.job_id} failed: {ev.message}")
         info = hook.get_job_info(ev.job_id)

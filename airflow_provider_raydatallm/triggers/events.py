@@ -8,14 +8,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_provider_raydatallm.exceptions import RayProviderError
 
-EventStatus = Literal["success", "error", "timeout"]
+EventStatus = Literal["success", "error", "timeout", "unschedulable"]
 
 
 class RayJobEvent(BaseModel):
     """Terminal event of a watched Ray job.
 
     ``status`` is ``success`` (job SUCCEEDED), ``error`` (FAILED, STOPPED, not found, or the
-    cluster kept failing) or ``timeout``; ``job_status`` is Ray's status when known.
+    cluster kept failing), ``timeout`` (the deadline passed) or ``unschedulable`` (stopped
+    after ``pending_timeout`` waiting for resources no node has; ``message`` names them);
+    ``job_status`` is Ray's status when the job ended by itself.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_raydatallm.exceptions import (
-    RayAPIError,
-    RayAuthenticationError,
-    RayClusterUnreachableError,
-    RayJobNotFoundError,
-)
-from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
-from airflow_provider_raydatallm.triggers.events import RayJobEvent
+from airflow_provider_raydatallm.hooks.ray import RayHook
+from airflow_provider_raydatallm.watch import JobWatch, WaitPolicy, stop_and_wait
+
+# XCom of the deferred task instance holding how much of the job log its task log has:
+# a trigger started again (triggerer restart, another triggerer) carries on from there.
+LOG_OFFSET_XCOM_KEY = "ray_job_log_offset"
 
 
 class RayJobTrigger(BaseTrigger):
     """
-    Poll a Ray job through the hook's async client until it ends; yield one ``RayJobEvent``.
+    Wait for a Ray job to end (``watch.JobWatch``); yield one ``RayJobEvent``.
+
+    When a user marks the deferred task failed or success, or clears it, Airflow calls
+    :meth:`on_kill`, which stops the job (only when ``owns_job``). A triggerer restart does
+    not: the trigger starts again elsewhere and follows the same job.
 
     :param job_id: job id or submission id of the Ray job.
     :param ray_conn_id: the ``ray`` connection.
     :param poll_interval: seconds between status polls.
-    :param timeout: seconds to wait (monotonic clock, from the trigger's start); None waits forever.
-    :param fetch_logs: copy new job log lines into the task log at every poll.
-    :param log_offset: characters of the job log already shown (not shown again).
-    :param max_transient_errors: consecutive unreachable/5xx polls tolerated before giving up.
+    :param deadline: wall-clock time (epoch seconds) after which the job is given up on
+        (and stopped, when ``owns_job``); None waits forever. The task's
+        ``execution_timeout`` applies too.
+    :param pending_timeout: seconds the job may wait for resources no node has before it is
+        stopped; None never stops it for that.
+    :param fetch_logs: copy the job's log lines into the task log as they come.
+    :param log_offset: characters of the job log the task log already has.
+    :param max_transient_errors: consecutive unreachable/502/503/504 polls tolerated.
+    :param owns_job: the task started this job: stop it on kill, timeout or pending_timeout.
     """
 
     def __init__(
@@ -37,19 +43,23 @@ class RayJobTrigger(BaseTrigger):
         job_id: str,
         ray_conn_id: str = RayHook.default_conn_name,
         poll_interval: float = 10.0,
-        timeout: float | None = None,
+        deadline: float | None = None,
+        pending_timeout: float | None = None,
         fetch_logs: bool = True,
         log_offset: int = 0,
         max_transient_errors: int = 5,
+        owns_job: bool = True,
     ) -> None:
         super().__init__()
         self.job_id = job_id
         self.ray_conn_id = ray_conn_id
         self.poll_interval = float(poll_interval)
-        self.timeout = float(timeout) if timeout is not None else None
+        self.deadline = float(deadline) if deadline is not None else None
+        self.pending_timeout = float(pending_timeout) if pending_timeout is not None else None
         self.fetch_logs = fetch_logs
         self.log_offset = int(log_offset)
         self.max_transient_errors = int(max_transient_errors)
+        self.owns_job = owns_job
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -58,53 +68,92 @@ class RayJobTrigger(BaseTrigger):
                 "job_id": self.job_id,
                 "ray_conn_id": self.ray_conn_id,
                 "poll_interval": self.poll_interval,
-                "timeout": self.timeout,
+                "deadline": self.deadline,
+                "pending_timeout": self.pending_timeout,
                 "fetch_logs": self.fetch_logs,
                 "log_offset": self.log_offset,
                 "max_transient_errors": self.max_transient_errors,
+                "owns_job": self.owns_job,
             },
         )
 
-    async def _show_new_logs(self, hook: RayHook, offset: int) -> int:
-        text = await hook.aget_job_logs(self.job_id)
-        for line in text[offset:].splitlines():
-            self.log.info("[ray job %s] %s", self.job_id, line)
-        return len(text)
+    def _deadline(self) -> float | None:
+        """The earlier of ours and the task's execution_timeout (Airflow's trigger timeout):
+        past that Airflow drops the trigger without on_kill, so the job is stopped here."""
+        timeout_after = getattr(self, "timeout_after", None)
+        airflow_deadline = None
+        if isinstance(timeout_after, dt.datetime):
+            when = timeout_after if timeout_after.tzinfo else timeout_after.replace(tzinfo=dt.timezone.utc)
+            airflow_deadline = when.timestamp()
+        found = [d for d in (self.deadline, airflow_deadline) if d is not None]
+        return min(found) if found else None
+
+    # -- the log offset, kept in the task instance's XCom across trigger restarts -------------
+
+    def _xcom_target(self) -> dict[str, Any] | None:
+        ti = getattr(self, "task_instance", None)
+        if ti is None or not getattr(ti, "run_id", None):
+            return None
+        map_index = getattr(ti, "map_index", -1)
+        return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+                "map_index": -1 if map_index is None else map_index}  # fmt: skip
+
+    async def _saved_offset(self) -> int:
+        target = self._xcom_target()
+        if target is None:
+            return 0
+        from asgiref.sync import sync_to_async
+
+        from airflow.sdk.bases.xcom import BaseXCom
+
+        try:
+            value = await sync_to_async(BaseXCom.get_one)(key=LOG_OFFSET_XCOM_KEY, **target)
+        except Exception as err:  # no XCom access here: show the log from log_offset
+            self.log.debug("could not read the saved log offset: %s", err)
+            return 0
+        return int(value or 0)
+
+    async def _save_offset(self, offset: int) -> None:
+        target = self._xcom_target()
+        if target is None:
+            return
+        from asgiref.sync import sync_to_async
+
+        from airflow.sdk.bases.xcom import BaseXCom
+
+        try:
+            await sync_to_async(BaseXCom.set)(key=LOG_OFFSET_XCOM_KEY, value=offset, **target)
+        except Exception as err:
+            self.log.debug("could not save the log offset: %s", err)
+
+    # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = RayHook(ray_conn_id=self.ray_conn_id)
-        deadline = time.monotonic() + self.timeout if self.timeout is not None else None
-        offset, failures = self.log_offset, 0
+        policy = WaitPolicy(
+            poll_interval=self.poll_interval, deadline=self._deadline(), pending_timeout=self.pending_timeout,
+            fetch_logs=self.fetch_logs, max_transient_errors=self.max_transient_errors, owns_job=self.owns_job,
+        )  # fmt: skip
         try:
-            while True:
-                try:
-                    info = await hook.aget_job_info(self.job_id)
-                    if self.fetch_logs:
-                        offset = await self._show_new_logs(hook, offset)
-                    failures = 0
-                except (RayJobNotFoundError, RayAuthenticationError) as err:
-                    yield self._event("error", None, str(err), offset)
-                    return
-                except (RayClusterUnreachableError, RayAPIError) as err:
-                    failures += 1
-                    if failures > self.max_transient_errors:
-                        message = f"gave up after {failures} failed polls in a row: {err}"
-                        yield self._event("error", None, message, offset)
-                        return
-                    self.log.warning("poll %d of job %s failed, retrying: %s", failures, self.job_id, err)
-                else:
-                    if info.status.is_terminal:
-                        status = "success" if info.status is RayJobStatus.SUCCEEDED else "error"
-                        yield self._event(status, info.status.value, info.message or "", offset)
-                        return
-                    self.log.info("Ray job %s is %s", self.job_id, info.status.value)
-                if deadline is not None and time.monotonic() >= deadline:
-                    yield self._event("timeout", None, f"still running after {self.timeout:.0f}s", offset)
-                    return
-                await asyncio.sleep(self.poll_interval)
+            offset = self.log_offset
+            if self.fetch_logs:
+                saved = await self._saved_offset()
+                if saved > offset:
+                    self.log.info("Carrying on with Ray job %s's log at character %d (what came before is above)",
+                                  self.job_id, saved)  # fmt: skip
+                    offset = saved
+            watch = JobWatch(hook, self.job_id, policy, self.log, offset, self._save_offset if self.fetch_logs else None)
+            event = await watch.run()
+            yield TriggerEvent(event.to_payload())
         finally:
             await hook.aclose()
 
-    def _event(self, status: str, job_status: str | None, message: str, offset: int) -> TriggerEvent:
-        event = RayJobEvent(status=status, job_id=self.job_id, job_status=job_status, message=message, log_offset=offset)
-        return TriggerEvent(event.to_payload())
+    async def on_kill(self) -> None:
+        """The user marked the task failed / success or cleared it: stop the job it started."""
+        if not self.owns_job:
+            return
+        hook = RayHook(ray_conn_id=self.ray_conn_id)
+        try:
+            await stop_and_wait(hook, self.job_id, self.log)
+        finally:
+            await hook.aclose()

@@ -1,5 +1,5 @@
-"""The job's pure parts: row wrappers, metrics parsing, and the output commit protocol
-(on the local filesystem through fsspec; Ray is not needed for these)."""
+"""The job's pure parts: row wrappers, metrics parsing and the checks before a commit
+(Ray is not needed for these; the commit itself: test_commit.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from airflow_provider_raydatallm.job import io, rows
+from airflow_provider_raydatallm.job import rows
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, find_result, stage_seconds
-from airflow_provider_raydatallm.job.spec import OutputSpec
 
 COLUMNS = ["Index", "Company"]
 
@@ -66,42 +65,6 @@ def test_result_line_round_trip_and_stage_parsing():
         "Operator 3 MapBatches(vLLMEngineStageUDF): 2 tasks executed, 2 blocks produced in 12.25s\n"
     )
     assert stage_seconds(stats) == {"ReadCSV->SplitBlocks(4)": 0.5, "MapBatches(vLLMEngineStageUDF)": 12.25}
-
-
-def _write(path, name, text):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / name).write_text(text)
-
-
-def test_commit_replaces_the_previous_output_and_marks_success(tmp_path):
-    output = OutputSpec(uri=str(tmp_path / "out"))
-    _write(tmp_path / "out", "old.parquet", "old")
-    staging = io.staging_uri(output, "job-a2")
-    _write(tmp_path / "out.__staging__job-a2", "new.parquet", "new")
-    _write(tmp_path / "out.__staging__job-a2" / "_errors", "e.parquet", "err")
-    io.write_metrics(staging, {"rows_in": 1})
-    io.commit(output, staging)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS", "_errors", "_metrics.json", "new.parquet"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
-def test_stale_staging_of_a_failed_run_is_cleared(tmp_path):
-    output = OutputSpec(uri=str(tmp_path / "out"))
-    _write(tmp_path / "out.__staging__job-a1", "partial.parquet", "x")
-    _write(tmp_path / "other.__staging__x", "keep.parquet", "x")
-    removed = io.clear_stale_staging(output)
-    assert len(removed) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["other.__staging__x"]
-
-
-def test_separate_error_location_is_committed_too(tmp_path):
-    output = OutputSpec(uri=str(tmp_path / "out"), error_uri=str(tmp_path / "errors"))
-    staging = io.staging_uri(output, "t")
-    error_staging = io.error_staging_uri(output, staging)
-    assert error_staging == str(tmp_path / "errors") + ".__staging__t"
-    _write(tmp_path / "out.__staging__t", "a.parquet", "a")
-    _write(tmp_path / "errors.__staging__t", "e.parquet", "e")
-    io.commit(output, staging)
-    assert (tmp_path / "errors" / "e.parquet").exists() and (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_a_missing_error_value_is_an_error_row_as_ray_says():

@@ -125,23 +125,36 @@ def test_job_spec_refuses_another_version():
         JobSpec.model_validate({**base, "spec_version": 99})
 
 
-def test_secret_like_env_vars_are_found_for_masking():
+def test_secret_like_env_vars_in_runtime_env_are_refused():
     env = {"env_vars": {"OPENAI_API_KEY": "sk-1", "HF_TOKEN": "hf-2", "REGION": "eu"}}
-    assert sorted(sub.secret_like_values(env)) == ["hf-2", "sk-1"]
+    with pytest.raises(RayLLMConfigError, match="task t: runtime_env env_vars HF_TOKEN, OPENAI_API_KEY look like secrets"):
+        sub.refuse_secret_env(env, "t")
+    sub.refuse_secret_env({"env_vars": {"REGION": "eu", "VLLM_USE_V1": "1"}}, "t")
 
 
-def test_endpoint_connection_puts_the_key_in_an_env_var_not_the_spec():
+def _endpoint_conn(**extra):
     from types import SimpleNamespace
 
-    conn = SimpleNamespace(host="https://api.openai.com", port=None, schema=None, password="sk-secret-123",
-                           extra_dejson={"headers": {"OpenAI-Organization": "org-1"}})  # fmt: skip
+    return SimpleNamespace(host="https://api.openai.com", port=None, schema=None, password="sk-secret-123",
+                           extra_dejson=extra)  # fmt: skip
+
+
+def test_endpoint_connection_ships_the_key_and_headers_outside_the_spec():
     processor = sub.processor_spec({"type": "HttpRequestProcessorConfig", "qps": 2}, "ask", url_from_connection=True)
-    updated, env = sub.with_endpoint_connection(processor, conn, "ask")
+    updated, shipped = sub.with_endpoint_connection(processor, _endpoint_conn(headers={"OpenAI-Organization": "org-1"}), "ask")
     assert updated.kwargs["url"] == "https://api.openai.com/v1/chat/completions"
-    assert updated.kwargs["headers"] == {"OpenAI-Organization": "org-1"}
-    assert updated.secret_headers == {"Authorization": sub.SECRET_AUTH_ENV}
-    assert env == {sub.SECRET_AUTH_ENV: "Bearer sk-secret-123"}
-    assert "sk-secret-123" not in updated.model_dump_json()
+    assert shipped == {"api_key": "sk-secret-123", "header_0": "org-1"}
+    assert updated.secret_headers["Authorization"].model_dump() == {"source": "shipped", "name": "api_key", "prefix": "Bearer "}
+    assert updated.secret_headers["OpenAI-Organization"].name == "header_0"
+    assert "sk-secret-123" not in updated.model_dump_json() and "org-1" not in updated.model_dump_json()
+
+
+def test_endpoint_key_that_lives_on_the_cluster_is_only_named():
+    processor = sub.processor_spec({"type": "HttpRequestProcessorConfig"}, "ask", url_from_connection=True)
+    updated, shipped = sub.with_endpoint_connection(processor, _endpoint_conn(api_key_env="OPENAI_API_KEY"), "ask")
+    assert shipped == {}
+    assert updated.secret_headers["Authorization"].model_dump() == {"source": "env", "name": "OPENAI_API_KEY",
+                                                                  "prefix": "Bearer "}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,15 @@ JOB = {"type": "SUBMISSION", "job_id": "01", "submission_id": "s1", "status": "R
 
 
 def test_serialize_round_trips_every_argument():
-    trigger = RayJobTrigger("s1", ray_conn_id="ray_x", poll_interval=3, timeout=60, fetch_logs=False,
-                            log_offset=120, max_transient_errors=2)  # fmt: skip
+    trigger = RayJobTrigger("s1", ray_conn_id="ray_x", poll_interval=3, deadline=1.8e9, pending_timeout=30,
+                            fetch_logs=False, log_offset=120, max_transient_errors=2, owns_job=False)  # fmt: skip
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_raydatallm.triggers.ray_job.RayJobTrigger"
     again = RayJobTrigger(**kwargs)
     assert again.serialize() == (path, kwargs)
-    assert kwargs == {"job_id": "s1", "ray_conn_id": "ray_x", "poll_interval": 3.0, "timeout": 60.0,
-                      "fetch_logs": False, "log_offset": 120, "max_transient_errors": 2}  # fmt: skip
+    assert kwargs == {"job_id": "s1", "ray_conn_id": "ray_x", "poll_interval": 3.0, "deadline": 1.8e9,
+                      "pending_timeout": 30.0, "fetch_logs": False, "log_offset": 120, "max_transient_errors": 2,
+                      "owns_job": False}  # fmt: skip
 
 
 @pytest.fixture
@@ -70,3 +71,30 @@ async def test_failed_job_is_an_error_event_with_rays_message(dashboard):
 def test_validate_event_refuses_a_foreign_payload():
     with pytest.raises(Exception, match="unexpected event from RayJobTrigger"):
         validate_event({"status": "weird", "job_id": "x"})
+
+
+async def test_a_passed_deadline_stops_the_job_it_owns(dashboard):
+    dashboard.answer("GET", "/api/jobs/s1", 200, JOB)
+    dashboard.answer("POST", "/api/jobs/s1/stop", 200, {"stopped": True})
+    (event,) = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, deadline=1.0, fetch_logs=False))
+    assert event.status == "timeout" and "stopped" in event.message
+    assert [s.path for s in dashboard.seen if s.method == "POST"] == ["/api/jobs/s1/stop"]
+
+
+async def test_a_sensors_trigger_never_stops_the_job(dashboard):
+    dashboard.answer("GET", "/api/jobs/s1", 200, JOB)
+    trigger = RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, deadline=1.0, fetch_logs=False,
+                            owns_job=False)  # fmt: skip
+    (event,) = await _events(trigger)
+    await trigger.on_kill()
+    assert event.status == "timeout" and not [s for s in dashboard.seen if s.method == "POST"]
+
+
+async def test_on_kill_stops_the_job_and_waits_until_ray_says_so(dashboard):
+    dashboard.answer("POST", "/api/jobs/s1/stop", 200, {"stopped": True})
+    dashboard.answer("GET", "/api/jobs/s1", 200, JOB)
+    dashboard.then("GET", "/api/jobs/s1", 200, {**JOB, "status": "STOPPED"})
+    await RayJobTrigger("s1", ray_conn_id="ray_trig").on_kill()
+    assert [(s.method, s.path) for s in dashboard.seen] == [
+        ("POST", "/api/jobs/s1/stop"), ("GET", "/api/jobs/s1"), ("GET", "/api/jobs/s1")
+    ]  # fmt: skip
