@@ -23,7 +23,7 @@ from airflow_provider_raydatallm.exceptions import (
     RayJobNotFoundError,
 )
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
-from airflow_provider_raydatallm.triggers.events import RayJobEvent
+from airflow_provider_raydatallm.events import RayJobEvent
 
 # Ingresses and restarting dashboards answer these while the job itself is fine.
 TRANSIENT_STATUS = frozenset({502, 503, 504})

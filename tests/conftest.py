@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -50,3 +51,16 @@ def ray_conn(ray_cluster, monkeypatch):
     """`ray_default` pointing at the session's head, as an Airflow env-var connection."""
     monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps(ray_cluster))
     return ray_cluster
+
+
+ECHO_KEY = "sk-echo-" + secrets.token_hex(12)
+
+
+@pytest.fixture(scope="session")
+def echo_endpoint():
+    """A local OpenAI-compatible endpoint that needs ECHO_KEY (tests/echo_server.py): its URL."""
+    from tests import echo_server
+
+    server, url = echo_server.start(ECHO_KEY)
+    yield url
+    server.shutdown()

@@ -25,10 +25,13 @@ commit removes the files its pending record names.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("raydllm.job")
 
 MANIFEST = "_SUCCESS"
 MANIFEST_KIND = "airflow-provider-raydatallm/manifest"
@@ -201,6 +204,7 @@ class OutputDir:
                 raise OutputNotOwnedError(f"output {self.uri} already holds {rel!r}, which this attempt also wrote")
         self.fs.makedirs(self._abs(WORK_DIR), exist_ok=True)
         self.fs.pipe_file(self._pending(self.tag), json.dumps({"files": staged}).encode())
+        log.info("commit: moving %d files into %s", len(staged), self.uri)
         for rel in staged:
             target = self._abs(rel)
             parent = posixpath.dirname(target)

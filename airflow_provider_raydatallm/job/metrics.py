@@ -1,6 +1,6 @@
 """What a finished job reports: its metrics, and the one log line that carries them home.
 
-The job writes ``_metrics.json`` next to its output and prints the same result as a
+The job writes its metrics into the output's ``_SUCCESS`` manifest and prints the same result as a
 single ``RAYDLLM_RESULT {...}`` line, which the operator reads from the job's log: the
 Airflow side needs no access to the output storage to know what came out.
 """

@@ -24,7 +24,7 @@ from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, InputSpec, JobSpec, OutputSpec, RunIdentity, infer_input_format
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
 from airflow_provider_raydatallm.operators import _jobs, _submission as sub
-from airflow_provider_raydatallm.triggers.events import RayJobEvent, validate_event
+from airflow_provider_raydatallm.events import RayJobEvent, validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 from airflow_provider_raydatallm.watch import WaitPolicy, wait_sync
 

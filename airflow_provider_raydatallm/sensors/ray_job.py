@@ -14,7 +14,7 @@ from airflow_provider_raydatallm.exceptions import RayProviderError
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.links.ray import RayJobLink
-from airflow_provider_raydatallm.triggers.events import validate_event
+from airflow_provider_raydatallm.events import validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 
 if TYPE_CHECKING:

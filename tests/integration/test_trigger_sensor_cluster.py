@@ -11,7 +11,7 @@ from airflow_provider_raydatallm.exceptions import RayJobFailedError, RayJobNotF
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.sensors import RayJobSensor
 from airflow_provider_raydatallm.triggers import RayJobTrigger
-from airflow_provider_raydatallm.triggers.events import validate_event
+from airflow_provider_raydatallm.events import validate_event
 
 pytestmark = pytest.mark.integration
 

@@ -34,13 +34,16 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd):
     assert table.num_rows == 4
     assert sorted(table.column("item").to_pylist()) == sorted(QUESTIONS)
     assert all(a.strip() for a in table.column("answer").to_pylist())
-    assert (out / "_SUCCESS").exists() and not any(p.name.startswith("answers.__") for p in tmp_path.iterdir())
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    assert sorted(tmp_path.iterdir()) == sorted([questions, out])  # nothing beside the output
+    assert not list((out / "_raydllm").glob("staging/*")) and not list((out / "_raydllm").glob("pending-*"))
+    assert sorted(manifest["files"]) == sorted(p.name for p in out.glob("*.parquet"))
     result = test_dags.xcom(run, "answer")
     metrics = result["metrics"]
     assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (4, 4, 0)
     assert metrics["output_tokens"] > 0 and metrics["input_tokens"] > 0
     assert any("vLLMEngineStageUDF" in stage for stage in metrics["stage_seconds"])
-    assert json.loads((out / "_metrics.json").read_text())["metrics"] == metrics
+    assert manifest["metrics"] == metrics and manifest["submission_id"] == result["submission_id"]
     assert result["dashboard_url"].endswith(f"/#/jobs/{result['submission_id']}")
     link = test_dags.xcom(run, "answer", key="ray_job")
     assert link["dashboard_url"] == result["dashboard_url"]

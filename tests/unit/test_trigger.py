@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_provider_raydatallm.triggers.events import RayJobEvent, validate_event
+from airflow_provider_raydatallm.events import RayJobEvent, validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 from tests.unit import http_server
 

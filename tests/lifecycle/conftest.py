@@ -1,0 +1,199 @@
+"""A real Airflow for the lifecycle drills: api-server, scheduler, triggerer and
+dag-processor as separate processes (LocalExecutor, SQLite), beside the session's real Ray
+head. dag.test() never kills, clears or defers for real; this does.
+
+One Airflow per test session (started on first use). The drills drive it through the
+REST API (v2) and read task logs from its log folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ECHO_KEY, ROOT
+
+AIRFLOW = ROOT / ".venv" / "bin" / "airflow"
+DAGS = Path(__file__).parent / "dags"
+COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RealAirflow:
+    """The running Airflow: its processes, its REST API, its logs."""
+
+    def __init__(self, home: Path, port: int, env: dict[str, str]):
+        self.home, self.port, self.env = home, port, env
+        self.base = f"http://127.0.0.1:{port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._token = ""
+
+    # -- processes --------------------------------------------------------------------------
+
+    def start(self, component: str) -> None:
+        out = open(self.home / f"{component}.out", "ab")  # noqa: SIM115 (lives as long as the process)
+        self.procs[component] = subprocess.Popen(
+            [str(AIRFLOW), *component.split()], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=self.home,
+        )  # fmt: skip
+
+    def kill(self, component: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(component)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for component in list(self.procs):
+            try:
+                os.killpg(self.procs[component].pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for component, proc in list(self.procs.items()):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            self.procs.pop(component, None)
+
+    def component_log(self, component: str) -> str:
+        path = self.home / f"{component}.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- REST API ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        if not self._token:
+            with urllib.request.urlopen(f"{self.base}/auth/token", timeout=30) as resp:
+                self._token = json.loads(resp.read())["access_token"]
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self._token}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                text = resp.read()
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"{method} {path} -> {err.code}: {err.read()[:2000]!r}") from None
+        return json.loads(text) if text else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                dag = self._request("GET", f"/api/v2/dags/{dag_id}")
+                if not dag.get("is_paused") and not dag.get("has_import_errors"):
+                    return
+            except AssertionError:
+                pass
+            time.sleep(2)
+        errors = self._request("GET", "/api/v2/importErrors")
+        raise AssertionError(f"DAG {dag_id} never showed up; import errors: {errors}")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        self.wait_for_dag(dag_id)
+        run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+        return run["dag_run_id"]
+
+    def ti(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+
+    def wait_ti(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 900) -> dict[str, Any]:
+        deadline, ti = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            ti = self.ti(dag_id, run_id, task_id)
+            if ti.get("state") in states:
+                return ti
+            time.sleep(1)
+        raise AssertionError(f"{dag_id}.{task_id} in {run_id} never reached {states}: {ti}\n{self.diagnostics()}")
+
+    def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", {"new_state": state})
+
+    def clear(self, dag_id: str, run_id: str, task_id: str) -> None:
+        self._request("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances",
+                      {"dag_run_id": run_id, "task_ids": [task_id], "dry_run": False, "only_failed": False})  # fmt: skip
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        return entry["value"]
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int | None = None) -> str:
+        """Everything written for the task instance (worker and triggerer files), one try or all."""
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        pattern = f"attempt={try_number}.log*" if try_number else "attempt=*.log*"
+        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob(pattern)))
+
+    def diagnostics(self) -> str:
+        return "\n".join(f"--- {c} ---\n{self.component_log(c)[-2500:]}" for c in COMPONENTS)
+
+
+@pytest.fixture(scope="session")
+def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
+    home = tmp_path_factory.mktemp("real-airflow")
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
+            "name": "raydllm_lifecycle", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(DAGS)}}]),  # fmt: skip
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "5",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
+        "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(ray_cluster),
+        "AIRFLOW_CONN_ECHO": json.dumps({"conn_type": "http", "host": echo_endpoint, "password": ECHO_KEY}),
+        "PYTHONPATH": str(ROOT),
+    }
+    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, cwd=home)
+    airflow = RealAirflow(home, port, env)
+    airflow.start("api-server")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{airflow.base}/api/v2/monitor/health", timeout=5)
+            break
+        except OSError:
+            time.sleep(2)
+    else:
+        airflow.stop_all()
+        raise AssertionError(f"the api-server did not come up:\n{airflow.diagnostics()}")
+    for component in ("scheduler", "triggerer", "dag-processor"):
+        airflow.start(component)
+    try:
+        yield airflow
+    finally:
+        airflow.stop_all()

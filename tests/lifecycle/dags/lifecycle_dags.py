@@ -1,0 +1,72 @@
+"""DAGs for the lifecycle drills, run by a real scheduler and triggerer (tests/lifecycle).
+
+Each job sends its rows to a local OpenAI-compatible endpoint (connection ``echo``) through
+Ray's HttpRequestProcessorConfig. A row's ``delay`` column is slept in the preprocess, so a
+drill decides how long its job runs (one partition: the delays add up). The prompt comes
+from ``prompt.txt`` beside this file, read when the file is parsed: a drill edits it to
+change the task's spec, as a user editing a DAG would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+PROMPT_FILE = Path(__file__).with_name("prompt.txt")
+PROMPT = PROMPT_FILE.read_text().strip() if PROMPT_FILE.exists() else "Answer briefly."
+START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+PARAMS = {"input": Param("", type="string"), "output": Param("", type="string")}
+HTTP_CONFIG = {"type": "HttpRequestProcessorConfig", "batch_size": 4, "concurrency": 1, "max_retries": 0}
+
+
+def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(float(row.get("delay") or 0))
+    return {"payload": {"model": "echo", "messages": [
+        {"role": "system", "content": PROMPT}, {"role": "user", "content": f"{PROMPT} {row['item']}"}]}}  # fmt: skip
+
+
+def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "item": row["item"], "prompt": PROMPT,
+            "answer": row["http_response"]["choices"][0]["message"]["content"]}  # fmt: skip
+
+
+def _batch(task_id: str, **kwargs: Any) -> RayLLMBatchOperator:
+    options: dict[str, Any] = dict(
+        task_id=task_id, processor_config=HTTP_CONFIG, http_conn_id="echo", preprocess=preprocess,
+        postprocess=postprocess, input_uri="{{ params.input }}", input_format="jsonl", id_column="id",
+        output_uri="{{ params.output }}", num_partitions=1, poll_interval=2,
+    )  # fmt: skip
+    options.update(kwargs)
+    return RayLLMBatchOperator(**options)
+
+
+def _dag(dag_id: str, **kwargs: Any) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, params=PARAMS, catchup=False, **kwargs)
+
+
+with _dag("drill_deferred", max_active_runs=4):
+    _batch("ask", deferrable=True)
+
+with _dag("drill_worker"):
+    _batch("ask", deferrable=False, retries=1, retry_delay=dt.timedelta(seconds=2))
+
+with _dag("drill_timeout"):
+    _batch("ask", deferrable=True, execution_timeout=dt.timedelta(seconds=45))
+
+with _dag("drill_same_output", max_active_runs=2):
+    # The second writer waits this long for the first before failing: short, for the drill.
+    _batch("ask", deferrable=True, runtime_env={"env_vars": {"RAYDLLM_LOCK_WAIT_SECONDS": "5"}})
+
+with _dag("drill_unplaceable"):
+    _batch(
+        "classify", processor_config=cpu_vllm_config(accelerator_type="L4"), http_conn_id=None,
+        preprocess=lambda row: {"messages": [{"role": "user", "content": row["item"]}]}, postprocess=None,
+        deferrable=True, pending_timeout=40,
+    )  # fmt: skip

@@ -1,0 +1,257 @@
+"""Lifecycle drills under a real scheduler, triggerer and LocalExecutor (tests/lifecycle/
+conftest.py), against the session's real Ray head. Each drill does to a running task what
+users and machines do (mark failed, clear, kill the worker, kill the triggerer, time out)
+and asserts on the Ray job list (count and status per task instance) and on the output.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_raydatallm.examples import write_jsonl
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo, RayJobStatus
+from tests.conftest import ECHO_KEY
+from tests.lifecycle.conftest import DAGS
+
+pytestmark = pytest.mark.lifecycle
+PROMPT_FILE = DAGS / "prompt.txt"
+
+
+@pytest.fixture(autouse=True)
+def _ray(ray_conn):
+    """The tests' own RayHook reads ray_default from the environment."""
+
+
+def _input(path: Path, rows: int, delay: float) -> str:
+    return str(write_jsonl(path, [{"id": i, "item": f"question {i}", "delay": delay} for i in range(1, rows + 1)]))
+
+
+def _jobs(dag_id: str, run_id: str) -> list[RayJobInfo]:
+    jobs = [j for j in RayHook().list_jobs() if j.metadata.get("airflow_dag_id") == dag_id
+            and j.metadata.get("airflow_run_id") == run_id]  # fmt: skip
+    return sorted(jobs, key=lambda j: j.submission_id or "")
+
+
+def _wait_job(dag_id: str, run_id: str, statuses: set[RayJobStatus], timeout: float = 300) -> RayJobInfo:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for j in _jobs(dag_id, run_id) if j.status in statuses]
+        if jobs:
+            return jobs[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"no Ray job of {dag_id} {run_id} reached {statuses}: {_jobs(dag_id, run_id)}")
+
+
+def _wait_status(job_id: str, status: RayJobStatus, timeout: float) -> float:
+    """Seconds until the job reached ``status``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if RayHook().get_job_status(job_id) is status:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"Ray job {job_id} is {RayHook().get_job_status(job_id)}, not {status.value}, after {timeout}s")
+
+
+def _ray_lines(task_log: str, job_id: str) -> list[str]:
+    marker = f"[ray job {job_id}] "
+    return [line.split(marker, 1)[1].rstrip() for line in task_log.splitlines() if marker in line]
+
+
+def _assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert ECHO_KEY not in text
+
+
+def test_mark_failed_while_deferred_stops_the_job_within_15s(real_airflow, tmp_path):
+    conf = {"input": _input(tmp_path / "in.jsonl", 6, 10), "output": str(tmp_path / "out")}
+    run_id = real_airflow.trigger("drill_deferred", conf)
+    real_airflow.wait_ti("drill_deferred", run_id, "ask", {"deferred"})
+    job = _wait_job("drill_deferred", run_id, {RayJobStatus.RUNNING})
+    time.sleep(3)
+    real_airflow.mark("drill_deferred", run_id, "ask", "failed")
+    took = _wait_status(job.id, RayJobStatus.STOPPED, 60)
+    print(f"\nmark failed while deferred: job {job.id} STOPPED {took:.1f}s after the click")
+    assert took < 15
+    assert len(_jobs("drill_deferred", run_id)) == 1
+    assert "Trigger cancelled by user action, invoking on_kill" in real_airflow.component_log("triggerer")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_triggerer_killed_and_restarted_mid_job_one_job_no_repeated_lines(real_airflow, tmp_path):
+    conf = {"input": _input(tmp_path / "in.jsonl", 6, 6), "output": str(tmp_path / "out")}
+    run_id = real_airflow.trigger("drill_deferred", conf)
+    real_airflow.wait_ti("drill_deferred", run_id, "ask", {"deferred"})
+    job = _wait_job("drill_deferred", run_id, {RayJobStatus.RUNNING})
+    deadline = time.monotonic() + 120
+    while not _ray_lines(real_airflow.task_log("drill_deferred", run_id, "ask"), job.id):
+        assert time.monotonic() < deadline, "the trigger never copied a log line"
+        time.sleep(1)
+    killed_at = time.monotonic()
+    real_airflow.kill("triggerer")
+    time.sleep(3)
+    real_airflow.start("triggerer")
+    ti = real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})
+    print(f"\ntriggerer restart: task {ti['state']} {time.monotonic() - killed_at:.0f}s after the kill")
+    assert ti["state"] == "success", real_airflow.diagnostics()
+    jobs = _jobs("drill_deferred", run_id)
+    assert [j.status for j in jobs] == [RayJobStatus.SUCCEEDED]
+    task_log = real_airflow.task_log("drill_deferred", run_id, "ask")
+    shown = collections.Counter(_ray_lines(task_log, job.id))
+    written = collections.Counter(line.rstrip() for line in RayHook().get_job_logs(job.id).splitlines())
+    repeated = {line: n for line, n in shown.items() if n > written[line]}
+    assert not repeated, f"lines shown more often than the job wrote them: {list(repeated.items())[:5]}"
+    assert "Carrying on with Ray job" in task_log
+    assert "async thread was blocked" not in real_airflow.component_log("triggerer")
+    table = pq.read_table(tmp_path / "out")
+    assert sorted(table.column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
+    _assert_no_secret(task_log, json.dumps(real_airflow.xcom("drill_deferred", run_id, "ask")))
+
+
+def _runner_pid(ti_id: str) -> int:
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if f"airflow worker -- {ti_id}" in args:
+            return int(pid)
+    raise AssertionError(f"no task process for TI {ti_id}:\n{listing}")
+
+
+def test_worker_killed_mid_job_the_retry_reattaches_to_the_one_job(real_airflow, tmp_path):
+    conf = {"input": _input(tmp_path / "in.jsonl", 5, 8), "output": str(tmp_path / "out")}
+    run_id = real_airflow.trigger("drill_worker", conf)
+    ti = real_airflow.wait_ti("drill_worker", run_id, "ask", {"running"})
+    job = _wait_job("drill_worker", run_id, {RayJobStatus.RUNNING})
+    time.sleep(3)
+    subprocess.run(["kill", "-9", str(_runner_pid(ti["id"]))], check=True)
+    final = real_airflow.wait_ti("drill_worker", run_id, "ask", {"success", "failed"})
+    assert final["state"] == "success" and final["try_number"] == 2, real_airflow.diagnostics()
+    jobs = _jobs("drill_worker", run_id)
+    assert [(j.id, j.status) for j in jobs] == [(job.id, RayJobStatus.SUCCEEDED)]
+    assert "Reattaching to Ray job" in real_airflow.task_log("drill_worker", run_id, "ask", try_number=2)
+    assert sorted(pq.read_table(tmp_path / "out").column("id").to_pylist()) == [1, 2, 3, 4, 5]
+
+
+def test_clear_runs_again_and_a_changed_prompt_never_reattaches(real_airflow, tmp_path):
+    out = tmp_path / "out"
+    conf = {"input": _input(tmp_path / "in.jsonl", 3, 0), "output": str(out)}
+    PROMPT_FILE.write_text("Answer briefly.")
+    try:
+        run_id = real_airflow.trigger("drill_deferred", conf)
+        assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "success"
+        first = json.loads((out / "_SUCCESS").read_text())
+
+        real_airflow.clear("drill_deferred", run_id, "ask")
+        real_airflow.wait_ti("drill_deferred", run_id, "ask", {"queued", "scheduled", "running", "deferred"}, 60)
+        assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "success"
+        second = json.loads((out / "_SUCCESS").read_text())
+        assert second["submission_id"] != first["submission_id"]
+        assert set(second["files"]).isdisjoint(first["files"]) and not any((out / f).exists() for f in first["files"])
+
+        PROMPT_FILE.write_text("Answer in French.")
+        real_airflow.clear("drill_deferred", run_id, "ask")
+        real_airflow.wait_ti("drill_deferred", run_id, "ask", {"queued", "scheduled", "running", "deferred"}, 60)
+        assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "success"
+    finally:
+        PROMPT_FILE.unlink(missing_ok=True)
+    jobs = _jobs("drill_deferred", run_id)
+    assert [j.status for j in jobs] == [RayJobStatus.SUCCEEDED] * 3
+    assert jobs[0].metadata["raydllm_spec_hash"] == jobs[1].metadata["raydllm_spec_hash"]
+    assert jobs[2].metadata["raydllm_spec_hash"] != jobs[1].metadata["raydllm_spec_hash"]
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == [1, 2, 3]
+    assert all(r["prompt"] == "Answer in French." and "Answer in French." in r["answer"] for r in rows)
+
+
+def test_execution_timeout_while_deferred_stops_the_job(real_airflow, tmp_path):
+    conf = {"input": _input(tmp_path / "in.jsonl", 10, 12), "output": str(tmp_path / "out")}
+    run_id = real_airflow.trigger("drill_timeout", conf)
+    ti = real_airflow.wait_ti("drill_timeout", run_id, "ask", {"failed", "success", "up_for_retry"})
+    assert ti["state"] == "failed"
+    (job,) = _jobs("drill_timeout", run_id)
+    assert job.status is RayJobStatus.STOPPED
+    started = time.mktime(time.strptime(ti["start_date"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    late = job.end_time / 1000 - (started + 45)
+    print(f"\nexecution_timeout while deferred: job STOPPED {late:.1f}s after the timeout")
+    assert late < 15
+
+
+def test_two_runs_writing_one_output_never_corrupt_it(real_airflow, tmp_path):
+    out = tmp_path / "shared_out"
+    conf = {"input": _input(tmp_path / "in.jsonl", 4, 5), "output": str(out)}
+    runs = [real_airflow.trigger("drill_same_output", conf) for _ in range(2)]
+    states = [real_airflow.wait_ti("drill_same_output", r, "ask", {"success", "failed"})["state"] for r in runs]
+    assert "success" in states
+    for run_id, state in zip(runs, states):
+        if state == "failed":
+            assert "is being written by Ray job" in real_airflow.task_log("drill_same_output", run_id, "ask")
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    assert all((out / f).exists() for f in manifest["files"])
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == [1, 2, 3, 4]
+    print(f"\ntwo runs on one output: {states}")
+
+
+def test_output_holding_foreign_files_or_the_input_is_refused(real_airflow, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "other_table.parquet").write_text("another team's data")
+    conf = {"input": _input(tmp_path / "in.jsonl", 2, 0), "output": str(shared)}
+    run_id = real_airflow.trigger("drill_deferred", conf)
+    assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "failed"
+    assert "other_table.parquet" in real_airflow.task_log("drill_deferred", run_id, "ask")
+    assert sorted(p.name for p in shared.iterdir()) == ["other_table.parquet"]
+    assert (shared / "other_table.parquet").read_text() == "another team's data"
+
+    data = tmp_path / "data"
+    conf = {"input": _input(data / "in.jsonl", 2, 0), "output": str(data)}
+    run_id = real_airflow.trigger("drill_deferred", conf)
+    assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "failed"
+    assert "contains input_uri" in real_airflow.task_log("drill_deferred", run_id, "ask")
+    assert _jobs("drill_deferred", run_id) == []  # refused before anything was submitted
+    assert sorted(p.name for p in data.iterdir()) == ["in.jsonl"]
+
+
+def test_resources_no_node_has_are_named_then_the_job_is_stopped(real_airflow, tmp_path):
+    conf = {"input": _input(tmp_path / "in.jsonl", 2, 0), "output": str(tmp_path / "out")}
+    run_id = real_airflow.trigger("drill_unplaceable", conf)
+    job = _wait_job("drill_unplaceable", run_id, {RayJobStatus.RUNNING})
+    running_at = time.monotonic()
+    said = re.compile(r"waits for resources the cluster cannot give it: .*'accelerator_type:L4': 0.001.*no node has accelerator_type:L4")
+    while not said.search(real_airflow.task_log("drill_unplaceable", run_id, "classify")):
+        assert time.monotonic() - running_at < 60, real_airflow.task_log("drill_unplaceable", run_id, "classify")[-3000:]
+        time.sleep(1)
+    named_after = time.monotonic() - running_at
+    ti = real_airflow.wait_ti("drill_unplaceable", run_id, "classify", {"success", "failed"}, 300)
+    stopped_after = time.monotonic() - running_at
+    print(f"\nunplaceable: demand named {named_after:.0f}s after the job started; task {ti['state']} after {stopped_after:.0f}s")
+    assert ti["state"] == "failed"
+    assert RayHook().get_job_status(job.id) is RayJobStatus.STOPPED
+    task_log = real_airflow.task_log("drill_unplaceable", run_id, "classify")
+    assert "RayJobUnschedulableError" in task_log and "pending_timeout" in task_log
+
+
+def test_no_secret_in_any_jobs_api_response_task_log_or_xcom(real_airflow, ray_cluster):
+    """After the drills above: the endpoint's key is nowhere a Jobs API client or a UI user reads."""
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {ray_cluster['password']}", "User-Agent": "drill"}
+    base = f"http://{ray_cluster['host']}:{ray_cluster['port']}"
+    listing = urllib.request.urlopen(urllib.request.Request(f"{base}/api/jobs/", headers=headers)).read().decode()
+    jobs = json.loads(listing)
+    assert jobs, "the drills submitted no job"
+    for job in jobs:
+        one = urllib.request.urlopen(urllib.request.Request(f"{base}/api/jobs/{job['submission_id']}", headers=headers))
+        logs = urllib.request.urlopen(urllib.request.Request(f"{base}/api/jobs/{job['submission_id']}/logs", headers=headers))
+        _assert_no_secret(one.read().decode(), logs.read().decode())
+    _assert_no_secret(listing)
+    for path in (real_airflow.home / "logs").rglob("*.log*"):
+        _assert_no_secret(path.read_text(errors="replace"))
+    for component in ("scheduler", "triggerer", "api-server", "dag-processor"):
+        _assert_no_secret(real_airflow.component_log(component))

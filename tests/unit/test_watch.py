@@ -1,0 +1,59 @@
+"""The shared wait loop's pure parts: log lines written once, at offsets a restarted trigger
+can carry on from; which pending demands no node can meet; what counts as transient."""
+
+from __future__ import annotations
+
+from airflow_provider_raydatallm.exceptions import RayAPIError, RayClusterUnreachableError, RayJobNotFoundError
+from airflow_provider_raydatallm.hooks import _state_api as state
+from airflow_provider_raydatallm.watch import JobWatch, WaitPolicy, is_transient
+
+
+class _Log:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, fmt, *args):
+        self.lines.append(args[1])
+
+
+async def test_lines_are_written_whole_after_their_offset_is_saved():
+    saved: list[tuple[int, int]] = []
+    log = _Log()
+
+    async def checkpoint(offset: int) -> None:
+        saved.append((offset, len(log.lines)))  # saved before the lines it covers are written
+
+    watch = JobWatch(None, "j", WaitPolicy(), log, log_offset=10, checkpoint=checkpoint)
+    await watch._emit("a\nb\npar")
+    await watch._emit("tial\n")
+    await watch._emit("end", final=True)
+    assert log.lines == ["a", "b", "partial", "end"]
+    assert saved == [(14, 0), (22, 2), (25, 3)] and watch.offset == 25
+
+
+def test_demands_name_what_no_node_has():
+    job = "02000000"
+    actors = [
+        {"job_id": job, "state": "PENDING_CREATION", "required_resources": {"CPU": 1.0, "accelerator_type:L4": 0.001}},
+        {"job_id": job, "state": "PENDING_CREATION", "required_resources": {"CPU": 1.0}},
+        {"job_id": "03000000", "state": "PENDING_CREATION", "required_resources": {"GPU": 8.0}},
+    ]
+    groups = [{"creator_job_id": job, "state": "PENDING", "bundles": [{"unit_resources": {"CPU": 16.0}}]}]
+    nodes = [{"resources_total": {"CPU": 8.0, "memory": 1e9}}, {"resources_total": {"CPU": 4.0, "GPU": 1.0}}]
+    found = {d.describe() for d in state.demands(job, actors, groups, nodes)}
+    assert found == {
+        "{'CPU': 1, 'accelerator_type:L4': 0.001} x1 pending: no node has accelerator_type:L4",
+        "{'CPU': 1} x1 pending: waiting for busy nodes",
+        "{'CPU': 16} x1 pending: no node has CPU",
+    }
+
+
+def test_state_api_rows_are_read_from_their_envelope():
+    body = {"result": True, "data": {"result": {"total": 1, "result": [{"node_id": "n"}]}}}
+    assert state.rows_of(body) == [{"node_id": "n"}] and state.rows_of({}) == []
+
+
+def test_transient_errors_are_unreachable_and_gateway_answers_only():
+    assert is_transient(RayClusterUnreachableError("a", "refused"))
+    assert is_transient(RayAPIError("a", "bad gateway", 502)) and is_transient(RayAPIError("a", "x", 504))
+    assert not is_transient(RayAPIError("a", "boom", 500)) and not is_transient(RayJobNotFoundError("a", "j"))
