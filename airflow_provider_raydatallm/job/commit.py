@@ -126,7 +126,8 @@ class OutputDir:
             if self.skip and (path == self.skip or path.startswith(self.skip + "/")):
                 continue
             rel = self._rel(path)
-            if rel.split("/", 1)[0] != WORK_DIR:
+            # Object stores may list the directory's own marker object ("out/") as a file.
+            if rel != "." and rel.split("/", 1)[0] != WORK_DIR:
                 found.append(rel)
         return found
 
@@ -191,7 +192,8 @@ class OutputDir:
         _, staging = _fs(self.staging_uri)
         if not self.fs.exists(staging):
             return []
-        return sorted(posixpath.relpath(p, staging) for p in self.fs.find(staging))
+        found = (posixpath.relpath(p.rstrip("/"), staging) for p in self.fs.find(staging))
+        return sorted(f for f in found if f != ".")
 
     def commit(self, manifest: Manifest, overwrite: bool, pause_seconds: float = 0.0) -> list[str]:
         """Swap the staged files in as the directory's version; return the files removed."""

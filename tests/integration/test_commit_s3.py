@@ -98,6 +98,12 @@ def _submit(spec, submission_id: str, env: dict[str, str]) -> None:
     _jobs.submit(RayHook(), spec, submission_id, _jobs.Submission(runtime_env={"env_vars": env}, secrets=secrets))
 
 
+def _listed(fs) -> list[str]:
+    """Files under the job's output, relative, without the work area and directory markers."""
+    found = (p.split("job/out/", 1)[1] for p in fs.find("raydllm-test/job/out") if "job/out/" in p)
+    return [f for f in found if f and not f.startswith("_raydllm")]
+
+
 def _wait(job_id: str, timeout: float = 300) -> RayJobStatus:
     deadline = time.monotonic() + timeout
     while (status := RayHook().get_job_status(job_id)) not in RayJobStatus.terminal_states():
@@ -145,8 +151,8 @@ def test_a_ray_job_reads_and_writes_s3_and_a_job_stopped_mid_commit_leaves_the_o
     assert after["files"] == first["files"] and after["submission_id"] == first_id
     table = pq.read_table([f"raydllm-test/job/out/{f}" for f in after["files"]], filesystem=fs)
     assert sorted(table.column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
-    names = [p.rsplit("/", 1)[1] for p in fs.find("raydllm-test/job/out") if "_raydllm" not in p]
-    copied_in = [n for n in names if n not in after["files"] and n != "_SUCCESS"]
+    names = _listed(fs)
+    copied_in = [n for n in names if n not in after["files"] and not n.endswith("_SUCCESS")]
     assert 1 <= len(copied_in) <= 2, names  # stopped midway: some of the new files were in place
 
     # The next run cleans up what the stopped commit left and commits whole.
@@ -154,5 +160,5 @@ def test_a_ray_job_reads_and_writes_s3_and_a_job_stopped_mid_commit_leaves_the_o
     _submit(spec, third_id, s3)
     assert _wait(third_id) is RayJobStatus.SUCCEEDED, RayHook().get_job_logs(third_id)[-3000:]
     third = json.loads(fs.cat_file("raydllm-test/job/out/_SUCCESS"))
-    names = sorted(p.rsplit("/", 1)[1] for p in fs.find("raydllm-test/job/out") if "_raydllm" not in p)
-    assert names == sorted(["_SUCCESS", *third["files"]])
+    names = sorted(_listed(fs))
+    assert names == sorted(["_SUCCESS", "_errors/_SUCCESS", *third["files"]])
