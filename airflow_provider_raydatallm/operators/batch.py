@@ -205,9 +205,15 @@ class RayLLMBatchOperator(BaseOperator):
             entrypoint_resources=self.entrypoint_resources,
         )  # fmt: skip
 
-    def _policy(self) -> WaitPolicy:
+    def _policy(self, ti: Any) -> WaitPolicy:
+        """The wait: until ``timeout`` from now or the task's ``execution_timeout``, the earlier.
+        Airflow 3.3 does not apply execution_timeout to a deferred task, so the trigger does."""
+        deadlines = [time.time() + self.timeout] if self.timeout else []
+        start = getattr(ti, "start_date", None)
+        if self.execution_timeout and start is not None:
+            deadlines.append(start.timestamp() + self.execution_timeout.total_seconds())
         return WaitPolicy(
-            poll_interval=self.poll_interval, deadline=time.time() + self.timeout if self.timeout else None,
+            poll_interval=self.poll_interval, deadline=min(deadlines) if deadlines else None,
             pending_timeout=self.pending_timeout, fetch_logs=self.fetch_logs, owns_job=True,
         )  # fmt: skip
 
@@ -239,14 +245,18 @@ class RayLLMBatchOperator(BaseOperator):
         self.log.info("Ray job %s: %s", job_id, url)
         if not self.wait_for_completion:
             return self._result(job_id, spec, url)
-        policy = self._policy()
+        policy = self._policy(ti)
         if self.deferrable:
+            # Airflow's own trigger timeout backs ours up (a trigger that could not run at all);
+            # it comes later, so the trigger stops the job first and says why.
+            backstop = timedelta(seconds=policy.deadline - time.time() + 60) if policy.deadline else None
             self.defer(
                 trigger=RayJobTrigger(
                     job_id=job_id, ray_conn_id=self.ray_conn_id, poll_interval=policy.poll_interval,
                     deadline=policy.deadline, pending_timeout=policy.pending_timeout, fetch_logs=policy.fetch_logs,
                 ),
                 method_name="execute_complete",
+                timeout=backstop,
             )  # fmt: skip
         event = wait_sync(self.ray_conn_id, job_id, policy, self.log)
         return self._complete(hook, event)
@@ -257,7 +267,8 @@ class RayLLMBatchOperator(BaseOperator):
 
     def _complete(self, hook: RayHook, ev: RayJobEvent) -> dict[str, Any]:
         if ev.status == "timeout":
-            raise RayJobTimeoutError(hook.address, ev.job_id, self.timeout or 0)
+            limits = [t for t in (self.timeout, self.execution_timeout and self.execution_timeout.total_seconds()) if t]
+            raise RayJobTimeoutError(hook.address, ev.job_id, min(limits) if limits else 0)
         if ev.status == "unschedulable":
             raise RayJobUnschedulableError(hook.address, ev.job_id, ev.message)
         if ev.job_status is None:  # the wait could not watch the job

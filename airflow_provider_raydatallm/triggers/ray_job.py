@@ -102,12 +102,10 @@ class RayJobTrigger(BaseTrigger):
         target = self._xcom_target()
         if target is None:
             return 0
-        from asgiref.sync import sync_to_async
-
         from airflow.sdk.bases.xcom import BaseXCom
 
         try:
-            value = await sync_to_async(BaseXCom.get_one)(key=LOG_OFFSET_XCOM_KEY, **target)
+            value = await BaseXCom.aget_one(key=LOG_OFFSET_XCOM_KEY, **target)
         except Exception as err:  # no XCom access here: show the log from log_offset
             self.log.debug("could not read the saved log offset: %s", err)
             return 0
@@ -117,12 +115,10 @@ class RayJobTrigger(BaseTrigger):
         target = self._xcom_target()
         if target is None:
             return
-        from asgiref.sync import sync_to_async
-
         from airflow.sdk.bases.xcom import BaseXCom
 
         try:
-            await sync_to_async(BaseXCom.set)(key=LOG_OFFSET_XCOM_KEY, value=offset, **target)
+            await BaseXCom.aset(key=LOG_OFFSET_XCOM_KEY, value=offset, **target)
         except Exception as err:
             self.log.debug("could not save the log offset: %s", err)
 

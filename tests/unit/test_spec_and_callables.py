@@ -4,6 +4,8 @@ import sys
 import threading
 import types
 
+import re
+
 import pytest
 
 from airflow_provider_raydatallm.exceptions import RayLLMConfigError
@@ -168,3 +170,42 @@ def test_endpoint_key_that_lives_on_the_cluster_is_only_named():
 )
 def test_endpoint_url_forms(host, port, schema, path, url):
     assert sub.endpoint_url(host, port, schema, path) == url
+
+
+@pytest.mark.parametrize(
+    ("output", "error", "fragment"),
+    [
+        ("/data/in", None, "output_uri '/data/in' contains input_uri '/data/in/posts.jsonl'"),
+        ("file:///data/in/", None, "contains input_uri"),
+        ("/data/in/posts.jsonl", None, "output_uri '/data/in/posts.jsonl' is input_uri"),
+        ("/data/in/posts.jsonl/out", None, "is inside input_uri"),
+        ("/data/out", "/data/out", "error_output_uri '/data/out' is output_uri"),
+        ("/data/out", "/data", "error_output_uri '/data' contains output_uri '/data/out'"),
+        ("/data/out", "/data/in/errs/../", "error_output_uri '/data/in/errs/../' contains input_uri"),
+    ],
+)
+def test_outputs_that_would_replace_the_input_or_each_other_are_refused(output, error, fragment):
+    from airflow_provider_raydatallm.job.spec import RunIdentity
+    from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+    op = RayLLMBatchOperator(
+        task_id="t", processor_config={"type": "vLLMEngineProcessorConfig", "model_source": "m"},
+        input_uri="/data/in/posts.jsonl", output_uri=output, error_output_uri=error,
+    )  # fmt: skip
+    with pytest.raises(RayLLMConfigError, match=re.escape(fragment)):
+        op.build_spec(RunIdentity(dag_id="d", task_id="t", run_id="r"))
+
+
+def test_spec_hash_ignores_the_try_and_sees_the_prompt():
+    from airflow_provider_raydatallm.job.spec import RunIdentity
+    from airflow_provider_raydatallm.operators import RayLLMBatchOperator, _jobs
+
+    def build(prompt: str, try_number: int):
+        op = RayLLMBatchOperator(
+            task_id="t", processor_config={"type": "vLLMEngineProcessorConfig", "model_source": "m"},
+            preprocess=lambda row, p=prompt: {"messages": [{"role": "user", "content": p}]},
+            input_uri="/data/in.jsonl", output_uri="/data/out",
+        )  # fmt: skip
+        return _jobs.spec_hash(op.build_spec(RunIdentity(dag_id="d", task_id="t", run_id="r", try_number=try_number)))
+
+    assert build("a", 1) == build("a", 2) != build("b", 1)
