@@ -16,17 +16,32 @@ from airflow_provider_raydatallm.events import validate_event
 pytestmark = pytest.mark.integration
 
 
-async def test_trigger_times_out_on_a_job_that_keeps_running(ray_conn):
+@pytest.mark.parametrize("owns_job", [True, False])
+async def test_trigger_deadline_on_a_job_that_keeps_running(ray_conn, owns_job):
     hook = RayHook()
     job_id = hook.submit_job("python -c 'import time; time.sleep(120)'", submission_id=f"slow-{uuid.uuid4().hex[:8]}")
     try:
         started = time.monotonic()
-        events = [validate_event(e.payload) async for e in RayJobTrigger(job_id, poll_interval=0.5, timeout=3).run()]
+        trigger = RayJobTrigger(job_id, poll_interval=0.5, deadline=time.time() + 3, owns_job=owns_job)
+        events = [validate_event(e.payload) async for e in trigger.run()]
         elapsed = time.monotonic() - started
+        status = hook.get_job_status(job_id)
     finally:
         hook.stop_job(job_id)
     assert [e.status for e in events] == ["timeout"] and events[0].job_id == job_id
-    assert 3 <= elapsed < 10
+    assert 3 <= elapsed < 30
+    # The operator's trigger stops its job; a sensor's leaves someone else's job alone.
+    assert status is (RayJobStatus.STOPPED if owns_job else RayJobStatus.RUNNING)
+
+
+def test_deferred_sensor_timeout_is_a_sensor_timeout_and_soft_fail_skips(ray_conn):
+    from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+
+    event = {"event": {"status": "timeout", "job_id": "j1", "message": "still running"}}
+    with pytest.raises(AirflowSensorTimeout, match="the job was left running"):
+        RayJobSensor(task_id="wait", job_id="j1", timeout=5).resume_execution("execute_complete", event, {})
+    with pytest.raises(AirflowSkipException):
+        RayJobSensor(task_id="wait", job_id="j1", timeout=5, soft_fail=True).resume_execution("execute_complete", event, {})
 
 
 async def test_trigger_reports_success_and_streams_the_log(ray_conn, caplog, capfd):
