@@ -64,3 +64,24 @@ def echo_endpoint():
     server, url = echo_server.start(ECHO_KEY)
     yield url
     server.shutdown()
+
+
+def wait_until_answers(url: str, timeout: float, alive=lambda: True, why=lambda: "") -> None:
+    """Block until ``url`` answers HTTP (any status), or fail saying ``why()``. ``alive()``
+    False (the server process died) fails at once."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert alive(), f"{url}: the server process exited. {why()}"
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{url} did not answer within {timeout:.0f}s. {why()}") from None
+            time.sleep(1)

@@ -81,85 +81,38 @@ def _dag(dag_id: str, **kwargs: Any) -> DAG:
     return DAG(dag_id, schedule=None, start_date=START, params=PARAMS, catchup=False, **kwargs)
 
 
+def _batch(task_id: str = "classify", **kwargs: Any) -> RayLLMBatchOperator:
+    """A batch task reading params.input and writing params.output, waiting on the worker."""
+    options: dict[str, Any] = dict(
+        task_id=task_id, processor_config=cpu_vllm_config(), input_uri="{{ params.input }}",
+        output_uri="{{ params.output }}", deferrable=False, poll_interval=2,
+    )  # fmt: skip
+    options.update(kwargs)
+    return RayLLMBatchOperator(**options)
+
+
 with _dag("test_questions_sync"):
-    RayLLMBatchOperator(
-        task_id="answer",
-        processor_config=cpu_vllm_config(),
-        preprocess=ask,
-        postprocess=lambda row: dict(answer=row["generated_text"], **row),
-        input_uri="{{ params.input }}",
-        input_format="jsonl",
-        output_uri="{{ params.output }}",
-        deferrable=False,
-        poll_interval=2,
-    )
+    _batch("answer", preprocess=ask, postprocess=lambda row: dict(answer=row["generated_text"], **row), input_format="jsonl")
 
 with _dag("test_industries_deferred"):
-    RayLLMBatchOperator(
-        task_id="classify",
-        processor_config=cpu_vllm_config(batch_size=32),
-        preprocess=preprocess,
-        postprocess=postprocess,
-        input_uri="{{ params.input }}",
-        output_uri="{{ params.output }}/{{ ds }}",
-        id_column="Customer Id",
-        deferrable=True,
-        poll_interval=2,
-    )
+    _batch(
+        processor_config=cpu_vllm_config(batch_size=32), preprocess=preprocess, postprocess=postprocess,
+        output_uri="{{ params.output }}/{{ ds }}", id_column="Customer Id", deferrable=True,
+    )  # fmt: skip
 
 with _dag("test_failing_preprocess"):
-    RayLLMBatchOperator(
-        task_id="classify",
-        processor_config=cpu_vllm_config(),
-        preprocess=always_fails,
-        postprocess=postprocess,
-        input_uri="{{ params.input }}",
-        output_uri="{{ params.output }}",
-        deferrable=False,
-        poll_interval=2,
-    )
+    _batch(preprocess=always_fails, postprocess=postprocess)
 
 with _dag("test_continue_on_error"):
-    RayLLMBatchOperator(
-        task_id="classify",
-        processor_config=cpu_vllm_config(),
-        preprocess=every_fourth_fails,
-        postprocess=postprocess_every_seventh_fails,
-        input_uri="{{ params.input }}",
-        output_uri="{{ params.output }}",
-        id_column="Index",
-        num_partitions=3,
-        should_continue_on_error=True,
-        max_error_ratio=0.5,
-        deferrable=False,
-        poll_interval=2,
-    )
+    _batch(
+        preprocess=every_fourth_fails, postprocess=postprocess_every_seventh_fails, id_column="Index",
+        num_partitions=3, should_continue_on_error=True, max_error_ratio=0.5,
+    )  # fmt: skip
 
 with _dag("test_every_row_fails_on_error"):
-    RayLLMBatchOperator(
-        task_id="classify",
-        processor_config=cpu_vllm_config(),
-        preprocess=always_fails,
-        postprocess=postprocess,
-        input_uri="{{ params.input }}",
-        output_uri="{{ params.output }}",
-        id_column="Index",
-        should_continue_on_error=True,
-        max_error_ratio=1.0,
-        deferrable=False,
-        poll_interval=2,
-    )
+    _batch(preprocess=always_fails, postprocess=postprocess, id_column="Index", should_continue_on_error=True,
+           max_error_ratio=1.0)  # fmt: skip
 
 with _dag("test_killed_task"):
-    RayLLMBatchOperator(
-        task_id="slow",
-        processor_config=cpu_vllm_config(),
-        preprocess=slow,
-        input_uri="{{ params.input }}",
-        input_format="jsonl",
-        output_uri="{{ params.output }}",
-        deferrable=False,
-        poll_interval=1,
-        # Airflow calls on_kill when a task hits its execution_timeout, as on SIGTERM.
-        execution_timeout=dt.timedelta(seconds=20),
-    )
+    # Airflow calls on_kill when a task hits its execution_timeout, as on SIGTERM.
+    _batch("slow", preprocess=slow, input_format="jsonl", poll_interval=1, execution_timeout=dt.timedelta(seconds=20))

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import time
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +21,7 @@ from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.commit import Manifest, OutputDir, committed_files
 from airflow_provider_raydatallm.job.spec import RunIdentity
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator, _jobs, _submission as sub
-from tests.conftest import ECHO_KEY, ROOT
+from tests.conftest import ECHO_KEY, ROOT, wait_until_answers
 
 pytestmark = pytest.mark.integration
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -36,14 +35,7 @@ def s3(monkeypatch_module):
     server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2)
-            break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
-            time.sleep(0.5)
+    wait_until_answers(endpoint, 60, alive=lambda: server.poll() is None)
     env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
     for key, value in env.items():
         monkeypatch_module.setenv(key, value)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ECHO_KEY, ROOT
+from tests.conftest import ECHO_KEY, ROOT, wait_until_answers
 
 AIRFLOW = ROOT / ".venv" / "bin" / "airflow"
 DAGS = Path(__file__).parent / "dags"
@@ -181,16 +181,11 @@ def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, cwd=home)
     airflow = RealAirflow(home, port, env)
     airflow.start("api-server")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{airflow.base}/api/v2/monitor/health", timeout=5)
-            break
-        except OSError:
-            time.sleep(2)
-    else:
+    try:
+        wait_until_answers(f"{airflow.base}/api/v2/monitor/health", 180, why=airflow.diagnostics)
+    except AssertionError:
         airflow.stop_all()
-        raise AssertionError(f"the api-server did not come up:\n{airflow.diagnostics()}")
+        raise
     for component in ("scheduler", "triggerer", "dag-processor"):
         airflow.start(component)
     try:

@@ -9,6 +9,7 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import wait_until_answers
 from tests.system.conftest import ROOT, DagRunner
 
 pytestmark = pytest.mark.system
@@ -66,8 +67,6 @@ def openai_server(tmp_path_factory):
     import secrets
     import socket
     import subprocess
-    import time
-    import urllib.request
 
     from airflow_provider_raydatallm.examples import default_model_path
 
@@ -86,16 +85,8 @@ def openai_server(tmp_path_factory):
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                   env={**os.environ, "PATH": f"{ROOT / '.venv-ray' / 'bin'}:{os.environ['PATH']}"})  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(2)
-        else:
-            raise AssertionError(f"vllm serve did not come up: {log.read_text()[-3000:]}")
+        wait_until_answers(f"http://127.0.0.1:{port}/health", 300, alive=lambda: server.poll() is None,
+                           why=lambda: log.read_text()[-3000:])  # fmt: skip
         yield {"url": f"http://127.0.0.1:{port}", "key": key}
     finally:
         if server.poll() is None:
