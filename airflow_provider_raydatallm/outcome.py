@@ -5,11 +5,13 @@ Shared by RayLLMBatchOperator and RayJobSensor. Waiting for the job is ``watch.p
 
 from __future__ import annotations
 
+import re
+
 from airflow_provider_raydatallm.exceptions import RayJobFailedError
 from airflow_provider_raydatallm.hooks._jobs_api import redact
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo
+from airflow_provider_raydatallm.job.metrics import ERROR_MARKER
 
-ERROR_MARKER = "RAYDLLM_ERROR "
 TAIL_LINES = 30
 
 
@@ -21,9 +23,13 @@ def _fetch_log(hook: RayHook, job_id: str) -> tuple[str, str | None]:
         return "", f"(log unavailable: {err})"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _tail_of(text: str, secrets: list[str], lines: int = TAIL_LINES) -> str:
-    """The end of a job log (secrets redacted), with the job's own error line first."""
-    all_lines = text.rstrip().splitlines()
+    """The end of a job log (secrets redacted, terminal colours removed), with the job's own
+    error line first."""
+    all_lines = _ANSI.sub("", text).rstrip().splitlines()
     errors = [line for line in all_lines if line.startswith(ERROR_MARKER)]
     tail = all_lines[-lines:]
     if errors and errors[-1] not in tail:

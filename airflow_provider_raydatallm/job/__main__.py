@@ -12,13 +12,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
 
+from airflow_provider_raydatallm.job.metrics import ERROR_MARKER
 from airflow_provider_raydatallm.job.spec import SECRETS_FILE, JobSpec
 
-ERROR_MARKER = "RAYDLLM_ERROR "
 
 
 def _spec_dir(args: argparse.Namespace) -> Path:
@@ -37,6 +38,28 @@ def _spec_text(args: argparse.Namespace) -> str:
 def _secrets(args: argparse.Namespace) -> dict[str, str]:
     path = _spec_dir(args) / SECRETS_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# The user's own error, as rows.py words it, wherever Ray wrapped it.
+_ROW_ERROR = re.compile(r"(?:pre|post)process failed on row [^\n]+")
+
+
+def headline(err: BaseException) -> str:
+    """One line for the task's failure: the first user-code error and its row first, then
+    Ray's wrapping, without terminal colours."""
+    text = _ANSI.sub("", "".join(traceback.format_exception(err)))
+    root = err
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    first = _ANSI.sub("", f"{type(err).__name__}: {err}").strip().splitlines()
+    ray_line = first[0][:1000] if first else type(err).__name__
+    found = _ROW_ERROR.search(text)
+    if found:
+        return f"{found.group(0).strip()[:1500]} (in Ray: {ray_line[:300]})"
+    if root is not err and str(root):
+        ray_line += f" (caused by {type(root).__name__}: {_ANSI.sub('', str(root)).splitlines()[0][:1000]})"
+    return ray_line[:2000]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(spec, args.tag, _secrets(args))
     except Exception as err:
         traceback.print_exc()
-        root = err
-        while root.__cause__ is not None or root.__context__ is not None:
-            root = root.__cause__ or root.__context__
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:2000]
-        if root is not err:
-            reason += f" (caused by {type(root).__name__}: {str(root).splitlines()[0][:1000] if str(root) else ''})"
-        print(f"{ERROR_MARKER}{reason}", flush=True)
+        print(f"{ERROR_MARKER}{headline(err)}", flush=True)
         return 1
     print(result.to_log_line(), flush=True)
     return 0

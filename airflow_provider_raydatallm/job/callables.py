@@ -42,6 +42,58 @@ def _is_installed(module: types.ModuleType) -> bool:
     return any(resolved.startswith(root) for root in _INSTALLED_ROOTS)
 
 
+MAX_PICKLED_BYTES = 5 * 1024 * 1024
+_PROVIDER = __name__.split(".", 1)[0]
+
+
+def _by_value_modules(module: types.ModuleType | None) -> list[types.ModuleType]:
+    """The function's module, when the cluster cannot import it (a DAG file), and every
+    loaded module from the same folder (helpers a DAG file imports): they travel by value."""
+    if module is None or module.__name__ == "__main__" or _is_installed(module):
+        return []
+    found = [module]
+    folder = str(Path(module.__file__).resolve().parent) if getattr(module, "__file__", None) else None
+    if folder is None:
+        return found
+    for other in list(sys.modules.values()):
+        file = getattr(other, "__file__", None)
+        if other is module or not file or other.__name__.split(".", 1)[0] == _PROVIDER:
+            continue
+        if str(Path(file).resolve()).startswith(folder + "/") and not _is_installed(other):
+            found.append(other)
+    return found
+
+
+def _too_big(label: str, fn: Callable[..., Any], size: int) -> str:
+    """Name the captured object that makes a pickled function too big to ship."""
+    import cloudpickle
+
+    captured: dict[str, Any] = {}
+    code = getattr(fn, "__code__", None)
+    for var in getattr(code, "co_names", ()):
+        if var in getattr(fn, "__globals__", {}):
+            captured[var] = fn.__globals__[var]
+    for var, cell in zip(getattr(code, "co_freevars", ()), getattr(fn, "__closure__", None) or ()):
+        try:
+            captured[var] = cell.cell_contents
+        except ValueError:
+            pass
+    sizes = []
+    for var, value in captured.items():
+        if isinstance(value, types.ModuleType):
+            continue
+        try:
+            sizes.append((len(cloudpickle.dumps(value)), var, type(value).__name__))
+        except Exception:
+            continue
+    biggest = max(sizes, default=None)
+    what = f": it captures {biggest[1]!r} ({biggest[0] / 1e6:.1f} MB, a {biggest[2]})" if biggest else ""
+    return (
+        f"{label} pickles to {size / 1e6:.1f} MB, over the {MAX_PICKLED_BYTES / 1e6:.0f} MB a job spec may carry{what}. "
+        "Load large data inside the function (from storage the cluster reads) instead of capturing it."
+    )
+
+
 def pack(fn: Callable[..., Any] | str | None, name: str) -> CallableSpec | None:
     """Describe ``fn`` for the spec; raise ``CallableShippingError`` naming it if it cannot travel."""
     if fn is None:
@@ -57,9 +109,9 @@ def pack(fn: Callable[..., Any] | str | None, name: str) -> CallableSpec | None:
 
     label = f"{name} ({getattr(fn, '__qualname__', repr(fn))} from {getattr(fn, '__module__', '?')})"
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    by_value = module is not None and module.__name__ != "__main__" and not _is_installed(module)
-    if by_value:
-        cloudpickle.register_pickle_by_value(module)
+    by_value = _by_value_modules(module)
+    for each in by_value:
+        cloudpickle.register_pickle_by_value(each)
     try:
         data = cloudpickle.dumps(fn)
     except Exception as err:
@@ -69,8 +121,10 @@ def pack(fn: Callable[..., Any] | str | None, name: str) -> CallableSpec | None:
             "it as a 'package.module:function' string importable on the cluster."
         ) from None
     finally:
-        if by_value:
-            cloudpickle.unregister_pickle_by_value(module)
+        for each in by_value:
+            cloudpickle.unregister_pickle_by_value(each)
+    if len(data) > MAX_PICKLED_BYTES:
+        raise CallableShippingError(_too_big(label, fn, len(data)))
     return CallableSpec(
         name=name,
         pickled=base64.b64encode(data).decode("ascii"),

@@ -13,6 +13,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field
 
 RESULT_MARKER = "RAYDLLM_RESULT "
+ERROR_MARKER = "RAYDLLM_ERROR "  # the job's one-line reason for failing, read by the operator
 # "Operator 3 MapBatches(vLLMEngineStageUDF): 2 tasks executed, 2 blocks produced in 12.5s"
 _STAGE_LINE = re.compile(r"^Operator \d+ (?P<name>.+?): .*?produced in (?P<seconds>[\d.]+)\s*s", re.M)
 

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, commit, io, lock, rows
+from airflow_provider_raydatallm.job import callables, commit, io, lock, preflight, rows
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, stage_seconds
 from airflow_provider_raydatallm.job.spec import JobSpec, ProcessorSpec, SecretRef
 
@@ -52,8 +52,17 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool, secrets: dict[str
         kwargs.setdefault("should_continue_on_error", True)
     try:
         return cls(**kwargs)
-    except Exception as err:  # pydantic's ValidationError names the field
-        raise JobConfigError(f"invalid {spec.type}: {err}") from None
+    except Exception as err:  # pydantic's ValidationError: the same shape as the Airflow side's check
+        details = getattr(err, "errors", None)
+        if callable(details):
+            found = "; ".join(
+                "processor_config" + "".join(f".{p}" for p in e.get("loc", ())) + f": {e.get('msg')}" for e in details()
+            )
+        else:
+            found = f"{type(err).__name__}: {err}"
+        raise JobConfigError(
+            f"processor_config is not a valid {spec.type} (Ray {_ray_version()}): {found}"
+        ) from None
 
 
 def build_processor(config: Any, preprocess: Any, postprocess: Any) -> Any:
@@ -177,9 +186,11 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         directory.check_owned(spec.output.overwrite)  # before any actor or engine starts
         for stale in directory.clear_stale():
             log.info("removed what an earlier attempt left unfinished: %s", stale)
+    preflight.run_all(spec, tag)
 
     ds = io.read_input(spec.input)
     columns = list(ds.schema().names)
+    preflight.check_id_column(spec.input.id_column, columns)
     rows_in = ds.count()
     num_partitions = choose_partitions(
         spec.input.num_partitions, _max_concurrency(config), _cluster_slots(config), rows_in

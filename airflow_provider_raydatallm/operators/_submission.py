@@ -1,4 +1,5 @@
-"""Turning operator arguments into a validated job spec, and a task try into a submission id."""
+"""Turning the operator's rendered arguments into a validated job spec (all the checks made
+before submission end here), and a task instance into a submission id."""
 
 from __future__ import annotations
 
@@ -10,11 +11,56 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from airflow_provider_raydatallm import schemas
 from airflow_provider_raydatallm.exceptions import RayLLMConfigError
-from airflow_provider_raydatallm.job.spec import PROCESSOR_TYPES, ProcessorSpec, SecretRef
+from airflow_provider_raydatallm.job import callables
+from airflow_provider_raydatallm.job.spec import (
+    PROCESSOR_TYPES,
+    InputSpec,
+    JobSpec,
+    OutputSpec,
+    ProcessorSpec,
+    RunIdentity,
+    SecretRef,
+    infer_input_format,
+)
+from airflow_provider_raydatallm.operators import _checks
 
 # Fields that only mean something on the Airflow side of a config object.
 _MODEL_ALIASES = {"vLLMEngineProcessorConfig", "SGLangEngineProcessorConfig"}
+
+
+def build_spec(op: Any, identity: RunIdentity) -> JobSpec:
+    """The validated job spec for an operator's rendered arguments (no I/O, no Ray): every
+    check that can be made before submission is made here or in ``_checks``."""
+    uris, limit, num_partitions = _checks.check_rendered(op)
+    try:
+        fmt = op.input_format or infer_input_format(uris)
+        spec = JobSpec(
+            run=identity,
+            input=InputSpec(
+                uris=uris,
+                format=fmt,
+                columns=op.input_columns,
+                limit=limit,
+                num_partitions=num_partitions,
+                id_column=op.id_column,
+            ),
+            output=OutputSpec(
+                uri=op.output_uri, format=op.output_format, error_uri=op.error_output_uri or "",
+                overwrite=op.overwrite,
+            ),
+            processor=processor_spec(op.processor_config, op.task_id, url_from_connection=bool(op.http_conn_id)),
+            preprocess=callables.pack(op.preprocess, "preprocess"),
+            postprocess=callables.pack(op.postprocess, "postprocess"),
+            should_continue_on_error=op.should_continue_on_error,
+            max_error_ratio=op.max_error_ratio,
+        )
+    except ValidationError as err:
+        raise spec_error(err, op.task_id) from None
+    except (ValueError, callables.CallableShippingError) as err:
+        raise RayLLMConfigError(f"task {op.task_id}: {err}") from None
+    return spec
 
 
 def processor_spec(config: Any, task_id: str, url_from_connection: bool = False) -> ProcessorSpec:
@@ -51,6 +97,17 @@ def processor_spec(config: Any, task_id: str, url_from_connection: bool = False)
                 f"task {task_id}: processor_config field {key!r} is not JSON-serializable "
                 f"({type(value).__name__}); pass plain values (dicts, lists, strings, numbers)"
             ) from None
+    if type_name in schemas.known_types():
+        fields = schemas.fields(type_name)
+        # The seeds' has_image=True is prepare_multimodal_stage in newer Ray releases.
+        if "has_image" in kwargs and "has_image" not in fields and "prepare_multimodal_stage" in fields:
+            kwargs.setdefault("prepare_multimodal_stage", kwargs.pop("has_image"))
+        found = schemas.problems(type_name, kwargs)
+        if found:
+            raise RayLLMConfigError(
+                f"task {task_id}: processor_config is not a valid {type_name} (Ray {schemas.ray_version()}): "
+                + "; ".join(found)
+            )
     try:
         return ProcessorSpec(type=type_name, kwargs=kwargs)
     except ValidationError as err:

@@ -7,23 +7,19 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from airflow.sdk import BaseHook, BaseOperator, conf
 from airflow_provider_raydatallm import outcome
 from airflow_provider_raydatallm.exceptions import (
     RayJobFailedError,
     RayJobTimeoutError,
     RayJobUnschedulableError,
-    RayLLMConfigError,
     RayProviderError,
 )
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
-from airflow_provider_raydatallm.job import callables
 from airflow_provider_raydatallm.job.metrics import find_result
-from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, InputSpec, JobSpec, OutputSpec, RunIdentity, infer_input_format
+from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, JobSpec, RunIdentity
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
-from airflow_provider_raydatallm.operators import _jobs, _submission as sub
+from airflow_provider_raydatallm.operators import _checks, _jobs, _submission as sub, _templating
 from airflow_provider_raydatallm.events import RayJobEvent, validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 from airflow_provider_raydatallm.watch import WaitPolicy, wait_sync
@@ -51,7 +47,8 @@ class RayLLMBatchOperator(BaseOperator):
 
     :param processor_config: a ``ray.data.llm`` processor config (vLLM, SGLang, HTTP, Serve) or
         a dict with its class name under ``type``, e.g. ``{"type": "vLLMEngineProcessorConfig",
-        "model_source": ..., "concurrency": 1}``. Templated.
+        "model_source": ..., "concurrency": 1}``. Validated against Ray's own schema before
+        submission. Templated, except ``chat_template`` and other free-text templates in it.
     :param preprocess: row -> request dict (``messages``, ``sampling_params`` ...): a function
         (lambdas and DAG-file functions included) or a ``"package.module:function"`` string.
     :param postprocess: processed row -> output row; same forms as ``preprocess``.
@@ -164,39 +161,23 @@ class RayLLMBatchOperator(BaseOperator):
         self.pending_timeout = _seconds(pending_timeout)
         self.fetch_logs = fetch_logs
         self._submission_id: str | None = None  # for on_kill, within one execute() call
+        _checks.check_constructed(self)
 
     # -- building the job ---------------------------------------------------------------------
 
     def build_spec(self, identity: RunIdentity) -> JobSpec:
         """The validated job spec for this task's rendered arguments (no I/O, no Ray)."""
-        uris = [self.input_uri] if isinstance(self.input_uri, str) else list(self.input_uri or [])
+        return sub.build_spec(self, identity)
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Render every templated argument, but not the free-text templates inside
+        processor_config (``chat_template``): those are Jinja for the model's tokenizer."""
+        held: list[Any] = []
+        self.processor_config = _templating.hold(self.processor_config, held)
         try:
-            fmt = self.input_format or infer_input_format(uris)
-            spec = JobSpec(
-                run=identity,
-                input=InputSpec(
-                    uris=uris,
-                    format=fmt,
-                    columns=self.input_columns,
-                    limit=int(self.limit) if self.limit not in (None, "", "None") else None,
-                    num_partitions=int(self.num_partitions) if self.num_partitions not in (None, "", "None") else None,
-                    id_column=self.id_column,
-                ),
-                output=OutputSpec(
-                    uri=self.output_uri, format=self.output_format, error_uri=self.error_output_uri or "",
-                    overwrite=self.overwrite,
-                ),
-                processor=sub.processor_spec(self.processor_config, self.task_id, url_from_connection=bool(self.http_conn_id)),
-                preprocess=callables.pack(self.preprocess, "preprocess"),
-                postprocess=callables.pack(self.postprocess, "postprocess"),
-                should_continue_on_error=self.should_continue_on_error,
-                max_error_ratio=self.max_error_ratio,
-            )
-        except ValidationError as err:
-            raise sub.spec_error(err, self.task_id) from None
-        except (ValueError, callables.CallableShippingError) as err:
-            raise RayLLMConfigError(f"task {self.task_id}: {err}") from None
-        return spec
+            super().render_template_fields(context, jinja_env)
+        finally:
+            self.processor_config = _templating.restore(self.processor_config, held)
 
     def _submission(self, secrets: dict[str, str]) -> _jobs.Submission:
         return _jobs.Submission(

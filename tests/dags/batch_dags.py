@@ -11,6 +11,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
+import helpers_mod  # beside this file, as a user's helper module would be
+
 from airflow_provider_raydatallm.examples import cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
@@ -116,3 +118,19 @@ with _dag("test_every_row_fails_on_error"):
 with _dag("test_killed_task"):
     # Airflow calls on_kill when a task hits its execution_timeout, as on SIGTERM.
     _batch("slow", preprocess=slow, input_format="jsonl", poll_interval=1, execution_timeout=dt.timedelta(seconds=20))
+
+# --- checks only the cluster can make, and callables that need a helper module -------------------
+
+with _dag("test_missing_model"):
+    _batch(processor_config=cpu_vllm_config(model_source="/nonexistent/models/SmolLM2"), preprocess=preprocess)
+
+with _dag("test_missing_id_column"):
+    _batch(preprocess=preprocess, id_column="Customer Number")
+
+with _dag("test_helper_module"):
+    _batch(
+        "ask", processor_config={"type": "HttpRequestProcessorConfig", "batch_size": 4, "max_retries": 0},
+        http_conn_id="echo", input_format="jsonl",
+        preprocess=lambda row: {"payload": helpers_mod.build_payload(row["item"])},
+        postprocess=lambda row: {"item": row["item"], "answer": row["http_response"]["choices"][0]["message"]["content"]},
+    )  # fmt: skip

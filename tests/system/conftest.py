@@ -54,8 +54,13 @@ class DagRunner:
 
 
 @pytest.fixture(scope="session")
-def test_dags(airflow_db, ray_cluster) -> DagRunner:
+def test_dags(airflow_db, ray_cluster, echo_endpoint) -> DagRunner:
     import os
 
+    from tests.conftest import ECHO_KEY
+
     os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(ray_cluster)
+    os.environ["AIRFLOW_CONN_ECHO"] = json.dumps({"conn_type": "http", "host": echo_endpoint, "password": ECHO_KEY})
+    # Airflow puts its DAGs folder on sys.path, so DAG files import the modules beside them.
+    sys.path.insert(0, str(ROOT / "tests" / "dags"))
     return DagRunner(ROOT / "tests" / "dags" / "batch_dags.py")

@@ -5,6 +5,7 @@ being right: it is a 135M model."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pyarrow.parquet as pq
@@ -85,9 +86,11 @@ def test_failing_job_fails_the_task_with_the_jobs_error(test_dags, tmp_path, cap
     run = test_dags.run("test_failing_preprocess", {"input": str(customers), "output": str(out)})
     assert test_dags.states(run) == {"classify": "failed"}
     logged = capfd.readouterr().out
-    assert "RayJobFailedError" in logged and "ended FAILED" in logged
-    assert "preprocess failed on row" in logged and "this preprocess rejects every row" in logged
-    assert not out.exists()
+    assert "RayJobFailedError" in logged
+    # The failure leads with the user's error and its row, then Ray's wrapping; no colour codes.
+    headline = re.search(r"ended FAILED: (preprocess failed on row \S+: ValueError: this preprocess rejects every row[^\n]*)", logged)
+    assert headline and "\x1b[" not in headline.group(1), logged[-3000:]
+    assert not (out / "_SUCCESS").exists()
 
 
 def test_failed_rows_in_every_block_leave_the_other_rows_inferred(test_dags, tmp_path):
@@ -142,3 +145,36 @@ def test_on_kill_stops_the_ray_job(test_dags, tmp_path, ray_conn):
     while hook.get_job_status(job_id) is not RayJobStatus.STOPPED and time.monotonic() < deadline:
         time.sleep(0.5)
     assert hook.get_job_status(job_id) is RayJobStatus.STOPPED
+
+
+def _job_seconds(job_id: str) -> float:
+    info = RayHook().get_job_info(job_id)
+    return (info.end_time - info.start_time) / 1000
+
+
+def test_a_model_the_cluster_does_not_have_fails_fast_naming_it(test_dags, tmp_path, ray_conn, capfd):
+    customers = write_customers_csv(tmp_path / "c.csv", 4)
+    run = test_dags.run("test_missing_model", {"input": str(customers), "output": str(tmp_path / "out")})
+    assert test_dags.states(run) == {"classify": "failed"}
+    logged = capfd.readouterr().out
+    assert "ended FAILED: PreflightError: model_source '/nonexistent/models/SmolLM2' does not exist on the Ray cluster" in logged
+    job_id = test_dags.xcom(run, "classify", key="ray_job")["submission_id"]
+    assert _job_seconds(job_id) < 30
+    print(f"\nmissing model: the job failed {_job_seconds(job_id):.1f}s after it started")
+
+
+def test_an_id_column_missing_from_the_input_fails_naming_the_columns(test_dags, tmp_path, capfd):
+    customers = write_customers_csv(tmp_path / "c.csv", 4)
+    run = test_dags.run("test_missing_id_column", {"input": str(customers), "output": str(tmp_path / "out")})
+    assert test_dags.states(run) == {"classify": "failed"}
+    logged = capfd.readouterr().out
+    assert "id_column 'Customer Number' is not a column of the input; its columns are: Index, Customer Id" in logged
+
+
+def test_a_preprocess_using_a_helper_module_beside_the_dag_file_works_on_the_cluster(test_dags, tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"item": q} for q in QUESTIONS])
+    out = tmp_path / "out"
+    run = test_dags.run("test_helper_module", {"input": str(questions), "output": str(out)})
+    assert test_dags.states(run) == {"ask": "success"}
+    answers = sorted(pq.read_table(out).column("answer").to_pylist())
+    assert answers == sorted(f"echo: helper says: {q}" for q in QUESTIONS)

@@ -5,6 +5,7 @@ S3-compatible server: tests/integration/test_commit_s3.py."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -116,3 +117,26 @@ def test_an_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("a file")
     with pytest.raises(OutputNotOwnedError, match="is a file, not a directory"):
         OutputDir(str(tmp_path / "out"), "t").check_owned(False)
+
+
+def test_preflight_names_what_the_cluster_cannot_find_or_write(tmp_path):
+    from airflow_provider_raydatallm.job import preflight
+
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "model").mkdir()
+    cases = [
+        (lambda: preflight.check_input([str(tmp_path / "nope.csv")]), "does not exist as seen from the Ray cluster"),
+        (lambda: preflight.check_input([str(tmp_path / "empty.csv")]), "is empty (0 bytes)"),
+        (lambda: preflight.check_writable("/proc/nope/out", "t"), "'/proc/nope/out' cannot be written from the Ray cluster"),
+        (lambda: preflight.check_model("vLLMEngineProcessorConfig", {"model_source": str(tmp_path / "gone")}),
+         "does not exist on the Ray cluster"),
+        (lambda: preflight.check_model("vLLMEngineProcessorConfig", {"model_source": str(tmp_path / "model")}),
+         "without config.json"),
+        (lambda: preflight.check_id_column("Customer Id", ["Index", "Company"]), "its columns are: Index, Company"),
+    ]
+    for call, fragment in cases:
+        with pytest.raises(preflight.PreflightError, match=re.escape(fragment)):
+            call()
+    preflight.check_model("vLLMEngineProcessorConfig", {"model_source": "Qwen/Qwen2.5-0.5B"})  # hub ids: the engine's
+    preflight.check_writable(str(tmp_path / "out"), "t")
+    assert sorted(p.name for p in (tmp_path / "out" / "_raydllm").iterdir()) == []

@@ -75,7 +75,7 @@ def test_processor_spec_from_dict_normalizes_the_seed_model_name():
     [
         ({"model_source": "m"}, "needs a 'type' key"),
         ({"type": "NoSuchConfig", "x": 1}, "not one of"),
-        ({"type": "HttpRequestProcessorConfig", "qps": 1}, "needs 'url'"),
+        ({"type": "HttpRequestProcessorConfig", "qps": 1}, "'url' is a required property"),
         ({"type": "vLLMEngineProcessorConfig", "model_source": "m", "fn": object()}, "'fn' is not JSON-serializable"),
         (42, "must be a ray.data.llm processor config or a dict"),
     ],
@@ -209,3 +209,17 @@ def test_spec_hash_ignores_the_try_and_sees_the_prompt():
         return _jobs.spec_hash(op.build_spec(RunIdentity(dag_id="d", task_id="t", run_id="r", try_number=try_number)))
 
     assert build("a", 1) == build("a", 2) != build("b", 1)
+
+
+def test_processor_config_is_rendered_but_not_the_templates_inside_it():
+    from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+    chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    op = RayLLMBatchOperator(
+        task_id="t", input_uri="/data/{{ ds }}.jsonl", output_uri="/out/{{ ds }}",
+        processor_config={"type": "vLLMEngineProcessorConfig", "model_source": "/models/{{ params.model }}",
+                          "chat_template_stage": {"enabled": True, "chat_template": chat_template}},
+    )  # fmt: skip
+    op.render_template_fields({"ds": "2026-11-22", "params": {"model": "smol"}})
+    assert op.processor_config["model_source"] == "/models/smol" and op.input_uri == "/data/2026-11-22.jsonl"
+    assert op.processor_config["chat_template_stage"]["chat_template"] == chat_template
