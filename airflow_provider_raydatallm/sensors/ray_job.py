@@ -14,6 +14,7 @@ from airflow_provider_raydatallm.exceptions import RayProviderError
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.links.ray import RayJobLink
+from airflow_provider_raydatallm.operators._checks import ArgumentChecker
 from airflow_provider_raydatallm.events import validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 
@@ -53,8 +54,20 @@ class RayJobSensor(BaseSensorOperator):
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable
         self.fetch_logs = fetch_logs
+        check = ArgumentChecker(self.task_id)
+        check.name("ray_conn_id", ray_conn_id, optional=False)
+        check.flag("deferrable", deferrable)
+        check.flag("fetch_logs", fetch_logs)
+
+    def _check_job_id(self) -> None:
+        """The rendered job id: e.g. an XCom pull that found nothing renders to "None"."""
+        if not isinstance(self.job_id, str) or not self.job_id.strip() or self.job_id.strip() == "None":
+            ArgumentChecker(self.task_id).fail(
+                "job_id", self.job_id, "must be a Ray job id or submission id (did its template render to nothing?)"
+            )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
+        self._check_job_id()
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         info = hook.get_job_info(self.job_id)  # an unknown id raises RayJobNotFoundError
         if not info.status.is_terminal:

@@ -51,6 +51,8 @@ class RayJobTrigger(BaseTrigger):
         owns_job: bool = True,
     ) -> None:
         super().__init__()
+        if not float(poll_interval) > 0:
+            raise ValueError(f"RayJobTrigger for job {job_id}: poll_interval={poll_interval!r} must be > 0")
         self.job_id = job_id
         self.ray_conn_id = ray_conn_id
         self.poll_interval = float(poll_interval)

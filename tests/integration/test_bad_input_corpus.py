@@ -154,3 +154,19 @@ def test_bad_input_is_refused_before_submission(case, overrides, phase, fragment
             op.execute({"ti": _TI()})
         assert len(RayHook().list_jobs()) == before
     assert "task corpus" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"job_id": ""}, "job_id='': must be a Ray job id"),
+        ({"job_id": "None"}, "job_id='None'"),
+        ({"job_id": "j", "ray_conn_id": ""}, "ray_conn_id=''"),
+        ({"job_id": "j", "fetch_logs": "no"}, "fetch_logs='no'"),
+    ],
+)
+def test_sensor_arguments_are_checked(kwargs, fragment):
+    from airflow_provider_raydatallm.sensors import RayJobSensor
+
+    with pytest.raises(RayLLMConfigError, match=re.escape(fragment)):
+        RayJobSensor(task_id="wait", **kwargs).poke({})
