@@ -103,3 +103,17 @@ def test_job_fails_when_too_many_or_all_rows_failed():
     with pytest.raises(TooManyErrorRowsError, match=r"every row failed.*row 3 \(preprocess\): ValueError: no"):
         check_counts(4, _counts(errors=4), first, 1.0)
     check_counts(0, _counts(), [], 0.1)  # an empty input is not a failure of every row
+
+
+def test_a_failed_jobs_headline_is_the_users_error_and_its_row():
+    from airflow_provider_raydatallm.job.__main__ import headline
+
+    try:
+        try:
+            rows.Preprocess(lambda r: 1 / 0, COLUMNS, "Index", continue_on_error=False)({"Index": 7, "Company": "A"})
+        except rows.RowError as err:
+            raise RuntimeError("\x1b[36mray::MapWorker(Map(_preprocess))\x1b[0m failed") from err
+    except RuntimeError as wrapped:
+        line = headline(wrapped)
+    assert line.startswith("preprocess failed on row 7: ZeroDivisionError: division by zero (in Ray: RuntimeError: ")
+    assert "\x1b[" not in line
