@@ -45,13 +45,20 @@ def check_input(uris: list[str]) -> None:
 
 
 def check_writable(uri: str, tag: str) -> None:
-    """Write and delete a probe under the output's work area, which the provider owns."""
+    """Write and delete a probe under the output's work area, which the provider owns; leave
+    no directory behind that was not there (a failed run leaves the output untouched)."""
     try:
         fs, path = _fs(uri)
-        probe = posixpath.join(path.rstrip("/"), "_raydllm", f"probe-{tag}")
-        fs.makedirs(posixpath.dirname(probe), exist_ok=True)
+        path = path.rstrip("/")
+        work = posixpath.join(path, "_raydllm")
+        created = [d for d in (path, work) if not fs.exists(d)]
+        probe = posixpath.join(work, f"probe-{tag}")
+        fs.makedirs(work, exist_ok=True)
         fs.pipe_file(probe, b"")
         fs.rm(probe)
+        for directory in reversed(created):  # innermost first, and only if still empty
+            if fs.exists(directory) and not fs.ls(directory):
+                fs.rmdir(directory)
     except Exception as err:
         raise PreflightError(f"{uri!r} cannot be written from the Ray cluster: {type(err).__name__}: {err}") from None
 

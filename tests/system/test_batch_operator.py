@@ -90,7 +90,7 @@ def test_failing_job_fails_the_task_with_the_jobs_error(test_dags, tmp_path, cap
     # The failure leads with the user's error and its row, then Ray's wrapping; no colour codes.
     headline = re.search(r"ended FAILED: (preprocess failed on row \S+: ValueError: this preprocess rejects every row[^\n]*)", logged)
     assert headline and "\x1b[" not in headline.group(1), logged[-3000:]
-    assert not (out / "_SUCCESS").exists()
+    assert not out.exists()  # a failed run leaves no trace in the output
 
 
 def test_failed_rows_in_every_block_leave_the_other_rows_inferred(test_dags, tmp_path):

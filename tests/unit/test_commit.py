@@ -139,4 +139,7 @@ def test_preflight_names_what_the_cluster_cannot_find_or_write(tmp_path):
             call()
     preflight.check_model("vLLMEngineProcessorConfig", {"model_source": "Qwen/Qwen2.5-0.5B"})  # hub ids: the engine's
     preflight.check_writable(str(tmp_path / "out"), "t")
-    assert sorted(p.name for p in (tmp_path / "out" / "_raydllm").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # nothing left behind
+    (tmp_path / "kept" / "_raydllm").mkdir(parents=True)
+    preflight.check_writable(str(tmp_path / "kept"), "t")
+    assert (tmp_path / "kept" / "_raydllm").is_dir() and not list((tmp_path / "kept" / "_raydllm").iterdir())
