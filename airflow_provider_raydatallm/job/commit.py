@@ -225,7 +225,15 @@ class OutputDir:
         self.fs.rm(self._pending(self.tag))
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
+        self._drop_empty_work_dir()
         return sorted(stale)
+
+    def _drop_empty_work_dir(self) -> None:
+        """Leave a committed directory holding only its version: the work area goes when it
+        holds no file (nothing staged, no commit pending)."""
+        work = self._abs(WORK_DIR)
+        if self.fs.exists(work) and not self.fs.find(work):
+            self.fs.rm(work, recursive=True)
 
     def _write_manifest(self, data: bytes) -> None:
         target = self._abs(MANIFEST)

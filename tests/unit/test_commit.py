@@ -47,6 +47,7 @@ def test_a_commit_writes_the_manifest_last_and_a_rerun_replaces_exactly_its_file
 
     _commit(str(out), "job-a2", {"c.parquet": "3"})
     assert _names(out) == [MANIFEST, "c.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "c.parquet"]  # no empty work area left
     assert committed_files(str(out)) == [str(out / "c.parquet")]
 
 
