@@ -11,6 +11,7 @@ ends with one ``RayJobEvent``.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from airflow_provider_raydatallm.events import RayJobEvent
 TRANSIENT_STATUS = frozenset({502, 503, 504})
 DEMAND_CHECK_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 60.0
-LINES_PER_YIELD = 200  # log lines written between two yields to the event loop
+YIELD_EVERY_SECONDS = 0.02  # writing a long backlog of log lines yields to the event loop this often
 STOP_WAIT_SECONDS = 20.0
 
 
@@ -116,14 +117,18 @@ class JobWatch:
             new_offset = self.offset + len(complete)
             if self.checkpoint is not None:
                 await self.checkpoint(new_offset)
-            for index, line in enumerate(lines, 1):
+            last_yield = time.monotonic()
+            for line in lines:
                 self.log.info("[ray job %s] %s", self.job_id, line)
-                if index % LINES_PER_YIELD == 0:
+                if time.monotonic() - last_yield > YIELD_EVERY_SECONDS:  # other triggers run meanwhile
                     await asyncio.sleep(0)
+                    last_yield = time.monotonic()
             self.offset = new_offset
 
     async def _follow(self) -> None:
         """Stream the log through the websocket from ``self.offset`` until the job ends."""
+        # The first import of the websocket client takes a while: not on the event loop.
+        await asyncio.to_thread(importlib.import_module, "websockets.asyncio.client")
         from airflow_provider_raydatallm.hooks._logs_ws import tail_async
 
         failures = 0

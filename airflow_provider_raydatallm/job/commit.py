@@ -231,14 +231,19 @@ class OutputDir:
     def _drop_empty_work_dir(self) -> None:
         """Leave a committed directory holding only its version: the work area goes when it
         holds no file (nothing staged, no commit pending)."""
+        if not self._is_local():
+            return  # object stores have no empty directories to leave behind
         work = self._abs(WORK_DIR)
         if self.fs.exists(work) and not self.fs.find(work):
             self.fs.rm(work, recursive=True)
 
+    def _is_local(self) -> bool:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        return "file" in protocols
+
     def _write_manifest(self, data: bytes) -> None:
         target = self._abs(MANIFEST)
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
-        if "file" in protocols:
+        if self._is_local():
             # A rename is atomic on a local or mounted filesystem; readers never see half a file.
             tmp = self._abs(f"{WORK_DIR}/{MANIFEST}.{self.tag}.tmp")
             self.fs.pipe_file(tmp, data)

@@ -107,6 +107,7 @@ def test_triggerer_killed_and_restarted_mid_job_one_job_no_repeated_lines(real_a
         assert time.monotonic() < deadline, "the trigger never copied a log line"
         time.sleep(1)
     killed_at = time.monotonic()
+    before_restart = len(real_airflow.component_log("triggerer"))
     real_airflow.kill("triggerer")
     time.sleep(3)
     real_airflow.start("triggerer")
@@ -121,7 +122,8 @@ def test_triggerer_killed_and_restarted_mid_job_one_job_no_repeated_lines(real_a
     repeated = {line: n for line, n in shown.items() if n > written[line]}
     assert not repeated, f"lines shown more often than the job wrote them: {list(repeated.items())[:5]}"
     assert "Carrying on with Ray job" in task_log
-    assert "async thread was blocked" not in real_airflow.component_log("triggerer")
+    # The restarted triggerer, catching up on the job's log, never blocked its event loop.
+    assert "async thread was blocked" not in real_airflow.component_log("triggerer")[before_restart:]
     table = pq.read_table(tmp_path / "out")
     assert sorted(table.column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
     _assert_no_secret(task_log, json.dumps(real_airflow.xcom("drill_deferred", run_id, "ask")))
