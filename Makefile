@@ -16,7 +16,7 @@ MODEL_DIR := .cache/models/SmolLM2-135M-Instruct
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup venv venv-ray model ray-up ray-down demo demo-questions test test-unit clean
+.PHONY: help setup browser venv venv-ray model ray-up ray-down demo demo-questions test test-unit clean
 
 help:
 	@echo "make demo      set up, start the local Ray head, run the daily sentiment DAG, print its result"
@@ -25,7 +25,15 @@ help:
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
 
-setup: venv venv-ray model
+setup: venv venv-ray model browser
+
+# The browser test drives Debian's Chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	@chromium --version 2>/dev/null
 
 venv: .venv/.installed
 .venv/.installed: pyproject.toml

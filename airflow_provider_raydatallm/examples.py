@@ -181,3 +181,28 @@ def ensure_customers_csv(path: str, rows: int, generate: bool) -> str:
             raise FileNotFoundError(f"customers CSV not found at {target}")
         write_customers_csv(target, rows)
     return str(target)
+
+
+EXAMPLES_DIR_ENV = "RAYDLLM_EXAMPLES_DIR"
+
+
+def examples_dir(*parts: str) -> str:
+    """Where the example DAGs keep their inputs and outputs by default: ``$RAYDLLM_EXAMPLES_DIR``
+    if set (a path or URI the Ray cluster can also reach), else ``~/raydllm-examples``."""
+    import os
+
+    base = os.environ.get(EXAMPLES_DIR_ENV) or str(Path.home() / "raydllm-examples")
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def run_day(dag_run: object) -> str:
+    """The day a run is for, as YYYY-MM-DD: its logical date, or, for a run triggered with
+    ``logical_date: null`` (allowed in Airflow 3, where ``ds`` is then absent), the day of
+    its ``run_after``. Templates use it as ``{{ run_day(dag_run) }}``."""
+    when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after", None)
+    if when is None:
+        raise ValueError(f"run {getattr(dag_run, 'run_id', dag_run)!r} has neither a logical date nor run_after")
+    return when.strftime("%Y-%m-%d")
+
+
+EXAMPLE_MACROS = {"run_day": run_day}

@@ -4,7 +4,7 @@ Common questions and creative prompts (seeds 000/001, fundamental and intermedia
 A support team answers the same questions every day, and a content team has a list of
 creative prompts: both batches go through one vLLM model on the Ray cluster in one task
 each. The questions and prompts are written to JSONL by the first task, as a real table
-would be exported; the answers land in Parquet under ``{{ params.output_root }}/{{ ds }}``.
+would be exported; the answers land in Parquet under ``{{ params.output_root }}/{{ run_day(dag_run) }}``.
 
 Runs as written on this repository's local CPU cluster with the default model
 (SmolLM2-135M-Instruct). For a GPU cluster: drop ``placement_group_config`` and
@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 QUESTIONS = [
@@ -64,10 +64,11 @@ def keep_answer(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_common_questions",
+    user_defined_macros=EXAMPLE_MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
-    params={"output_root": Param("/tmp/raydllm/common_questions", type="string")},
+    params={"output_root": Param(examples_dir("common_questions"), type="string")},
     tags=["ray", "llm", "example"],
     doc_md=__doc__,
 ) as dag:
@@ -76,7 +77,7 @@ with DAG(
     def export_batches(**context: Any) -> dict[str, str]:
         from airflow_provider_raydatallm.examples import write_jsonl
 
-        root = f"{context['params']['output_root']}/{context['ds']}"
+        root = f"{context['params']['output_root']}/{run_day(context['dag_run'])}"
         return {
             "questions": str(write_jsonl(f"{root}/input/questions.jsonl", [{"item": q} for q in QUESTIONS])),
             "prompts": str(write_jsonl(f"{root}/input/prompts.jsonl", [{"item": p} for p in PROMPTS])),
@@ -91,7 +92,7 @@ with DAG(
         preprocess=answer_question,
         postprocess=keep_answer,
         input_uri="{{ ti.xcom_pull(task_ids='export_batches')['questions'] }}",
-        output_uri="{{ params.output_root }}/{{ ds }}/answers",
+        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}/answers",
         poll_interval=5,
     )
     # [END howto_operator_questions]
@@ -102,7 +103,7 @@ with DAG(
         preprocess=write_creatively,
         postprocess=keep_answer,
         input_uri="{{ ti.xcom_pull(task_ids='export_batches')['prompts'] }}",
-        output_uri="{{ params.output_root }}/{{ ds }}/creative",
+        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}/creative",
         poll_interval=5,
     )
 

@@ -15,7 +15,7 @@ processor, then write downstream:
 Re-running a day replaces that day's Parquet partitions and SQL rows, never adds to them,
 so the DAG is catchup-safe. The two outputs are Airflow Assets for data-aware DAGs.
 
-Input: ``{{ params.posts_root }}/{{ ds }}.jsonl`` (post_id, posted_at, user, text). With
+Input: ``{{ params.posts_root }}/{{ run_day(dag_run) }}.jsonl`` (post_id, posted_at, user, text). With
 ``generate_demo_posts`` (default) a missing day is generated, deterministically, so the
 example runs as written; turn it off to read your own export.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 LABELS = ["positive", "negative", "neutral"]
@@ -68,13 +68,14 @@ def sentiment_row(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_daily_sentiment",
+    user_defined_macros=EXAMPLE_MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
     max_active_runs=1,
     params={
-        "posts_root": Param("/tmp/raydllm/posts", type="string"),
-        "output_root": Param("/tmp/raydllm/daily_sentiment", type="string"),
+        "posts_root": Param(examples_dir("posts"), type="string"),
+        "output_root": Param(examples_dir("daily_sentiment"), type="string"),
         "num_partitions": Param(2, type="integer", minimum=1),
         "generate_demo_posts": Param(True, type="boolean"),
         "posts_per_day": Param(40, type="integer", minimum=1),
@@ -93,7 +94,7 @@ with DAG(
 
         from airflow_provider_raydatallm.examples import social_posts, write_jsonl
 
-        params, ds = context["params"], context["ds"]
+        params, ds = context["params"], run_day(context["dag_run"])
         source = Path(params["posts_root"]) / f"{ds}.jsonl"
         if not source.exists():
             if not params["generate_demo_posts"]:
@@ -135,7 +136,7 @@ with DAG(
 
         from airflow_provider_raydatallm.examples import sql_hook, replace_day_rows
 
-        ds, params = context["ds"], context["params"]
+        ds, params = run_day(context["dag_run"]), context["params"]
         labels: Counter[str] = Counter()
         rows_in = errors = 0
         for result in results:

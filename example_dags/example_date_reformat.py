@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 
@@ -50,12 +50,13 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_date_reformat",
+    user_defined_macros=EXAMPLE_MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
     params={
-        "customers_csv": Param("/tmp/raydllm/customers/customers.csv", type="string"),
-        "output_root": Param("/tmp/raydllm/date_reformat", type="string"),
+        "customers_csv": Param(examples_dir("customers", "customers.csv"), type="string"),
+        "output_root": Param(examples_dir("date_reformat"), type="string"),
         "row_limit": Param(20, type="integer", minimum=1, maximum=2_000_000),
         "generate_demo_customers": Param(True, type="boolean"),
     },
@@ -80,7 +81,7 @@ with DAG(
         input_columns=["Customer Id", "Subscription Date"],
         limit="{{ params.row_limit }}",
         id_column="Customer Id",
-        output_uri="{{ params.output_root }}/{{ ds }}",
+        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}",
         should_continue_on_error=True,
         poll_interval=5,
     )

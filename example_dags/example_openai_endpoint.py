@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
+from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, examples_dir, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 PROMPTS = [
@@ -51,10 +52,11 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_openai_endpoint",
+    user_defined_macros=EXAMPLE_MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
-    params={"output_root": Param("/tmp/raydllm/openai_endpoint", type="string")},
+    params={"output_root": Param(examples_dir("openai_endpoint"), type="string")},
     tags=["ray", "llm", "example"],
     doc_md=__doc__,
 ) as dag:
@@ -63,7 +65,7 @@ with DAG(
     def export_prompts(**context: Any) -> str:
         from airflow_provider_raydatallm.examples import write_jsonl
 
-        path = f"{context['params']['output_root']}/{context['ds']}/input/prompts.jsonl"
+        path = f"{context['params']['output_root']}/{run_day(context['dag_run'])}/input/prompts.jsonl"
         return str(write_jsonl(path, [{"item": p} for p in PROMPTS]))
 
     # [START howto_operator_openai]
@@ -80,7 +82,7 @@ with DAG(
         preprocess=preprocess,
         postprocess=postprocess,
         input_uri="{{ ti.xcom_pull(task_ids='export_prompts') }}",
-        output_uri="{{ params.output_root }}/{{ ds }}/responses",
+        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}/responses",
         should_continue_on_error=True,
         poll_interval=5,
     )

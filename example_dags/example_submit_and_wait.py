@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.sensors import RayJobSensor
 
@@ -45,10 +45,11 @@ def reply_row(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_submit_and_wait",
+    user_defined_macros=EXAMPLE_MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
-    params={"output_root": Param("/tmp/raydllm/support_replies", type="string")},
+    params={"output_root": Param(examples_dir("support_replies"), type="string")},
     tags=["ray", "llm", "example"],
     doc_md=__doc__,
 ) as dag:
@@ -57,7 +58,7 @@ with DAG(
     def export_tickets(**context: Any) -> str:
         from airflow_provider_raydatallm.examples import write_jsonl
 
-        path = f"{context['params']['output_root']}/{context['ds']}/input/tickets.jsonl"
+        path = f"{context['params']['output_root']}/{run_day(context['dag_run'])}/input/tickets.jsonl"
         return str(write_jsonl(path, [{"ticket": t} for t in TICKETS]))
 
     # [START howto_submit_then_sensor]
@@ -67,7 +68,7 @@ with DAG(
         preprocess=draft_reply,
         postprocess=reply_row,
         input_uri="{{ ti.xcom_pull(task_ids='export_tickets') }}",
-        output_uri="{{ params.output_root }}/{{ ds }}/replies",
+        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}/replies",
         wait_for_completion=False,
     )
     wait = RayJobSensor(

@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
+from airflow_provider_raydatallm.examples import EXAMPLE_MACROS
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 # [START howto_vision_config]
@@ -81,6 +82,7 @@ def vision_postprocess(row: dict) -> dict:
 
 with DAG(
     "example_vision",
+    user_defined_macros=EXAMPLE_MACROS,
     schedule=None,
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
@@ -98,7 +100,7 @@ with DAG(
         postprocess=vision_postprocess,
         input_uri="{{ params.images_uri }}",
         input_format="parquet",
-        output_uri="{{ params.output_root }}/{{ ds }}",
+        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}",
         should_continue_on_error=True,
         deferrable=True,
     )

@@ -45,6 +45,13 @@ class RayConnectionConfig:
     timeout: float = DEFAULT_TIMEOUT
     runtime_env: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Where a person's browser reaches the dashboard (an ingress), when not at base_url.
+    external_url: str = ""
+
+    @property
+    def link_base_url(self) -> str:
+        """The dashboard address for links people click."""
+        return self.external_url or self.base_url
 
     def request_headers(self) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
@@ -138,6 +145,9 @@ def config_from_connection(
     except (TypeError, ValueError):
         raise RayConnectionConfigError(f"ray connection extra 'timeout' must be a number, got {timeout_raw!r}")
     metadata = _json_object(_extra_value(extra, "metadata"), "metadata")
+    external = str(_extra_value(extra, "external_url") or "").strip().rstrip("/")
+    if external and urlsplit(external).scheme not in {"http", "https"}:
+        raise RayConnectionConfigError(f"ray connection extra 'external_url' must be an http(s) URL, got {external!r}")
     return RayConnectionConfig(
         base_url=_base_url(host, port, schema),
         token=password or None,
@@ -146,4 +156,5 @@ def config_from_connection(
         timeout=timeout,
         runtime_env=_json_object(_extra_value(extra, "runtime_env"), "runtime_env"),
         metadata={str(k): str(v) for k, v in metadata.items()},
+        external_url=external,
     )

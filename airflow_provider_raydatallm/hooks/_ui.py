@@ -17,6 +17,12 @@ CONN_FIELDS = {
         "label": "Request timeout (s)",
         "schema": {"type": ["number", "null"], "default": 30},
     },
+    "external_url": {
+        "label": "Dashboard URL for people",
+        "schema": {"type": ["string", "null"]},
+        "description": "Where a browser reaches the Ray dashboard (e.g. behind an ingress); "
+        "the Ray Job link uses it. Default: the address above.",
+    },
     "runtime_env": {
         "label": "Default runtime_env (JSON)",
         "schema": {"type": ["object", "null"]},

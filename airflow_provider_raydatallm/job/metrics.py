@@ -33,6 +33,11 @@ class JobMetrics(BaseModel):
     output_tokens_per_second: float = 0.0
     num_partitions: int = 0
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    # The engine stage's own time (vLLM / SGLang / HTTP / Serve stage in Dataset.stats()), and
+    # the rest of the job's wall time: start-up of the engine and the other stages' actors,
+    # reading, writing and committing.
+    inference_seconds: float = 0.0
+    startup_seconds: float = 0.0
 
     @property
     def balanced(self) -> bool:
@@ -48,6 +53,8 @@ class JobResult(BaseModel):
     error_output_uri: str
     output_format: str
     metrics: JobMetrics
+    # The first few error rows (row_id, stage, error), as in the error output, for the UI.
+    first_errors: list[dict[str, str]] = Field(default_factory=list)
 
     def to_log_line(self) -> str:
         return RESULT_MARKER + self.model_dump_json()
@@ -60,6 +67,26 @@ def find_result(log_text: str) -> JobResult | None:
         if index != -1:
             return JobResult.model_validate(json.loads(line[index + len(RESULT_MARKER) :]))
     return None
+
+
+ENGINE_STAGES = ("EngineStage", "HttpRequest", "ServeDeployment")
+FIRST_ERROR_CHARS = 500
+
+
+def split_wall(wall: float, stages: dict[str, float]) -> tuple[float, float]:
+    """(inference, start-up and the rest) seconds of a job: the engine stage's time and the
+    remainder of its wall time."""
+    inference = sum(t for name, t in stages.items() if any(k in name for k in ENGINE_STAGES))
+    inference = min(inference, wall)
+    return round(inference, 3), round(wall - inference, 3)
+
+
+def first_error_records(records: list[dict[str, object]]) -> list[dict[str, str]]:
+    """Error rows as the UI shows them: id, stage and the message cut to a few hundred chars."""
+    return [
+        {"row_id": str(r.get("row_id", "")), "stage": str(r.get("stage", "")), "error": str(r.get("error", ""))[:FIRST_ERROR_CHARS]}
+        for r in records
+    ]
 
 
 def stage_seconds(stats_text: str) -> dict[str, float]:

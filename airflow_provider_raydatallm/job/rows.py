@@ -100,10 +100,7 @@ class Postprocess:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         rid = str(row.get(ROW_ID, ""))
-        tokens = {
-            IN_TOKENS: int(row.get("num_input_tokens") or 0),
-            OUT_TOKENS: int(row.get("num_generated_tokens") or 0),
-        }
+        tokens = token_counts(row)
         try:
             out = dict(self.fn(row)) if self.fn else dict(row)
         except Exception as exc:
@@ -115,6 +112,15 @@ class Postprocess:
         inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
         out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, **tokens})
         return out
+
+
+def token_counts(row: dict[str, Any]) -> dict[str, int]:
+    """Tokens of one processed row: the engine's counts (vLLM, SGLang, Serve), or an
+    OpenAI-compatible endpoint's ``usage`` (HTTP processor)."""
+    usage = row.get("http_response", {}).get("usage") if isinstance(row.get("http_response"), dict) else None
+    if row.get("num_input_tokens") is None and isinstance(usage, dict):
+        return {IN_TOKENS: int(usage.get("prompt_tokens") or 0), OUT_TOKENS: int(usage.get("completion_tokens") or 0)}
+    return {IN_TOKENS: int(row.get("num_input_tokens") or 0), OUT_TOKENS: int(row.get("num_generated_tokens") or 0)}
 
 
 def ray_error_of(row: dict[str, Any]) -> str:

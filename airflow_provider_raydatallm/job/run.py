@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from airflow_provider_raydatallm.job import callables, commit, io, lock, preflight, rows
-from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, stage_seconds
+from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, first_error_records, split_wall, stage_seconds
 from airflow_provider_raydatallm.job.spec import JobSpec, ProcessorSpec, SecretRef
 
 log = logging.getLogger("raydllm.job")
@@ -210,13 +210,16 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     bad = processed.filter(rows.is_error).map(rows.ToErrorRecord(columns))
     counts = _counts(processed)
     rows_out, error_rows = counts["ok"], counts["errors"]
-    check_counts(rows_in, counts, bad.take(FIRST_ERRORS) if error_rows else [], spec.max_error_ratio)
+    first_errors = bad.take(FIRST_ERRORS) if error_rows else []
+    check_counts(rows_in, counts, first_errors, spec.max_error_ratio)
 
     if rows_out:
         io.write_rows(ok.map_batches(_without_internal_columns, batch_format="pyarrow"), output.staging_uri, spec.output.format)
     if error_rows:
         io.write_rows(bad, errors.staging_uri, spec.output.format)
     wall = time.monotonic() - started
+    stages = stage_seconds(stats_text)
+    inference_seconds, startup_seconds = split_wall(wall, stages)
     metrics = JobMetrics(
         rows_in=rows_in,
         rows_out=rows_out,
@@ -227,13 +230,16 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         rows_per_second=round(rows_in / wall, 3) if wall else 0.0,
         output_tokens_per_second=round(counts["o"] / wall, 3) if wall else 0.0,
         num_partitions=num_partitions,
-        stage_seconds=stage_seconds(stats_text),
+        stage_seconds=stages,
+        inference_seconds=inference_seconds,
+        startup_seconds=startup_seconds,
     )
     result = JobResult(
         output_uri=spec.output.uri,
         error_output_uri=spec.output.error_uri,
         output_format=spec.output.format,
         metrics=metrics,
+        first_errors=first_error_records(first_errors),
     )
     pause = float(os.environ.get("RAYDLLM_TEST_COMMIT_PAUSE") or 0)
     identity = {"submission_id": holder["submission_id"], "run": spec.run.model_dump()}

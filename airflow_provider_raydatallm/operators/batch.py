@@ -19,7 +19,7 @@ from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, JobSpec, RunIdentity
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
-from airflow_provider_raydatallm.operators import _checks, _jobs, _submission as sub, _templating
+from airflow_provider_raydatallm.operators import _checks, _jobs, _report, _submission as sub, _templating
 from airflow_provider_raydatallm.events import RayJobEvent, validate_event
 from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 from airflow_provider_raydatallm.watch import WaitPolicy, wait_sync
@@ -161,6 +161,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.pending_timeout = _seconds(pending_timeout)
         self.fetch_logs = fetch_logs
         self._submission_id: str | None = None  # for on_kill, within one execute() call
+        self._lineage: dict[str, Any] | None = None  # the result, for OpenLineage
         _checks.check_constructed(self)
 
     # -- building the job ---------------------------------------------------------------------
@@ -221,11 +222,12 @@ class RayLLMBatchOperator(BaseOperator):
             spec = spec.model_copy(update={"processor": processor})
         job_id, _ = _jobs.find_or_submit(hook, spec, self._submission(secrets), self.log, self.task_id)
         self._submission_id = job_id
-        url = dashboard_url(hook.address, job_id)
-        ti.xcom_push(key=XCOM_JOB_KEY, value={"submission_id": job_id, "dashboard_url": url})
+        url = dashboard_url(hook.config.link_base_url, job_id)
+        record = _report.submission_record(spec, job_id, url, self.ray_conn_id)
+        ti.xcom_push(key=XCOM_JOB_KEY, value=record)
         self.log.info("Ray job %s: %s", job_id, url)
         if not self.wait_for_completion:
-            return self._result(job_id, spec, url)
+            return _report.result_value(None, job_id, record, None)
         policy = self._policy(ti)
         if self.deferrable:
             # Airflow's own trigger timeout backs ours up (a trigger that could not run at all);
@@ -240,13 +242,14 @@ class RayLLMBatchOperator(BaseOperator):
                 timeout=backstop,
             )  # fmt: skip
         event = wait_sync(self.ray_conn_id, job_id, policy, self.log)
-        return self._complete(hook, event)
+        return self._complete(hook, event, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after RayJobTrigger: everything needed comes from the event and the cluster."""
-        return self._complete(RayHook(ray_conn_id=self.ray_conn_id), validate_event(event))
+        """Resume after RayJobTrigger: everything needed comes from the event, the cluster and
+        what execute() recorded in XCom."""
+        return self._complete(RayHook(ray_conn_id=self.ray_conn_id), validate_event(event), context)
 
-    def _complete(self, hook: RayHook, ev: RayJobEvent) -> dict[str, Any]:
+    def _complete(self, hook: RayHook, ev: RayJobEvent, context: Context) -> dict[str, Any]:
         if ev.status == "timeout":
             limits = [t for t in (self.timeout, self.execution_timeout and self.execution_timeout.total_seconds()) if t]
             raise RayJobTimeoutError(hook.address, ev.job_id, min(limits) if limits else 0)
@@ -254,9 +257,13 @@ class RayLLMBatchOperator(BaseOperator):
             raise RayJobUnschedulableError(hook.address, ev.job_id, ev.message)
         if ev.job_status is None:  # the wait could not watch the job
             raise RayProviderError(f"task {self.task_id}: watching Ray job {ev.job_id} failed: {ev.message}")
-        return self._finish(hook, ev.job_id, dashboard_url(hook.address, ev.job_id))
+        ti = context["ti"]
+        record = ti.xcom_pull(task_ids=self.task_id, key=XCOM_JOB_KEY, map_indexes=ti.map_index) or {}
+        value = self._finish(hook, ev.job_id, record if isinstance(record, dict) else {})
+        self._report_to_assets(context, value)
+        return value
 
-    def _finish(self, hook: RayHook, job_id: str, url: str) -> dict[str, Any]:
+    def _finish(self, hook: RayHook, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
         info = hook.get_job_info(job_id)
         if info.status is not RayJobStatus.SUCCEEDED:
             outcome.raise_failed(hook, info)
@@ -266,32 +273,22 @@ class RayLLMBatchOperator(BaseOperator):
                 hook.address, job_id, info.status.value, "the job printed no result line (is it this provider's job?)",
                 outcome.log_tail(hook, job_id),
             )  # fmt: skip
-        m = result.metrics
-        self.log.info(
-            "Ray job %s: %d rows in, %d out, %d errors; %.3g rows/s, %.3g output tokens/s; output %s",
-            job_id, m.rows_in, m.rows_out, m.error_rows, m.rows_per_second, m.output_tokens_per_second,
-            result.output_uri,
-        )  # fmt: skip
-        return {
-            "job_id": info.job_id,
-            "submission_id": job_id,
-            "output_uri": result.output_uri,
-            "error_output_uri": result.error_output_uri,
-            "output_format": result.output_format,
-            "dashboard_url": url,
-            "metrics": m.model_dump(),
-        }
+        self.log.info("%s", _report.summary_line(job_id, result.metrics, result.output_uri))
+        value = _report.result_value(info.job_id, job_id, record, result)
+        self._lineage = value
+        return value
 
-    def _result(self, job_id: str, spec: JobSpec, url: str) -> dict[str, Any]:
-        return {
-            "job_id": None,
-            "submission_id": job_id,
-            "output_uri": spec.output.uri,
-            "error_output_uri": spec.output.error_uri,
-            "output_format": spec.output.format,
-            "dashboard_url": url,
-            "metrics": None,
-        }
+    def _report_to_assets(self, context: Context, value: dict[str, Any]) -> None:
+        """The run's metrics on the events of the assets this task emits."""
+        extra = _report.asset_extra(value)
+        outlet_events = context.get("outlet_events")
+        for outlet in self.outlets or []:
+            if outlet_events is not None and hasattr(outlet, "uri"):
+                outlet_events[outlet].extra.update(extra)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input and output datasets from the URIs, the model and counts as a run facet."""
+        return _report.openlineage(self._lineage) if self._lineage else None
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Airflow fails a deferred task whose execution_timeout passed by resuming it with

@@ -26,6 +26,9 @@ from tests.conftest import ECHO_KEY, ROOT, wait_until_answers
 AIRFLOW = ROOT / ".venv" / "bin" / "airflow"
 DAGS = Path(__file__).parent / "dags"
 COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
+# Users of the test Airflow (SimpleAuthManager with DAG-level rules, see auth.py).
+PASSWORDS = {"admin": "admin-pass-0", "outsider": "outsider-pass-0"}
+HIDDEN_DAGS = ("raydllm_ui_hidden",)
 
 
 def _free_port() -> int:
@@ -79,10 +82,31 @@ class RealAirflow:
 
     # -- REST API ---------------------------------------------------------------------------
 
+    def token(self, username: str = "admin") -> str:
+        """A JWT for one of the test users, from Airflow's own login endpoint."""
+        body = json.dumps({"username": username, "password": PASSWORDS[username]}).encode()
+        req = urllib.request.Request(f"{self.base}/auth/token", data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())["access_token"]
+
+    def get(self, path: str, username: str = "admin") -> tuple[int, Any]:
+        """GET as a given user: (status, parsed body or text)."""
+        req = urllib.request.Request(f"{self.base}{path}")
+        req.add_header("Authorization", f"Bearer {self.token(username)}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                status, text = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, text = err.code, err.read()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text.decode(errors="replace")
+
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         if not self._token:
-            with urllib.request.urlopen(f"{self.base}/auth/token", timeout=30) as resp:
-                self._token = json.loads(resp.read())["access_token"]
+            self._token = self.token("admin")
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
         req.add_header("Authorization", f"Bearer {self._token}")
@@ -163,8 +187,15 @@ def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__AUTH_MANAGER": "tests.lifecycle.auth.DagRestrictedAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "RAYDLLM_TEST_HIDDEN_DAGS": ",".join(HIDDEN_DAGS),
+        # OpenLineage events of the DAGs that opt in (enable_lineage), to a file the tests read.
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(home / "openlineage.jsonl"), "append": True}),
+        "AIRFLOW__OPENLINEAGE__SELECTIVE_ENABLE": "True",
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "raydllm-tests",
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
             "name": "raydllm_lifecycle", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
             "kwargs": {"path": str(DAGS)}}]),  # fmt: skip
@@ -178,6 +209,7 @@ def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
         "AIRFLOW_CONN_ECHO": json.dumps({"conn_type": "http", "host": echo_endpoint, "password": ECHO_KEY}),
         "PYTHONPATH": str(ROOT),
     }
+    (home / "passwords.json").write_text(json.dumps(PASSWORDS))
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, cwd=home)
     airflow = RealAirflow(home, port, env)
     airflow.start("api-server")

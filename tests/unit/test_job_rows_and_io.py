@@ -117,3 +117,23 @@ def test_a_failed_jobs_headline_is_the_users_error_and_its_row():
         line = headline(wrapped)
     assert line.startswith("preprocess failed on row 7: ZeroDivisionError: division by zero (in Ray: RuntimeError: ")
     assert "\x1b[" not in line
+
+
+def test_http_rows_count_tokens_from_the_endpoint_usage():
+    row = {rows.ROW_ID: "4", "http_response": {"choices": [], "usage": {"prompt_tokens": 17, "completion_tokens": 5}}}
+    assert rows.token_counts(row) == {rows.IN_TOKENS: 17, rows.OUT_TOKENS: 5}
+    # An engine's own counts win; no usage and no counts is zero, not an error.
+    assert rows.token_counts({**row, "num_input_tokens": 3, "num_generated_tokens": 1}) == {rows.IN_TOKENS: 3, rows.OUT_TOKENS: 1}
+    assert rows.token_counts({"http_response": {"choices": []}}) == {rows.IN_TOKENS: 0, rows.OUT_TOKENS: 0}
+
+
+def test_wall_time_splits_into_inference_and_the_rest():
+    from airflow_provider_raydatallm.job.metrics import first_error_records, split_wall
+
+    stages = {"MapBatches(vLLMEngineStageUDF)": 22.0, "MapBatches(ChatTemplateUDF)": 3.0, "ReadCSV": 1.0}
+    assert split_wall(120.0, stages) == (22.0, 98.0)
+    assert split_wall(10.0, {"MapBatches(HttpRequestUDF)": 4.5}) == (4.5, 5.5)
+    assert split_wall(5.0, {}) == (0.0, 5.0)
+    assert split_wall(1.0, {"MapBatches(vLLMEngineStageUDF)": 2.0}) == (1.0, 0.0)  # never more than the wall
+    long = first_error_records([{"row_id": 7, "stage": "preprocess", "error": "x" * 2000, "row": "{...}"}])
+    assert long == [{"row_id": "7", "stage": "preprocess", "error": "x" * 500}]

@@ -1,0 +1,137 @@
+"""What a finished batch tells Airflow: the task log's summary line, the XCom value, the
+extra of the asset events it emits, and its OpenLineage facets.
+
+The model, input and output locations are recorded at submission (XCom ``ray_job``) so a
+task that resumes after deferral, in a fresh operator instance, reports the same.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult
+    from airflow_provider_raydatallm.job.spec import JobSpec
+
+
+def model_label(spec: JobSpec) -> str:
+    """What ran the rows: the model path or id, the Serve app and deployment, or the endpoint."""
+    kwargs = spec.processor.kwargs
+    if kwargs.get("model_source"):
+        source = kwargs["model_source"]
+        return str(source.get("model_id") or source) if isinstance(source, dict) else str(source)
+    if kwargs.get("deployment_name"):
+        app = kwargs.get("app_name") or "default"
+        return f"serve:{app}/{kwargs['deployment_name']}"
+    if kwargs.get("url"):
+        return f"http:{kwargs['url']}"
+    return spec.processor.type
+
+
+def submission_record(spec: JobSpec, job_id: str, url: str, ray_conn_id: str) -> dict[str, Any]:
+    """The XCom ``ray_job`` value: enough to find and describe the job from anywhere."""
+    return {
+        "submission_id": job_id,
+        "dashboard_url": url,
+        "ray_conn_id": ray_conn_id,
+        "model": model_label(spec),
+        "processor": spec.processor.type,
+        "input_uris": list(spec.input.uris),
+        "output_uri": spec.output.uri,
+        "error_output_uri": spec.output.error_uri,
+    }
+
+
+def rate(value: float) -> str:
+    """A rate as a person reads it: 1,234 / 12.3 / 0.188 / 0.00042, never "0.0"."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.1f}"
+    return f"{value:.2g}"
+
+
+def summary_line(job_id: str, m: JobMetrics, output_uri: str) -> str:
+    return (
+        f"Ray job {job_id}: {m.rows_in:,} rows in, {m.rows_out:,} out, {m.error_rows:,} errors; "
+        f"{m.input_tokens:,} input / {m.output_tokens:,} output tokens; {rate(m.rows_per_second)} rows/s, "
+        f"{rate(m.output_tokens_per_second)} output tokens/s; {m.wall_seconds:.1f} s "
+        f"({m.startup_seconds:.1f} s start-up and other stages, {m.inference_seconds:.1f} s inference); "
+        f"output {output_uri}"
+    )
+
+
+def asset_extra(result: dict[str, Any]) -> dict[str, Any]:
+    """The extra of an asset event this task emits: counts, tokens, model, where rows went."""
+    m = result.get("metrics") or {}
+    return {
+        "rows_in": m.get("rows_in"),
+        "rows_out": m.get("rows_out"),
+        "error_rows": m.get("error_rows"),
+        "input_tokens": m.get("input_tokens"),
+        "output_tokens": m.get("output_tokens"),
+        "rows_per_second": m.get("rows_per_second"),
+        "model": result.get("model"),
+        "output_uri": result.get("output_uri"),
+        "error_output_uri": result.get("error_output_uri"),
+        "ray_submission_id": result.get("submission_id"),
+    }
+
+
+def result_value(job_id: str | None, submission_id: str, record: dict[str, Any], result: JobResult | None) -> dict[str, Any]:
+    """The task's XCom return value."""
+    return {
+        "job_id": job_id,
+        "submission_id": submission_id,
+        "model": record.get("model"),
+        "input_uris": record.get("input_uris", []),
+        "output_uri": result.output_uri if result else record.get("output_uri"),
+        "error_output_uri": result.error_output_uri if result else record.get("error_output_uri"),
+        "output_format": result.output_format if result else None,
+        "dashboard_url": record.get("dashboard_url"),
+        "metrics": result.metrics.model_dump() if result else None,
+        "first_errors": result.first_errors if result else [],
+    }
+
+
+def _dataset_name(uri: str) -> tuple[str, str]:
+    """OpenLineage naming: ``s3://bucket`` + key, ``gs://bucket`` + key, ``file`` + path."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return "file", parts.path or uri
+    return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
+
+
+def openlineage(result: dict[str, Any]) -> Any:
+    """OperatorLineage for a finished batch; None when the OpenLineage provider is absent."""
+    try:
+        from airflow.providers.common.compat.openlineage.facet import (
+            Dataset,
+            OutputDataset,
+            OutputStatisticsOutputDatasetFacet,
+        )
+        from airflow.providers.openlineage.extractors import OperatorLineage
+    except ImportError:
+        return None
+    from airflow_provider_raydatallm.lineage import RayDataLLMRunFacet
+
+    m = result.get("metrics") or {}
+    inputs = [Dataset(*_dataset_name(uri)) for uri in result.get("input_uris") or []]
+    outputs = []
+    if result.get("output_uri"):
+        namespace, name = _dataset_name(result["output_uri"])
+        stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))
+        outputs.append(OutputDataset(namespace, name, outputFacets={"outputStatistics": stats}))
+    facet = RayDataLLMRunFacet(
+        model=str(result.get("model") or ""),
+        raySubmissionId=str(result.get("submission_id") or ""),
+        rowsIn=m.get("rows_in"),
+        rowsOut=m.get("rows_out"),
+        errorRows=m.get("error_rows"),
+        inputTokens=m.get("input_tokens"),
+        outputTokens=m.get("output_tokens"),
+    )
+    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets={"rayDataLLM": facet})

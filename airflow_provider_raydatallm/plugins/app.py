@@ -1,0 +1,111 @@
+"""The plugin's FastAPI app, mounted by the Airflow API server under ``/raydatallm``.
+
+Every route needs a signed-in Airflow user (the UI's session cookie or a bearer token) and
+answers only with DAGs the auth manager lets that user read.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import GetUserDep
+from airflow_provider_raydatallm.plugins import data
+
+log = logging.getLogger(__name__)
+STATIC = resources.files("airflow_provider_raydatallm.plugins") / "static"
+ASSETS = {"style.css": "text/css", "runs.js": "text/javascript", "ray_job.js": "text/javascript", "common.js": "text/javascript"}
+RUNNING = {"PENDING", "RUNNING"}
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse((STATIC / name).read_text(), headers={"Cache-Control": "no-store"})
+
+
+def _may_read(user: Any, dag_id: str) -> bool:
+    return get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.TASK_INSTANCE, details=DagDetails(id=dag_id), user=user
+    )
+
+
+def _map_index(value: str) -> int:
+    """The UI fills {MAP_INDEX} only for mapped tasks; anything else means unmapped."""
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Ray Data LLM", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs_page(user: GetUserDep) -> HTMLResponse:
+        return _page("runs.html")
+
+    @app.get("/ray-job", response_class=HTMLResponse)
+    def ray_job_page(user: GetUserDep) -> HTMLResponse:
+        return _page("ray_job.html")
+
+    @app.get("/static/{name}")
+    def static(name: str, user: GetUserDep) -> Response:
+        if name not in ASSETS:
+            raise HTTPException(404, f"no asset {name!r}")
+        return Response((STATIC / name).read_text(), media_type=ASSETS[name], headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/runs")
+    def runs(
+        user: GetUserDep,
+        session: SessionDep,
+        dag_id: Annotated[str | None, Query()] = None,
+        state: Annotated[str | None, Query()] = None,
+        since: Annotated[datetime | None, Query()] = None,
+        until: Annotated[datetime | None, Query()] = None,
+    ) -> dict[str, Any]:
+        """Batch task instances of the DAGs the user may read, and per DAG a series by run."""
+        readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET", session=session)
+        rows = data.batch_runs(session, readable, dag_id=dag_id or None, state=state or None, since=since, until=until)
+        all_dags = sorted({r["dag_id"] for r in data.batch_runs(session, readable)}) if (dag_id or state) else None
+        return {
+            "runs": rows,
+            "series": data.run_series(rows),
+            "dag_ids": all_dags if all_dags is not None else sorted({r["dag_id"] for r in rows}),
+            "limit": data.MAX_ROWS,
+        }
+
+    @app.get("/api/ray-job")
+    def ray_job(
+        user: GetUserDep,
+        session: SessionDep,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: str = "-1",
+    ) -> dict[str, Any]:
+        """The task's Ray job: live status and stage progress while it runs, then its result."""
+        if not _may_read(user, dag_id):
+            raise HTTPException(403, f"you may not read task instances of DAG {dag_id!r}")
+        ti = data.task_instance(session, dag_id, run_id, task_id, _map_index(map_index))
+        if ti is None:
+            raise HTTPException(404, f"no task instance {dag_id}.{task_id} in run {run_id}")
+        record = ti["record"] if isinstance(ti["record"], dict) else None
+        answer: dict[str, Any] = {"task_instance": ti, "job": None, "ray_error": None}
+        if record and record.get("submission_id"):
+            answer["job"] = {"submission_id": record["submission_id"], "dashboard_url": record.get("dashboard_url")}
+            try:
+                answer["job"].update(data.live_job(record.get("ray_conn_id") or "ray_default", record["submission_id"]))
+            except Exception as err:  # the page still shows what Airflow knows
+                log.warning("Ray job %s: %s", record["submission_id"], type(err).__name__)
+                answer["ray_error"] = f"{type(err).__name__}: {err}"
+        answer["live"] = bool(answer["job"] and answer["job"].get("status") in RUNNING)
+        return answer
+
+    return app

@@ -1,0 +1,104 @@
+"use strict";
+const params = new URLSearchParams(window.location.search);
+const REFRESH_MS = 3000;
+let timer = null;
+
+function card(k, v, id) {
+  return RDL.el("div", { class: "card", id }, RDL.el("div", { class: "v" }, v), RDL.el("div", { class: "k" }, k));
+}
+
+function progressTable(datasets) {
+  const box = RDL.el("div", { id: "stages" });
+  box.append(RDL.el("h2", {}, "Ray Data progress"));
+  if (!datasets.length) {
+    box.append(RDL.el("div", { class: "muted" }, "No Ray Data dataset has started yet (the job is reading its input or starting actors)."));
+    return box;
+  }
+  for (const ds of datasets) {
+    const table = RDL.el("table", { class: "stages", "data-dataset": ds.dataset });
+    table.append(RDL.el("thead", {}, RDL.el("tr", {}, ...["Stage", "State", "Blocks done / total", "", "Rows done", "Rows (estimated total)", "Queued blocks"].map((h) => RDL.el("th", {}, h)))));
+    const body = RDL.el("tbody");
+    for (const s of ds.stages) {
+      const frac = s.blocks_total ? Math.min(1, s.blocks_done / s.blocks_total) : 0;
+      const bar = RDL.el("div", { class: "bar" }, RDL.el("div", { style: `width:${(frac * 100).toFixed(1)}%` }));
+      body.append(RDL.el("tr", { "data-stage": s.operator },
+        RDL.el("td", {}, s.name), RDL.el("td", {}, RDL.el("span", { class: `state ${s.state}` }, s.state)),
+        RDL.el("td", { class: "num", "data-col": "blocks" }, `${s.blocks_done} / ${s.blocks_total}`), RDL.el("td", {}, bar),
+        RDL.el("td", { class: "num", "data-col": "rows_done" }, s.rows_done === null ? "–" : RDL.num(s.rows_done)),
+        RDL.el("td", { class: "num" }, RDL.num(s.rows_total)), RDL.el("td", { class: "num" }, s.queued_blocks)));
+    }
+    table.append(body);
+    box.append(RDL.el("div", { class: "muted small" }, `dataset ${ds.dataset}: ${ds.state}`), table);
+  }
+  return box;
+}
+
+function resultView(result) {
+  const box = RDL.el("div", { id: "metrics" });
+  const m = result.metrics;
+  if (!m) return box;
+  box.append(RDL.el("h2", {}, "Result"));
+  const cards = RDL.el("div", { class: "cards" },
+    card("rows in", RDL.num(m.rows_in), "m-rows-in"), card("rows out", RDL.num(m.rows_out), "m-rows-out"),
+    card("error rows", RDL.num(m.error_rows), "m-error-rows"), card("input tokens", RDL.num(m.input_tokens), "m-input-tokens"),
+    card("output tokens", RDL.num(m.output_tokens), "m-output-tokens"), card("rows/s", RDL.rate(m.rows_per_second), "m-rows-per-second"),
+    card("output tokens/s", RDL.rate(m.output_tokens_per_second), "m-output-tokens-per-second"),
+    card("start-up and other s", RDL.num(m.startup_seconds, 1), "m-startup"), card("inference s", RDL.num(m.inference_seconds, 1), "m-inference"));
+  box.append(cards);
+  box.append(RDL.el("div", { class: "small" }, "Output: ", RDL.el("code", {}, result.output_uri || ""),
+    "  ·  Error rows: ", RDL.el("code", {}, result.error_output_uri || "")));
+  const errors = result.first_errors || [];
+  if (errors.length) {
+    box.append(RDL.el("h2", {}, `First error rows (${errors.length} of ${RDL.num(m.error_rows)})`));
+    const t = RDL.el("table", { id: "first-errors" });
+    t.append(RDL.el("thead", {}, RDL.el("tr", {}, RDL.el("th", {}, "Row id"), RDL.el("th", {}, "Stage"), RDL.el("th", {}, "Error"))));
+    t.append(RDL.el("tbody", {}, ...errors.map((e) => RDL.el("tr", {}, RDL.el("td", {}, e.row_id), RDL.el("td", {}, e.stage), RDL.el("td", {}, RDL.el("pre", {}, e.error))))));
+    box.append(t);
+  }
+  return box;
+}
+
+async function load() {
+  const q = new URLSearchParams({
+    dag_id: params.get("dag_id") || "", run_id: params.get("run_id") || "",
+    task_id: params.get("task_id") || "", map_index: params.get("map_index") || "-1",
+  });
+  const notice = document.getElementById("notice");
+  let data;
+  try {
+    data = await RDL.getJSON(`api/ray-job?${q}`);
+  } catch (err) {
+    notice.replaceChildren(RDL.el("p", { class: "error" }, `Could not load the task instance: ${err.message}`));
+    return;
+  }
+  const ti = data.task_instance, job = data.job;
+  document.getElementById("subtitle").textContent =
+    `${ti.dag_id} · ${ti.run_id} · ${ti.task_id}${ti.map_index >= 0 ? ` [${ti.map_index}]` : ""} · task ${ti.state || "none"}, try ${ti.try_number}`;
+  notice.replaceChildren();
+  if (!ti.is_batch) {
+    notice.append(RDL.el("p", { class: "muted" }, `This task (${ti.operator}) is not a Ray Data LLM batch task.`));
+    return;
+  }
+  if (!job) {
+    notice.append(RDL.el("p", { class: "muted" }, "No Ray job yet: the task has not submitted one in this try."));
+  } else {
+    const status = job.status || "unknown";
+    document.getElementById("job-status").replaceChildren(RDL.el("span", { class: `state ${status}`, id: "job-state" }, status));
+    const cards = [card("submission id", job.submission_id, "submission-id")];
+    if (job.start_time) cards.push(card("started", RDL.when(new Date(job.start_time).toISOString())));
+    if (job.end_time) cards.push(card("ended", RDL.when(new Date(job.end_time).toISOString())));
+    document.getElementById("job-cards").replaceChildren(...cards);
+    if (job.dashboard_url) notice.append(RDL.el("p", { class: "small" }, RDL.el("a", { href: job.dashboard_url, target: "_blank", rel: "noopener" }, "Open in the Ray dashboard")));
+    if (job.message && status !== "SUCCEEDED") notice.append(RDL.el("p", { class: "small muted" }, job.message));
+  }
+  if (data.ray_error) notice.append(RDL.el("p", { class: "error" }, `Ray cluster: ${data.ray_error}`));
+  document.getElementById("progress").replaceChildren(job && job.datasets ? progressTable(job.datasets) : "");
+  document.getElementById("result").replaceChildren(ti.result ? resultView(ti.result) : "");
+  document.body.dataset.loaded = "true";
+  document.body.dataset.live = data.live ? "true" : "false";
+  clearTimeout(timer);
+  const taskActive = ["running", "deferred", "queued", "scheduled", "up_for_retry", "restarting"].includes(ti.state);
+  if (data.live || taskActive) timer = setTimeout(load, REFRESH_MS);
+}
+
+load();

@@ -1,0 +1,253 @@
+"""The UI plugin in a real browser: headless Debian Chromium driven by Playwright, against the
+session's real Airflow (api-server, scheduler, triggerer, LocalExecutor) with the provider
+installed, and the real Ray head. Also the metrics where Airflow already looks: asset event
+extra, OpenLineage events (file transport), and the plugin's API under DAG-level rules.
+
+Screenshots go to .artifacts/screenshots/ (docs/images/ holds two of them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from airflow_provider_raydatallm.examples import write_jsonl
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from tests.conftest import ROOT
+from tests.lifecycle.conftest import PASSWORDS
+
+pytestmark = [pytest.mark.lifecycle, pytest.mark.browser]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = ROOT / ".artifacts" / "screenshots"
+# Chromium on a machine with no network: no background fetches, no sandbox (root in CI).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _ray(ray_conn):
+    """The tests' own RayHook reads ray_default from the environment."""
+
+
+def _input(path: Path, rows: int, delay: float, failing: set[int]) -> str:
+    records = [{"id": i, "item": f"friend {i}", "delay": delay, "fail": i in failing} for i in range(1, rows + 1)]
+    return str(write_jsonl(path, records))
+
+
+def _run(real_airflow, dag_id: str, tmp_path: Path, name: str, rows: int, delay: float, failing: set[int], partitions: int = 1) -> str:
+    conf = {
+        "input": _input(tmp_path / f"{name}.jsonl", rows, delay, failing),
+        "output": str(tmp_path / f"{name}-out"),
+        "partitions": partitions,
+    }
+    return real_airflow.trigger(dag_id, conf)
+
+
+@pytest.fixture(scope="module")
+def finished(real_airflow, tmp_path_factory) -> dict[str, Any]:
+    """One finished run of each UI DAG: 8 rows, rows 3 and 6 fail in the preprocess."""
+    tmp = tmp_path_factory.mktemp("ui")
+    runs = {dag: _run(real_airflow, dag, tmp, dag, 8, 0, {3, 6}) for dag in ("raydllm_ui", "raydllm_ui_hidden")}
+    for dag, run_id in runs.items():
+        ti = real_airflow.wait_ti(dag, run_id, "ask", {"success", "failed"}, timeout=600)
+        assert ti["state"] == "success", real_airflow.task_log(dag, run_id, "ask")
+    return {"runs": runs, "tmp": tmp}
+
+
+def _browser():
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    return pw, browser
+
+
+def _login(page, base: str, username: str) -> None:
+    page.goto(f"{base}/")
+    page.wait_for_selector("input[name='username']", timeout=60_000)
+    page.fill("input[name='username']", username)
+    page.fill("input[name='password']", PASSWORDS[username])
+    page.click("button[type='submit']")
+    page.wait_for_url(lambda url: "/auth/login" not in url and "/login" not in url, timeout=60_000)
+
+
+def _plugin_frame(page, path_part: str):
+    """The plugin's iframe inside an Airflow UI page, once its data has loaded."""
+    page.wait_for_selector(f"iframe[src*='{path_part}']", timeout=60_000)
+    frame = next(f for f in page.frames if path_part in f.url)
+    frame.wait_for_selector("body[data-loaded='true']", timeout=60_000)
+    return frame
+
+
+def _cell(frame, row_selector: str, col: str) -> str:
+    return frame.locator(f"{row_selector} td[data-col='{col}']").inner_text().strip()
+
+
+def test_plugin_api_follows_auth_and_dag_permissions(real_airflow, finished):
+    runs = finished["runs"]
+    status, body = real_airflow.get("/raydatallm/api/runs", "admin")
+    assert status == 200, body
+    seen = {(r["dag_id"], r["run_id"]) for r in body["runs"]}
+    assert {("raydllm_ui", runs["raydllm_ui"]), ("raydllm_ui_hidden", runs["raydllm_ui_hidden"])} <= seen
+
+    status, body = real_airflow.get("/raydatallm/api/runs", "outsider")
+    assert status == 200, body
+    assert ("raydllm_ui", runs["raydllm_ui"]) in {(r["dag_id"], r["run_id"]) for r in body["runs"]}
+    assert not [r for r in body["runs"] if r["dag_id"] == "raydllm_ui_hidden"], body["runs"]
+    assert "raydllm_ui_hidden" not in body["series"] and "raydllm_ui_hidden" not in body["dag_ids"]
+    status, body = real_airflow.get("/raydatallm/api/runs?dag_id=raydllm_ui_hidden", "outsider")
+    assert status == 200 and body["runs"] == [], body
+
+    query = urlencode({"dag_id": "raydllm_ui_hidden", "run_id": runs["raydllm_ui_hidden"], "task_id": "ask", "map_index": -1})
+    status, _ = real_airflow.get(f"/raydatallm/api/ray-job?{query}", "outsider")
+    assert status == 403
+    status, body = real_airflow.get(f"/raydatallm/api/ray-job?{query}", "admin")
+    assert status == 200 and body["job"]["status"] == "SUCCEEDED", body
+
+    # No session, no data: the plugin sits behind Airflow's auth.
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{real_airflow.base}/raydatallm/api/runs", timeout=30)
+    assert err.value.code in (401, 403)
+    # Nothing the plugin answers carries the Ray token or the endpoint key.
+    token = json.loads(real_airflow.env["AIRFLOW_CONN_RAY_DEFAULT"])["password"]
+    for path in ("/raydatallm/api/runs", f"/raydatallm/api/ray-job?{query}"):
+        assert token not in json.dumps(real_airflow.get(path, "admin")[1])
+
+
+def test_asset_event_and_openlineage_carry_the_metrics(real_airflow, finished):
+    run_id = finished["runs"]["raydllm_ui"]
+    result = real_airflow.xcom("raydllm_ui", run_id, "ask")
+    m = result["metrics"]
+    assert (m["rows_in"], m["rows_out"], m["error_rows"]) == (8, 6, 2)
+    assert [e["row_id"] for e in result["first_errors"]] == ["3", "6"]
+    assert "marked to fail" in result["first_errors"][0]["error"]
+
+    events = real_airflow._request("GET", "/api/v2/assets/events?source_dag_id=raydllm_ui&limit=100")["asset_events"]
+    mine = [e for e in events if e["source_run_id"] == run_id]
+    assert len(mine) == 1, events
+    extra = mine[0]["extra"]
+    assert (extra["rows_in"], extra["rows_out"], extra["error_rows"]) == (8, 6, 2)
+    assert extra["model"] == result["model"] and extra["output_uri"] == result["output_uri"]
+    assert extra["output_tokens"] == m["output_tokens"] > 0
+
+    log = real_airflow.task_log("raydllm_ui", run_id, "ask")
+    assert "0.0 rows/s" not in log and " rows/s" in log
+
+    path = real_airflow.home / "openlineage.jsonl"
+    deadline = time.monotonic() + 60
+    complete: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not complete:
+        lines = path.read_text().splitlines() if path.exists() else []
+        events = [json.loads(line) for line in lines if line.strip()]
+        complete = [e for e in events if e.get("eventType") == "COMPLETE" and e["job"]["name"] == "raydllm_ui.ask"
+                    and e["run"]["facets"].get("rayDataLLM", {}).get("raySubmissionId") == result["submission_id"]]  # fmt: skip
+        time.sleep(1)
+    assert complete, f"no COMPLETE OpenLineage event for raydllm_ui.ask in {path}"
+    event = complete[-1]
+    assert [(d["namespace"], d["name"]) for d in event["inputs"]] == [("file", result["input_uris"][0])]
+    assert [(d["namespace"], d["name"]) for d in event["outputs"]] == [("file", result["output_uri"])]
+    assert event["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"] == 6
+    facet = event["run"]["facets"]["rayDataLLM"]
+    assert facet["model"] == result["model"] and facet["rowsIn"] == 8 and facet["errorRows"] == 2
+
+
+def test_runs_page_and_ray_job_tab_in_a_browser(real_airflow, finished):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    run_id = finished["runs"]["raydllm_ui"]
+    result = real_airflow.xcom("raydllm_ui", run_id, "ask")
+    # A second run that takes a while, in 4 blocks, so the tab can watch it move.
+    slow = _run(real_airflow, "raydllm_ui", finished["tmp"], "slow", 16, 2.5, {5}, partitions=4)
+
+    pw, browser = _browser()
+    errors: list[str] = []
+    try:
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        _login(page, real_airflow.base, "admin")
+
+        # The nav page: the finished run's row shows the numbers of its XCom.
+        page.goto(f"{real_airflow.base}/plugin/llm-batch-runs")
+        frame = _plugin_frame(page, "/raydatallm/runs")
+        row = f"tr[data-dag='raydllm_ui'][data-run='{run_id}']"
+        frame.wait_for_selector(row, timeout=30_000)
+        m = result["metrics"]
+        for col, want in (("rows_in", m["rows_in"]), ("rows_out", m["rows_out"]), ("error_rows", m["error_rows"]),
+                          ("input_tokens", m["input_tokens"]), ("output_tokens", m["output_tokens"])):  # fmt: skip
+            assert _cell(frame, row, col).replace(",", "") == str(want), col
+        assert _cell(frame, row, "model") == result["model"]
+        assert _cell(frame, row, "state") == "success"
+        assert frame.locator(".chart[data-dag='raydllm_ui'] circle.rate-point").count() >= 1
+        # Sorting by a column reorders the table.
+        frame.click("th[data-key='rows_in']")
+        assert frame.locator("th[data-key='rows_in']").get_attribute("class") in ("sorted-desc", "sorted-asc")
+        page.screenshot(path=str(SHOTS / "llm-batch-runs.png"))
+
+        # The Ray job tab of the running task: its stage progress moves while we watch.
+        job = _wait_running_job("raydllm_ui", slow)
+        page.goto(f"{real_airflow.base}/dags/raydllm_ui/runs/{slow}/tasks/ask/plugin/ray-job")
+        frame = _plugin_frame(page, "/raydatallm/ray-job")
+        assert frame.locator("#submission-id .v").inner_text() == job
+        seen = _watch_progress(frame, timeout=240)
+        assert len(set(seen)) >= 2 and seen == sorted(seen), f"progress did not advance: {seen}"
+        page.screenshot(path=str(SHOTS / "ray-job-tab-running.png"))
+
+        ti = real_airflow.wait_ti("raydllm_ui", slow, "ask", {"success", "failed"}, timeout=600)
+        assert ti["state"] == "success", real_airflow.task_log("raydllm_ui", slow, "ask")
+        frame.wait_for_selector("#m-rows-in", timeout=60_000)
+        assert frame.locator("#m-rows-in .v").inner_text() == "16"
+        assert frame.locator("#m-error-rows .v").inner_text() == "1"
+        assert frame.locator("#first-errors tbody tr").count() == 1
+        assert frame.locator("#job-state").inner_text() == "SUCCEEDED"
+        page.screenshot(path=str(SHOTS / "ray-job-tab-finished.png"))
+
+        # A viewer without access to a DAG does not see its runs on the page.
+        other = browser.new_page(viewport={"width": 1500, "height": 950})
+        other.on("pageerror", lambda exc: errors.append(f"page error (outsider): {exc}"))
+        _login(other, real_airflow.base, "outsider")
+        other.goto(f"{real_airflow.base}/plugin/llm-batch-runs")
+        frame = _plugin_frame(other, "/raydatallm/runs")
+        assert frame.locator("tr[data-dag='raydllm_ui']").count() >= 1
+        assert frame.locator("tr[data-dag='raydllm_ui_hidden']").count() == 0
+    finally:
+        browser.close()
+        pw.stop()
+    assert not errors, errors
+
+
+def _wait_running_job(dag_id: str, run_id: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in RayHook().list_jobs():
+            if job.metadata.get("airflow_dag_id") == dag_id and job.metadata.get("airflow_run_id") == run_id:
+                if job.status is RayJobStatus.RUNNING:
+                    return job.submission_id or ""
+        time.sleep(1)
+    raise AssertionError(f"no running Ray job for {dag_id} {run_id}")
+
+
+def _watch_progress(frame, timeout: float) -> list[int]:
+    """Blocks done, summed over the stages shown, each time the tab refreshes it."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cells = frame.locator("table.stages td[data-col='blocks']").all_inner_texts()
+        if cells:
+            done = sum(int(c.split("/")[0]) for c in cells)
+            if not seen or done != seen[-1]:
+                seen.append(done)
+            if len(set(seen)) >= 3:
+                break
+        if frame.locator("body[data-live='false']").count() and seen:
+            break
+        time.sleep(1)
+    return seen
