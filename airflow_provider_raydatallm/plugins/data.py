@@ -113,6 +113,14 @@ def batch_runs(
     return rows
 
 
+def batch_dag_ids(session: Session, dag_ids: set[str]) -> list[str]:
+    """The readable DAGs that have batch task instances (for the DAG filter)."""
+    if not dag_ids:
+        return []
+    stmt = select(TI.dag_id).where(TI.operator.in_(OPERATORS), TI.dag_id.in_(dag_ids)).distinct()
+    return sorted(session.scalars(stmt))
+
+
 def run_series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per DAG, one point per run (oldest first) from its finished batch tasks: rows/s over
     the span from the first task's start to the last one's end, and the error rate."""

@@ -26,7 +26,7 @@ from tests.conftest import ECHO_KEY, ROOT, wait_until_answers
 AIRFLOW = ROOT / ".venv" / "bin" / "airflow"
 DAGS = Path(__file__).parent / "dags"
 COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
-# Users of the test Airflow (SimpleAuthManager with DAG-level rules, see auth.py).
+# Users of the test Airflow (SimpleAuthManager with DAG-level rules, see airflow_path/raydllm_test_auth.py).
 PASSWORDS = {"admin": "admin-pass-0", "outsider": "outsider-pass-0"}
 HIDDEN_DAGS = ("raydllm_ui_hidden",)
 
@@ -187,7 +187,7 @@ def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__AUTH_MANAGER": "tests.lifecycle.auth.DagRestrictedAuthManager",
+        "AIRFLOW__CORE__AUTH_MANAGER": "raydllm_test_auth.DagRestrictedAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
@@ -207,7 +207,9 @@ def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
         "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
         "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(ray_cluster),
         "AIRFLOW_CONN_ECHO": json.dumps({"conn_type": "http", "host": echo_endpoint, "password": ECHO_KEY}),
-        "PYTHONPATH": str(ROOT),
+        # Only the test auth manager: the repository root would add its build-time egg-info
+        # as a second copy of the provider's distribution (and its plugin entry point).
+        "PYTHONPATH": str(Path(__file__).parent / "airflow_path"),
     }
     (home / "passwords.json").write_text(json.dumps(PASSWORDS))
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, cwd=home)

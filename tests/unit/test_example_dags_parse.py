@@ -70,3 +70,37 @@ def test_the_probe_catches_a_parse_time_lookup(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", PROBE, str(sneaky)], capture_output=True, text=True)
     assert json.loads(out.stdout.strip().splitlines()[-1])["calls"] == ["connection lookup"]
+
+
+def test_examples_render_for_a_run_without_a_logical_date(monkeypatch, tmp_path):
+    """A run triggered from the UI or REST with ``logical_date: null`` has no ``ds``: every
+    templated string of every example renders from ``run_day(dag_run)`` instead, and
+    the defaults live under $RAYDLLM_EXAMPLES_DIR, not under the system temp folder."""
+    import datetime as dt
+    import types
+
+    import jinja2
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("RAYDLLM_EXAMPLES_DIR", str(tmp_path / "base"))
+    bag = DagBag(dag_folder=str(EXAMPLES[0].parent))
+    run = types.SimpleNamespace(run_id="manual__x", logical_date=None, run_after=dt.datetime(2026, 11, 25, 9, 30))
+    ti = types.SimpleNamespace(xcom_pull=lambda *a, **k: {"questions": "q", "prompts": "p", "submission_id": "s"})
+    rendered = 0
+    for dag in bag.dags.values():
+        params = {k: dag.params[k] for k in dag.params}
+        for key, value in params.items():
+            if isinstance(value, str) and value.startswith("/"):
+                assert value.startswith(str(tmp_path / "base")), f"{dag.dag_id} param {key} defaults to {value}"
+        env = dag.get_template_env()
+        env.undefined = jinja2.StrictUndefined
+        context = {"dag_run": run, "params": params, "ti": ti, "run_id": run.run_id}
+        for task in dag.tasks:
+            for field in task.template_fields:
+                value = getattr(task, field, None)
+                if isinstance(value, str) and "{{" in value:
+                    out = env.from_string(value).render(**context)
+                    assert "2026-11-25" in out or "run_day" not in value, (dag.dag_id, task.task_id, field, out)
+                    rendered += 1
+    assert rendered >= 10

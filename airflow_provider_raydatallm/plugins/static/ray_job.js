@@ -7,29 +7,47 @@ function card(k, v, id) {
   return RDL.el("div", { class: "card", id }, RDL.el("div", { class: "v" }, v), RDL.el("div", { class: "k" }, k));
 }
 
-function progressTable(datasets) {
+function progressTable(datasets, live) {
+  // While the job runs, its running datasets (the pipeline through the engine) come first;
+  // the small finished ones (counts, schema reads, writes) fold away, as do all of them
+  // once the job has ended.
   const box = RDL.el("div", { id: "stages" });
-  box.append(RDL.el("h2", {}, "Ray Data progress"));
+  box.append(RDL.el("h2", {}, live ? "Ray Data progress" : "Ray Data stages"));
   if (!datasets.length) {
-    box.append(RDL.el("div", { class: "muted" }, "No Ray Data dataset has started yet (the job is reading its input or starting actors)."));
+    box.append(RDL.el("div", { class: "muted" }, live
+      ? "No Ray Data dataset has started yet (the job is reading its input or starting actors)."
+      : "The Ray dashboard has no Ray Data stages for this job (it keeps a limited number)."));
     return box;
   }
-  for (const ds of datasets) {
-    const table = RDL.el("table", { class: "stages", "data-dataset": ds.dataset });
-    table.append(RDL.el("thead", {}, RDL.el("tr", {}, ...["Stage", "State", "Blocks done / total", "", "Rows done", "Rows (estimated total)", "Queued blocks"].map((h) => RDL.el("th", {}, h)))));
-    const body = RDL.el("tbody");
-    for (const s of ds.stages) {
-      const frac = s.blocks_total ? Math.min(1, s.blocks_done / s.blocks_total) : 0;
-      const bar = RDL.el("div", { class: "bar" }, RDL.el("div", { style: `width:${(frac * 100).toFixed(1)}%` }));
-      body.append(RDL.el("tr", { "data-stage": s.operator },
-        RDL.el("td", {}, s.name), RDL.el("td", {}, RDL.el("span", { class: `state ${s.state}` }, s.state)),
-        RDL.el("td", { class: "num", "data-col": "blocks" }, `${s.blocks_done} / ${s.blocks_total}`), RDL.el("td", {}, bar),
-        RDL.el("td", { class: "num", "data-col": "rows_done" }, s.rows_done === null ? "–" : RDL.num(s.rows_done)),
-        RDL.el("td", { class: "num" }, RDL.num(s.rows_total)), RDL.el("td", { class: "num" }, s.queued_blocks)));
-    }
-    table.append(body);
-    box.append(RDL.el("div", { class: "muted small" }, `dataset ${ds.dataset}: ${ds.state}`), table);
+  const shown = live ? datasets.filter((d) => d.state === "RUNNING" || d.state === "PENDING") : [];
+  const folded = datasets.filter((d) => !shown.includes(d));
+  box.append(...shown.map(datasetTable));
+  if (folded.length) {
+    const details = RDL.el("details", { id: "folded-datasets" },
+      RDL.el("summary", { class: "small muted" }, `${folded.length} ${live ? "finished " : ""}dataset${folded.length === 1 ? "" : "s"} of this job`));
+    details.append(...folded.map(datasetTable));
+    box.append(details);
   }
+  return box;
+}
+
+function datasetTable(ds) {
+  const box = RDL.el("div", { class: "dataset" });
+  const table = RDL.el("table", { class: "stages", "data-dataset": ds.dataset });
+  const heads = ["Stage", "State", "Blocks done / total", "", "Rows done", "Rows (estimated total)", "Queued blocks"];
+  table.append(RDL.el("thead", {}, RDL.el("tr", {}, ...heads.map((h) => RDL.el("th", {}, h)))));
+  const body = RDL.el("tbody");
+  for (const s of ds.stages) {
+    const frac = s.blocks_total ? Math.min(1, s.blocks_done / s.blocks_total) : 0;
+    const bar = RDL.el("div", { class: "bar" }, RDL.el("div", { style: `width:${(frac * 100).toFixed(1)}%` }));
+    body.append(RDL.el("tr", { "data-stage": s.operator },
+      RDL.el("td", {}, s.name), RDL.el("td", {}, RDL.el("span", { class: `state ${s.state}` }, s.state)),
+      RDL.el("td", { class: "num", "data-col": "blocks" }, `${s.blocks_done} / ${s.blocks_total || "?"}`), RDL.el("td", {}, bar),
+      RDL.el("td", { class: "num", "data-col": "rows_done" }, s.rows_done === null ? "–" : RDL.num(s.rows_done)),
+      RDL.el("td", { class: "num" }, RDL.num(s.rows_total)), RDL.el("td", { class: "num" }, s.queued_blocks)));
+  }
+  table.append(body);
+  box.append(RDL.el("div", { class: "muted small" }, `dataset ${ds.dataset}: ${ds.state}`), table);
   return box;
 }
 
@@ -92,7 +110,7 @@ async function load() {
     if (job.message && status !== "SUCCEEDED") notice.append(RDL.el("p", { class: "small muted" }, job.message));
   }
   if (data.ray_error) notice.append(RDL.el("p", { class: "error" }, `Ray cluster: ${data.ray_error}`));
-  document.getElementById("progress").replaceChildren(job && job.datasets ? progressTable(job.datasets) : "");
+  document.getElementById("progress").replaceChildren(job && job.datasets ? progressTable(job.datasets, data.live) : "");
   document.getElementById("result").replaceChildren(ti.result ? resultView(ti.result) : "");
   document.body.dataset.loaded = "true";
   document.body.dataset.live = data.live ? "true" : "false";
