@@ -45,7 +45,11 @@ def test_vision_config_and_preprocess_validate_in_the_cluster_environment():
 
     dag = DagBag(dag_folder=str(ROOT / "example_dags" / "example_vision.py")).dags["example_vision"]
     op = dag.get_task("answer_image_questions")
-    op.render_template_fields({"params": dag.params.dump(), "ds": "2026-11-22"})
+    import datetime as dt
+    import types
+
+    run = types.SimpleNamespace(logical_date=dt.datetime(2026, 11, 22), run_after=dt.datetime(2026, 11, 22, 1))
+    op.render_template_fields({"params": dag.params.dump(), "dag_run": run})
     spec = op.build_spec(RunIdentity(dag_id="example_vision", task_id=op.task_id, run_id="check"))
     assert spec.input.format == "parquet" and spec.output.uri == "s3://my-bucket/vision_answers/2026-11-22"
     out = subprocess.run([str(RAY_PYTHON), "-c", CHECK], input=spec.model_dump_json(), capture_output=True,

@@ -111,6 +111,15 @@ def test_plugin_api_follows_auth_and_dag_permissions(real_airflow, finished):
     status, body = real_airflow.get("/raydatallm/api/runs?dag_id=raydllm_ui_hidden", "outsider")
     assert status == 200 and body["runs"] == [], body
 
+    # Filters: DAG and state, and a date range on the run's run_after.
+    status, body = real_airflow.get("/raydatallm/api/runs?dag_id=raydllm_ui&state=success", "admin")
+    assert body["runs"] and {(r["dag_id"], r["state"]) for r in body["runs"]} == {("raydllm_ui", "success")}
+    assert {"raydllm_ui", "raydllm_ui_hidden"} <= set(body["dag_ids"])  # the DAG filter's choices stay whole
+    status, body = real_airflow.get("/raydatallm/api/runs?since=2099-01-01T00:00:00Z", "admin")
+    assert status == 200 and body["runs"] == []
+    status, body = real_airflow.get("/raydatallm/api/runs?until=2000-01-01T00:00:00Z", "admin")
+    assert status == 200 and body["runs"] == []
+
     query = urlencode({"dag_id": "raydllm_ui_hidden", "run_id": runs["raydllm_ui_hidden"], "task_id": "ask", "map_index": -1})
     status, _ = real_airflow.get(f"/raydatallm/api/ray-job?{query}", "outsider")
     assert status == 403
