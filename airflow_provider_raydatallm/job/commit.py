@@ -91,6 +91,9 @@ class OutputDir:
         self.tag = tag
         self.fs, self.path = _fs(self.uri)
         self.skip = _fs(skip)[1] if skip else None
+        # Whether the directory was there before this attempt: a failed attempt removes only
+        # a directory it created itself (and only when nothing is in it).
+        self.existed = self.fs.exists(self.path)
 
     # -- where things go ------------------------------------------------------------------
 
@@ -252,9 +255,17 @@ class OutputDir:
             self.fs.pipe_file(target, data)
 
     def discard_staging(self) -> None:
+        """Drop what this attempt wrote and did not commit (and an emptied work area)."""
         _, staging = _fs(self.staging_uri)
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
+        if self._is_local():
+            parent = posixpath.dirname(staging)
+            if self.fs.exists(parent) and not self.fs.find(parent):
+                self.fs.rm(parent, recursive=True)
+        self._drop_empty_work_dir()
+        if self._is_local() and not self.existed and self.fs.exists(self.path) and not self.fs.find(self.path):
+            self.fs.rm(self.path, recursive=True)
 
 
 def committed_files(uri: str) -> list[str]:

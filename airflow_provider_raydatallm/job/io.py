@@ -1,6 +1,7 @@
-"""Reading the input and writing rows of one job (cluster side; imports Ray lazily).
+"""Reading the input of one job (cluster side; imports Ray lazily).
 
-Where the rows go and how they become the output's committed version: ``commit.py``.
+Where the rows go: ``sink.py`` (written per block) and ``commit.py`` (how they become the
+output's committed version).
 """
 
 from __future__ import annotations
@@ -29,7 +30,3 @@ def read_input(spec: InputSpec) -> ray.data.Dataset:
         ds = ds.limit(spec.limit)
     return ds
 
-
-def write_rows(ds: ray.data.Dataset, uri: str, fmt: str) -> None:
-    writers = {"parquet": ds.write_parquet, "jsonl": ds.write_json, "csv": ds.write_csv}
-    writers[fmt](uri)

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, commit, io, lock, preflight, rows
+from airflow_provider_raydatallm.job import callables, commit, io, lock, preflight, rows, sink
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, first_error_records, split_wall, stage_seconds
 from airflow_provider_raydatallm.job.spec import JobSpec, ProcessorSpec, SecretRef
 
@@ -109,31 +109,6 @@ class TooManyErrorRowsError(RuntimeError):
     """More rows failed than the task allows; nothing is committed."""
 
 
-FIRST_ERRORS = 5
-
-
-def _tally(table: Any) -> Any:
-    """One row of counts per batch: ok rows, error rows, ok rows that skipped the processor
-    or the postprocess, tokens of the ok rows."""
-    import pyarrow as pa
-
-    ok = errors = not_inferred = in_tokens = out_tokens = 0
-    for row in table.to_pylist():
-        if rows.is_error(row):
-            errors += 1
-            continue
-        ok += 1
-        not_inferred += row.get(rows.INFERRED) is not True
-        in_tokens += int(row.get(rows.IN_TOKENS) or 0)
-        out_tokens += int(row.get(rows.OUT_TOKENS) or 0)
-    return pa.table({"ok": [ok], "errors": [errors], "not_inferred": [not_inferred], "i": [in_tokens], "o": [out_tokens]})
-
-
-def _counts(ds: Any) -> dict[str, int]:
-    parts = ds.map_batches(_tally, batch_format="pyarrow").take_all()
-    return {key: sum(int(p[key]) for p in parts) for key in ("ok", "errors", "not_inferred", "i", "o")}
-
-
 def check_counts(rows_in: int, counts: dict[str, int], first_errors: list[dict[str, Any]], max_error_ratio: float) -> None:
     """Fail the job, before anything is committed, when its rows do not add up, when a row
     counted as output never reached the processor, or when too many rows failed."""
@@ -151,10 +126,6 @@ def check_counts(rows_in: int, counts: dict[str, int], first_errors: list[dict[s
         raise TooManyErrorRowsError(
             f"{error_rows} of {rows_in} rows failed ({why}); nothing was committed. First errors: {shown}"
         )
-
-
-def _without_internal_columns(table: Any) -> Any:
-    return table.drop_columns([c for c in rows.INTERNAL_COLUMNS if c in table.column_names])
 
 
 def _locations(spec: JobSpec, tag: str) -> tuple[commit.OutputDir, commit.OutputDir | None, commit.OutputDir]:
@@ -204,19 +175,23 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         preprocess=rows.Preprocess(preprocess, columns, spec.input.id_column, go_on),
         postprocess=rows.Postprocess(postprocess, columns, go_on, rows.RESULT_COLUMNS.get(spec.processor.type, ())),
     )
-    processed = processor(ds).materialize()
-    stats_text = processed.stats()
-    ok = processed.filter(lambda r: not rows.is_error(r))
-    bad = processed.filter(rows.is_error).map(rows.ToErrorRecord(columns))
-    counts = _counts(processed)
+    # One streaming pass: every block is written (good rows to the output's staging, error
+    # records to the error output's) as it leaves the processor; only tallies come back.
+    # (Materializing the tallies holds one small row per block, and keeps the pass's stats.)
+    tallies = processor(ds).map_batches(
+        sink.WriteBlock(output.staging_uri, errors.staging_uri, spec.output.format, columns),
+        batch_format="pyarrow", batch_size=None,
+    )  # fmt: skip
+    try:
+        tallies = tallies.materialize()
+        counts, first_errors = sink.totals(tallies.take_all())
+        check_counts(rows_in, counts, first_errors, spec.max_error_ratio)
+    except BaseException:
+        for directory in (errors, output):  # the error directory may be inside the output
+            directory.discard_staging()  # a failed attempt leaves the outputs as they were
+        raise
+    stats_text = tallies.stats()
     rows_out, error_rows = counts["ok"], counts["errors"]
-    first_errors = bad.take(FIRST_ERRORS) if error_rows else []
-    check_counts(rows_in, counts, first_errors, spec.max_error_ratio)
-
-    if rows_out:
-        io.write_rows(ok.map_batches(_without_internal_columns, batch_format="pyarrow"), output.staging_uri, spec.output.format)
-    if error_rows:
-        io.write_rows(bad, errors.staging_uri, spec.output.format)
     wall = time.monotonic() - started
     stages = stage_seconds(stats_text)
     inference_seconds, startup_seconds = split_wall(wall, stages)

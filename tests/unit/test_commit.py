@@ -144,3 +144,20 @@ def test_preflight_names_what_the_cluster_cannot_find_or_write(tmp_path):
     (tmp_path / "kept" / "_raydllm").mkdir(parents=True)
     preflight.check_writable(str(tmp_path / "kept"), "t")
     assert (tmp_path / "kept" / "_raydllm").is_dir() and not list((tmp_path / "kept" / "_raydllm").iterdir())
+
+
+def test_a_failed_attempt_removes_only_what_it_created(tmp_path):
+    from airflow_provider_raydatallm.job import commit, sink
+
+    import pyarrow as pa
+
+    fresh = commit.OutputDir(str(tmp_path / "new-out"), "a1")
+    mine = tmp_path / "user-made"
+    mine.mkdir()
+    kept = commit.OutputDir(str(mine), "a1")
+    for directory in (fresh, kept):
+        sink.write_table(pa.table({"x": [1]}), directory.staging_uri, "parquet")
+        assert directory.staged_files()
+        directory.discard_staging()
+    assert not (tmp_path / "new-out").exists()  # created by the attempt: gone
+    assert mine.is_dir() and not list(mine.iterdir())  # the user's empty directory stays
