@@ -60,6 +60,20 @@ class RayConnectionConfig:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
+    def client_kwargs(self, max_timeout: float | None = None) -> dict[str, Any]:
+        """Arguments of an ``httpx`` client for the dashboard: address, auth headers, TLS,
+        timeouts (``max_timeout`` caps the connection's for callers that must answer fast)."""
+        import httpx
+
+        timeout = min(self.timeout, max_timeout) if max_timeout else self.timeout
+        return {
+            "base_url": self.base_url,
+            "headers": self.request_headers(),
+            "verify": self.ssl_context() or True,
+            "timeout": httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+            "follow_redirects": True,
+        }
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS settings for an https dashboard; None for plain http."""
         if not self.base_url.startswith("https://"):

@@ -20,7 +20,6 @@ from airflow.sdk import BaseHook
 from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
 from airflow_provider_raydatallm.hooks import _jobs_api as api, _state_api as _state
 from airflow_provider_raydatallm.hooks._connection import (
-    CONNECT_TIMEOUT,
     RayConnectionConfig,
     config_from_connection,
 )
@@ -109,18 +108,9 @@ class RayHook(BaseHook):
     def address(self) -> str:
         return self.config.base_url
 
-    def _client_kwargs(self, config: RayConnectionConfig) -> dict[str, Any]:
-        return {
-            "base_url": config.base_url,
-            "headers": config.request_headers(),
-            "verify": config.ssl_context() or True,
-            "timeout": httpx.Timeout(config.timeout, connect=min(CONNECT_TIMEOUT, config.timeout)),
-            "follow_redirects": True,
-        }
-
     @cached_property
     def _client(self) -> httpx.Client:
-        return httpx.Client(**self._client_kwargs(self.config))
+        return httpx.Client(**self.config.client_kwargs())
 
     def get_conn(self) -> httpx.Client:
         """The sync HTTP client, bound to the dashboard address with auth headers."""
@@ -130,7 +120,7 @@ class RayHook(BaseHook):
         if self._async_client is None:
             config = await self.aconfig()
             # Building the TLS context reads the CA bundle from disk: off the event loop.
-            self._async_client = await asyncio.to_thread(lambda: httpx.AsyncClient(**self._client_kwargs(config)))
+            self._async_client = await asyncio.to_thread(lambda: httpx.AsyncClient(**config.client_kwargs()))
         return self._async_client
 
     def close(self) -> None:

@@ -161,6 +161,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.pending_timeout = _seconds(pending_timeout)
         self.fetch_logs = fetch_logs
         self._submission_id: str | None = None  # for on_kill, within one execute() call
+        self._record: dict[str, Any] | None = None  # what execute() pushed to XCom ray_job
         self._lineage: dict[str, Any] | None = None  # the result, for OpenLineage
         _checks.check_constructed(self)
 
@@ -225,6 +226,7 @@ class RayLLMBatchOperator(BaseOperator):
         url = dashboard_url(hook.config.link_base_url, job_id)
         record = _report.submission_record(spec, job_id, url, self.ray_conn_id)
         ti.xcom_push(key=XCOM_JOB_KEY, value=record)
+        self._record = record
         self.log.info("Ray job %s: %s", job_id, url)
         if not self.wait_for_completion:
             return _report.result_value(None, job_id, record, None)
@@ -257,8 +259,10 @@ class RayLLMBatchOperator(BaseOperator):
             raise RayJobUnschedulableError(hook.address, ev.job_id, ev.message)
         if ev.job_status is None:  # the wait could not watch the job
             raise RayProviderError(f"task {self.task_id}: watching Ray job {ev.job_id} failed: {ev.message}")
-        ti = context["ti"]
-        record = ti.xcom_pull(task_ids=self.task_id, key=XCOM_JOB_KEY, map_indexes=ti.map_index) or {}
+        record = self._record  # set by execute() on a worker; after deferral, read back from XCom
+        if record is None:
+            ti = context["ti"]
+            record = ti.xcom_pull(task_ids=self.task_id, key=XCOM_JOB_KEY, map_indexes=ti.map_index)
         value = self._finish(hook, ev.job_id, record if isinstance(record, dict) else {})
         self._report_to_assets(context, value)
         return value

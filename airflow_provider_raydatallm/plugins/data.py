@@ -198,10 +198,7 @@ def live_job(ray_conn_id: str, submission_id: str) -> dict[str, Any]:
 
     conn = Connection.get_connection_from_secrets(ray_conn_id)
     config = config_from_connection(conn.host, conn.port, conn.schema, conn.password, conn.extra_dejson)
-    with httpx.Client(
-        base_url=config.base_url, headers=config.request_headers(), verify=config.ssl_context() or True,
-        timeout=min(config.timeout, 10.0),
-    ) as client:  # fmt: skip
+    with httpx.Client(**config.client_kwargs(max_timeout=10.0)) as client:
         info = client.get(f"/api/jobs/{quote(submission_id, safe='')}")
         info.raise_for_status()
         job = info.json()
