@@ -16,12 +16,14 @@ MODEL_DIR := .cache/models/SmolLM2-135M-Instruct
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup browser venv venv-ray model ray-up ray-down demo demo-questions test test-unit clean
+.PHONY: help setup browser venv venv-ray model ray-up ray-down demo demo-questions test test-unit bench bench-2m clean
 
 help:
 	@echo "make demo      set up, start the local Ray head, run the daily sentiment DAG, print its result"
 	@echo "make demo-questions  the seed's four common questions through the same path"
 	@echo "make test      set up and run the whole test suite (starts its own Ray head)"
+	@echo "make bench     benchmarks (benchmarks/): figures into docs/benchmarks.md"
+	@echo "make bench-2m  the seed's 2M-row customers file through the provider's job, with a plot"
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
 
@@ -80,6 +82,18 @@ test: setup
 
 test-unit: venv
 	.venv/bin/python -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+# Benchmarks are not tests: they run against the `make ray-up` head and write docs/benchmarks.md.
+bench-deps: .venv/.bench
+.venv/.bench: .venv/.installed
+	.venv/bin/pip install -q -e ".[bench]" $(QUIET_PIP)
+	touch $@
+
+bench: setup ray-up bench-deps
+	.venv/bin/python benchmarks/scale.py --sizes 20000 200000 --resume
+
+bench-2m: setup ray-up bench-deps
+	.venv/bin/python benchmarks/scale.py --sizes 2000000 --kinds provider --plot --section "Scale: 2M rows"
 
 clean: ray-down
 	rm -rf .venv .venv-ray .cache

@@ -2,6 +2,12 @@
 
 ``python scripts/local_ray.py up|down|status|conn [--profile dev|test]``
 
+- The ``test`` profile is a multi-node cluster on this one machine: the head plus two
+  worker nodes, each a separate ``ray start`` (its own raylet and object store) with the
+  custom resource ``accelerator_type:L4`` (what ``accelerator_type="L4"`` asks for) and
+  ``gpu_slot: 1`` standing in for one GPU, so a replica whose bundle asks for a gpu_slot
+  fits once per node: placement across nodes is exercised without GPUs.
+
 - ``up`` is idempotent: a head this script started and that still answers is reused.
 - ``down`` stops only the head this script started (it SIGTERMs the ``ray start --block``
   process recorded in the pid file, which drains and stops its own children); another
@@ -43,6 +49,9 @@ class Profile:
     # (chat template, tokenize, detokenize), or the pipeline waits forever (ENVIRONMENT.md).
     num_cpus: int = 8
     object_store_bytes: int = 2 * 1024**3
+    # Worker nodes: (logical CPUs, custom resources) each; they join the head's GCS.
+    workers: tuple[tuple[int, tuple[tuple[str, float], ...]], ...] = ()
+    worker_object_store_bytes: int = 512 * 1024**2
 
     @property
     def state_dir(self) -> Path:
@@ -61,7 +70,12 @@ class Profile:
 PROFILES = {
     "dev": Profile("dev", gcs_port=6379, dashboard_port=8265, client_port=10001, agent_port=52365),
     # Other ports, so the test suite can run while a `make ray-up` head is up.
-    "test": Profile("test", gcs_port=6390, dashboard_port=8266, client_port=20101, agent_port=52401),
+    "test": Profile(
+        "test", gcs_port=6390, dashboard_port=8266, client_port=20101, agent_port=52401,
+        # gpu_slot stands in for the one GPU such a node would have (a replica's bundle asks
+        # for it); two CPUs leave room for a Ray Data actor beside the replica.
+        workers=((2, (("accelerator_type:L4", 1.0), ("gpu_slot", 1.0))),) * 2,
+    ),
 }
 
 
@@ -131,16 +145,7 @@ def up(profile: Profile, timeout: float = 180.0) -> None:
     if not (RAY_BIN / "ray").exists():
         sys.exit(f"{RAY_BIN / 'ray'} not found: run `make venv-ray` first")
     profile.state_dir.mkdir(parents=True, exist_ok=True)
-    token_path = profile.state_dir / "auth_token"
-    token(profile)
-    env = {
-        **os.environ,
-        "PATH": f"{RAY_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token_path),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_AUTH_TOKEN", None)
+    env = _env(profile)
     cmd = [
         str(RAY_BIN / "ray"), "start", "--head", "--block",
         f"--num-cpus={profile.num_cpus}", "--num-gpus=0",
@@ -167,13 +172,92 @@ def up(profile: Profile, timeout: float = 180.0) -> None:
             sys.exit(f"ray start exited with code {process.returncode}; log tail:\n{tail}")
         if version := answers(profile):
             print(f"Ray {version} head ({profile.name}) up at {profile.address} in {time.monotonic() - started:.0f}s")
+            _start_workers(profile, env, started + timeout)
             return
         time.sleep(1)
     down(profile)
     sys.exit(f"Ray head did not answer at {profile.address} within {timeout:.0f}s; see {log_path}")
 
 
+def _env(profile: Profile) -> dict[str, str]:
+    token_path = profile.state_dir / "auth_token"
+    token(profile)
+    env = {
+        **os.environ,
+        "PATH": f"{RAY_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_AUTH_TOKEN", None)
+    return env
+
+
+def alive_nodes(profile: Profile) -> list[dict]:
+    """The cluster's alive nodes, from the dashboard's state API."""
+    request = urllib.request.Request(
+        profile.address + "/api/v0/nodes?limit=100&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE",
+        headers={"Authorization": f"Bearer {token(profile)}", "User-Agent": "raydllm-local"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)["data"]["result"]["result"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return []
+
+
+def _start_workers(profile: Profile, env: dict[str, str], deadline: float) -> None:
+    """Start the profile's worker nodes one at a time (two raylets starting together can
+    race for a port), each on fixed ports of its own, and wait until each has joined."""
+    pids: list[int] = []
+    for index, (cpus, resources) in enumerate(profile.workers, start=1):
+        base = profile.gcs_port + 100 + 10 * index
+        cmd = [
+            str(RAY_BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{profile.gcs_port}",
+            "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
+            f"--resources={json.dumps(dict(resources))}",
+            f"--object-store-memory={profile.worker_object_store_bytes}",
+            f"--node-manager-port={base}", f"--object-manager-port={base + 1}", f"--metrics-export-port={base + 2}",
+            f"--dashboard-agent-grpc-port={base + 3}", f"--runtime-env-agent-port={base + 4}",
+            f"--dashboard-agent-listen-port={profile.agent_port + index}", "--disable-usage-stats",
+        ]  # fmt: skip
+        with open(profile.state_dir / f"worker-{index}.log", "wb") as log:
+            process = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        pids.append(process.pid)
+        (profile.state_dir / "workers.pid").write_text("\n".join(map(str, pids)))
+        while len(alive_nodes(profile)) < 1 + index:
+            if process.poll() is not None or time.monotonic() > deadline:
+                down(profile)
+                sys.exit(f"worker node {index} of the {profile.name} cluster did not join; see "
+                         f"{profile.state_dir}/worker-{index}.log and the raylet logs under {profile.temp_dir}")
+            time.sleep(1)
+    if pids:
+        print(f"{len(pids)} worker nodes joined the {profile.name} head")
+
+
+def _stop_workers(profile: Profile, timeout: float) -> None:
+    pid_file = profile.state_dir / "workers.pid"
+    if not pid_file.exists():
+        return
+    pids = [int(p) for p in pid_file.read_text().split()]
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.5)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    pid_file.unlink(missing_ok=True)
+
+
 def down(profile: Profile, timeout: float = 60.0) -> None:
+    _stop_workers(profile, timeout / 2)
     pid = _pid(profile)
     if pid is None:
         print(f"no Ray head ({profile.name}) started by this script is running")

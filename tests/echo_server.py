@@ -12,6 +12,10 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# The last user message of every authorized request, in arrival order (a drill counts
+# which rows a try sent to the endpoint).
+SEEN: list[str] = []
+
 
 def start(api_key: str) -> tuple[ThreadingHTTPServer, str]:
     class Handler(BaseHTTPRequestHandler):
@@ -21,6 +25,7 @@ def start(api_key: str) -> tuple[ThreadingHTTPServer, str]:
                 self._send(401, {"error": {"message": "missing or wrong API key"}})
                 return
             user = [m["content"] for m in body.get("messages", []) if m.get("role") == "user"]
+            SEEN.append(user[-1] if user else "")
             text = f"echo: {user[-1] if user else ''}"
             self._send(200, {
                 "id": "chatcmpl-echo", "object": "chat.completion", "model": body.get("model", "echo"),

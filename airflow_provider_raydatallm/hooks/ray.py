@@ -293,6 +293,10 @@ class RayHook(BaseHook):
         actors, groups, nodes = (self._run(call) for call in self._demand_calls(job_hex_id))
         return _state.demands(job_hex_id, actors, groups, nodes)
 
+    def state_rows(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a Ray state API listing, e.g. ``/api/v0/actors`` with its filter parameters."""
+        return self._run(self._state_call(path, params))
+
     def get_cluster_version(self) -> str:
         """The Ray version of the cluster, e.g. ``"2.60.0"``."""
         return self._run(self._version_call())

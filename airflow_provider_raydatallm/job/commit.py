@@ -6,7 +6,10 @@ The provider owns only what it wrote. Layout of a committed output directory::
       <data files>                 named by Ray's writer (unique per write)
       _SUCCESS                     the manifest: JSON naming exactly the committed files
       _raydllm/staging/<tag>/      an attempt's files before its commit (hidden from readers:
-                                   Parquet/Arrow/Spark readers skip names starting with "_")
+                                   Parquet/Arrow/Spark readers skip names starting with "_");
+                                   with resumable runs ``<tag>`` is the task instance's resume
+                                   key, so a retry finds what the failed try wrote, and
+                                   ``_blocks/`` in it records each written block (resume.py)
       _raydllm/pending-<tag>.json  the files a commit in progress is moving in
 
 A commit, run while the attempt holds the output's lock (``job/lock.py``):
@@ -36,6 +39,7 @@ log = logging.getLogger("raydllm.job")
 MANIFEST = "_SUCCESS"
 MANIFEST_KIND = "airflow-provider-raydatallm/manifest"
 WORK_DIR = "_raydllm"
+PROGRESS_DIR = "_blocks"  # inside a staging directory: block records, never committed
 
 
 class OutputNotOwnedError(RuntimeError):
@@ -85,10 +89,12 @@ class Manifest:
 class OutputDir:
     """One output (or error output) directory, and the attempt ``tag`` writing it."""
 
-    def __init__(self, uri: str, tag: str, skip: str | None = None):
-        """``skip``: a directory nested in this one that is committed on its own (``_errors``)."""
+    def __init__(self, uri: str, tag: str, skip: str | None = None, staging: str | None = None):
+        """``skip``: a directory nested in this one that is committed on its own (``_errors``);
+        ``staging``: the staging directory's name when it outlives the attempt (a resume key)."""
         self.uri = uri.rstrip("/")
         self.tag = tag
+        self.staging_name = staging or tag
         self.fs, self.path = _fs(self.uri)
         self.skip = _fs(skip)[1] if skip else None
         # Whether the directory was there before this attempt: a failed attempt removes only
@@ -99,7 +105,7 @@ class OutputDir:
 
     @property
     def staging_uri(self) -> str:
-        return f"{self.uri}/{WORK_DIR}/staging/{self.tag}"
+        return f"{self.uri}/{WORK_DIR}/staging/{self.staging_name}"
 
     def _abs(self, relative: str) -> str:
         return f"{self.path}/{relative}"
@@ -175,7 +181,7 @@ class OutputDir:
         """Remove other attempts' staging and the files of their unfinished commits."""
         removed = []
         for staging in self.fs.glob(self._abs(f"{WORK_DIR}/staging/*")):
-            if posixpath.basename(staging) != self.tag:
+            if posixpath.basename(staging) != self.staging_name:
                 self.fs.rm(staging, recursive=True)
                 removed.append(staging)
         manifest = self.manifest()
@@ -196,7 +202,7 @@ class OutputDir:
         if not self.fs.exists(staging):
             return []
         found = (posixpath.relpath(p.rstrip("/"), staging) for p in self.fs.find(staging))
-        return sorted(f for f in found if f != ".")
+        return sorted(f for f in found if f != "." and f.split("/", 1)[0] != PROGRESS_DIR)
 
     def commit(self, manifest: Manifest, overwrite: bool, pause_seconds: float = 0.0) -> list[str]:
         """Swap the staged files in as the directory's version; return the files removed."""

@@ -38,6 +38,9 @@ class JobMetrics(BaseModel):
     # reading, writing and committing.
     inference_seconds: float = 0.0
     startup_seconds: float = 0.0
+    # Rows an earlier try of the same task instance wrote, carried over without processing
+    # them again (rows_in counts them; rows_per_second does not).
+    resumed_rows: int = 0
 
     @property
     def balanced(self) -> bool:

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, commit, io, lock, preflight, rows, sink
+from airflow_provider_raydatallm.job import callables, commit, io, lock, preflight, resume, rows, sink
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, first_error_records, split_wall, stage_seconds
 from airflow_provider_raydatallm.job.spec import JobSpec, ProcessorSpec, SecretRef
 
@@ -93,6 +93,16 @@ def choose_partitions(requested: int | None, concurrency: int, cluster_slots: in
     return max(1, min(3 * workers, rows_in))
 
 
+# Blocks never grow past this many rows, whatever the input's size: the object store holds
+# a bounded number of bounded blocks, so its peak does not grow with the row count.
+MAX_BLOCK_ROWS = int(os.environ.get("RAYDLLM_MAX_BLOCK_ROWS") or 5000)
+
+
+def block_rows(rows: int, partitions: int) -> int:
+    """Rows per block: the partitions' share of the rows, at most MAX_BLOCK_ROWS."""
+    return max(1, min(-(-rows // max(1, partitions)), MAX_BLOCK_ROWS))
+
+
 def _cluster_slots(config: Any) -> int:
     import ray
 
@@ -128,14 +138,41 @@ def check_counts(rows_in: int, counts: dict[str, int], first_errors: list[dict[s
         )
 
 
-def _locations(spec: JobSpec, tag: str) -> tuple[commit.OutputDir, commit.OutputDir | None, commit.OutputDir]:
+def _locations(
+    spec: JobSpec, tag: str, staging: str | None = None
+) -> tuple[commit.OutputDir, commit.OutputDir | None, commit.OutputDir]:
     """The output directory, the error directory when it is not nested in the output (else
     None), and the error directory."""
     out_uri, err_uri = spec.output.uri.rstrip("/"), spec.output.error_uri.rstrip("/")
     nested = err_uri.startswith(out_uri + "/")
-    errors = commit.OutputDir(err_uri, tag)
-    output = commit.OutputDir(out_uri, tag, skip=err_uri if nested else None)
+    errors = commit.OutputDir(err_uri, tag, staging=staging)
+    output = commit.OutputDir(out_uri, tag, skip=err_uri if nested else None, staging=staging)
     return output, (errors if not nested else None), errors
+
+
+def _skip_written(
+    ds: Any, progress: resume.Progress, spec: JobSpec, columns: list[str], rows_in: int, output: commit.OutputDir
+) -> tuple[Any, int, resume.Progress]:
+    """The input without the rows earlier tries wrote: (dataset, rows left, progress), or
+    the whole input and no progress when the ids do not match one row each."""
+    import ray
+
+    ids = ray.put(frozenset(progress.ids))
+    left = ds.map_batches(resume.SkipDone(ids, spec.input.id_column, columns), batch_format="pyarrow")
+    remaining = left.count()
+    if rows_in - remaining != progress.rows:
+        log.warning(
+            "resume: %d input rows match the %d rows earlier tries wrote (values of id_column %r are not "
+            "unique, or the input changed); starting from zero", rows_in - remaining, progress.rows,
+            spec.input.id_column,
+        )  # fmt: skip
+        resume.forget(output)
+        return ds, rows_in, resume.Progress()
+    log.info(
+        "resuming: %d of %d rows were written by an earlier try of this task (%d blocks); %d to process",
+        progress.rows, rows_in, progress.blocks, remaining,
+    )  # fmt: skip
+    return left, remaining, progress
 
 
 def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobResult:
@@ -149,7 +186,8 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     preprocess, postprocess = callables.load(spec.preprocess), callables.load(spec.postprocess)
     config = build_config(spec.processor, spec.should_continue_on_error, secrets)
 
-    output, separate_errors, errors = _locations(spec, tag)
+    staging, resumable = resume.staging_name(spec.run, spec.input.id_column, tag)
+    output, separate_errors, errors = _locations(spec, tag, staging)
     dirs = [d for d in (output, separate_errors) if d is not None]
     holder = {"submission_id": spec.run.submission_id or tag, "run": spec.run.model_dump()}
     locks = lock.acquire([d.fs.unstrip_protocol(d.path) for d in dirs], holder, LOCK_WAIT_SECONDS)
@@ -158,16 +196,28 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         for stale in directory.clear_stale():
             log.info("removed what an earlier attempt left unfinished: %s", stale)
     preflight.run_all(spec, tag)
+    # Error rows of a failed try are processed again; its recorded good rows are kept.
+    errors.discard_staging()
+    progress = resume.load(output) if resumable else resume.Progress()
 
     ds = io.read_input(spec.input)
     columns = list(ds.schema().names)
     preflight.check_id_column(spec.input.id_column, columns)
     rows_in = ds.count()
+    to_process = rows_in
+    if progress.rows:
+        ds, to_process, progress = _skip_written(ds, progress, spec, columns, rows_in, output)
     num_partitions = choose_partitions(
-        spec.input.num_partitions, _max_concurrency(config), _cluster_slots(config), rows_in
+        spec.input.num_partitions, _max_concurrency(config), _cluster_slots(config), to_process
     )
-    log.info("read %d rows (%s) from %s; %d partitions", rows_in, ", ".join(columns), spec.input.uris, num_partitions)
-    ds = ds.repartition(num_partitions)
+    rows_per_block = block_rows(to_process, num_partitions)
+    log.info(
+        "read %d rows (%s) from %s; %d partitions (blocks of at most %d rows)",
+        rows_in, ", ".join(columns), spec.input.uris, num_partitions, rows_per_block,
+    )  # fmt: skip
+    # Streaming repartition: blocks are cut as rows arrive, never the whole input at once
+    # (repartition(n) is an all-to-all step that holds every row in the object store).
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block)
 
     go_on = spec.should_continue_on_error
     processor = build_processor(
@@ -179,18 +229,30 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     # records to the error output's) as it leaves the processor; only tallies come back.
     # (Materializing the tallies holds one small row per block, and keeps the pass's stats.)
     tallies = processor(ds).map_batches(
-        sink.WriteBlock(output.staging_uri, errors.staging_uri, spec.output.format, columns),
+        sink.WriteBlock(output.staging_uri, errors.staging_uri, spec.output.format, columns, record=resumable),
         batch_format="pyarrow", batch_size=None,
     )  # fmt: skip
     try:
-        tallies = tallies.materialize()
-        counts, first_errors = sink.totals(tallies.take_all())
+        if to_process:
+            tallies = tallies.materialize()
+            counts, first_errors = sink.totals(tallies.take_all())
+            stats_text = tallies.stats()
+        else:  # an earlier try wrote every row: nothing to run
+            (counts, first_errors), stats_text = sink.totals([]), ""
+        for key in resume.COUNTED:
+            counts[key] += progress.counts[key]
         check_counts(rows_in, counts, first_errors, spec.max_error_ratio)
     except BaseException:
-        for directory in (errors, output):  # the error directory may be inside the output
-            directory.discard_staging()  # a failed attempt leaves the outputs as they were
+        errors.discard_staging()  # error rows are processed again by any later try
+        if resumable and spec.run.keep_progress:
+            kept = resume.load(output)
+            log.info(
+                "this try failed; the %d rows written so far (%d blocks) stay staged for the task's next try",
+                kept.rows, kept.blocks,
+            )  # fmt: skip
+        else:
+            output.discard_staging()  # a failed attempt leaves the outputs as they were
         raise
-    stats_text = tallies.stats()
     rows_out, error_rows = counts["ok"], counts["errors"]
     wall = time.monotonic() - started
     stages = stage_seconds(stats_text)
@@ -202,12 +264,13 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         input_tokens=counts["i"],
         output_tokens=counts["o"],
         wall_seconds=round(wall, 3),
-        rows_per_second=round(rows_in / wall, 3) if wall else 0.0,
-        output_tokens_per_second=round(counts["o"] / wall, 3) if wall else 0.0,
+        rows_per_second=round((rows_in - progress.rows) / wall, 3) if wall else 0.0,
+        output_tokens_per_second=round((counts["o"] - progress.counts["o"]) / wall, 3) if wall else 0.0,
         num_partitions=num_partitions,
         stage_seconds=stages,
         inference_seconds=inference_seconds,
         startup_seconds=startup_seconds,
+        resumed_rows=progress.rows,
     )
     result = JobResult(
         output_uri=spec.output.uri,

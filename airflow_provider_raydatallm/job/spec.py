@@ -139,6 +139,11 @@ class RunIdentity(_Model):
     map_index: int = -1
     try_number: int = 0
     submission_id: str = ""
+    # Resumable runs (job/resume.py): the tries of one task instance since it was last
+    # cleared, with the same spec, share this key; empty: every attempt starts from zero.
+    resume_key: str = ""
+    # Another try will follow if this one fails: keep the rows it wrote for that try.
+    keep_progress: bool = False
 
 
 class JobSpec(_Model):

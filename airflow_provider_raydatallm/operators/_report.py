@@ -57,7 +57,8 @@ def rate(value: float) -> str:
 def summary_line(job_id: str, m: JobMetrics, output_uri: str) -> str:
     return (
         f"Ray job {job_id}: {m.rows_in:,} rows in, {m.rows_out:,} out, {m.error_rows:,} errors; "
-        f"{m.input_tokens:,} input / {m.output_tokens:,} output tokens; {rate(m.rows_per_second)} rows/s, "
+        + (f"{m.resumed_rows:,} rows carried over from an earlier try; " if m.resumed_rows else "")
+        + f"{m.input_tokens:,} input / {m.output_tokens:,} output tokens; {rate(m.rows_per_second)} rows/s, "
         f"{rate(m.output_tokens_per_second)} output tokens/s; {m.wall_seconds:.1f} s "
         f"({m.startup_seconds:.1f} s start-up and other stages, {m.inference_seconds:.1f} s inference); "
         f"output {output_uri}"

@@ -140,6 +140,24 @@ def submission_id(base: str, attempt: int) -> str:
     return f"{base}-a{attempt}"
 
 
+def with_resume(identity: RunIdentity, max_tries: int | None, retries: int, spec_digest: str) -> RunIdentity:
+    """The identity with its resume key: shared by the tries of this task instance since it
+    was last cleared (Airflow's first try of that series is ``max_tries - retries + 1``: a
+    clear raises ``max_tries`` to the current try plus ``retries``), and by the same spec
+    only (a spec changed by the user starts from zero). ``keep_progress``: another try follows
+    if this one fails."""
+    if max_tries is None:  # no scheduler behind the task (e.g. a bare execute())
+        max_tries = identity.try_number - 1 + retries
+    first_try = max(1, max_tries - retries + 1)
+    key = hashlib.sha1(
+        "\0".join([identity.dag_id, identity.task_id, identity.run_id, str(identity.map_index), str(first_try),
+                   spec_digest]).encode()  # fmt: skip
+    ).hexdigest()[:20]
+    return identity.model_copy(
+        update={"resume_key": f"resume-{key}", "keep_progress": identity.try_number <= max_tries}
+    )
+
+
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
 
 

@@ -59,6 +59,8 @@ class RayLLMBatchOperator(BaseOperator):
     :param limit: process at most this many rows.
     :param num_partitions: blocks to repartition into before inference; default 3x the
         inference workers the cluster can hold (the seeds advise 2-4x), at most one per row.
+        Blocks are cut as rows stream in and hold at most 5,000 rows each (more blocks on a
+        large input), so memory does not grow with the input.
     :param id_column: column that identifies a row in error output; default a content hash.
     :param output_uri: output directory URI (``output`` is taken: it is Airflow's XComArg). Templated. A rerun replaces it; readers wait for
         ``_SUCCESS``.
@@ -88,6 +90,9 @@ class RayLLMBatchOperator(BaseOperator):
         (e.g. an ``accelerator_type`` it lacks) before it is stopped and the task fails; the
         wait is named in the task log within a minute. Default 900; None never stops it.
     :param fetch_logs: copy the job's log into the task log while waiting.
+    :param resume: with ``id_column`` set, a retry of a try that failed midway processes only
+        the rows that try did not write (its written rows stay staged until the commit);
+        clearing the task, or changing its spec, starts from zero. Default True.
     """
 
     template_fields: Sequence[str] = (
@@ -129,6 +134,7 @@ class RayLLMBatchOperator(BaseOperator):
         timeout: float | timedelta | None = None,
         pending_timeout: float | timedelta | None = DEFAULT_PENDING_TIMEOUT,
         fetch_logs: bool = True,
+        resume: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -160,6 +166,7 @@ class RayLLMBatchOperator(BaseOperator):
         self.timeout = _seconds(timeout)
         self.pending_timeout = _seconds(pending_timeout)
         self.fetch_logs = fetch_logs
+        self.resume = resume
         self._submission_id: str | None = None  # for on_kill, within one execute() call
         self._record: dict[str, Any] | None = None  # what execute() pushed to XCom ray_job
         self._lineage: dict[str, Any] | None = None  # the result, for OpenLineage
@@ -210,6 +217,9 @@ class RayLLMBatchOperator(BaseOperator):
             try_number=getattr(ti, "try_number", 0) or 0,
         )  # fmt: skip
         spec = self.build_spec(identity)
+        if self.resume:
+            resumed = sub.with_resume(identity, getattr(ti, "max_tries", None), self.retries or 0, _jobs.spec_hash(spec))
+            spec = spec.model_copy(update={"run": resumed})
         sub.refuse_secret_env(self.runtime_env, self.task_id)
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         secrets: dict[str, str] = {}

@@ -72,7 +72,8 @@ def problems(type_name: str, kwargs: dict[str, Any]) -> list[str]:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known))})"
             found.append(f"processor_config.{key}: {type_name} has no field {key!r}{hint}")
-    checked = {k: v for k, v in kwargs.items() if k in known}
+    # Python tuples (concurrency=(2, 4)) are JSON arrays, as the spec ships them.
+    checked = json.loads(json.dumps({k: v for k, v in kwargs.items() if k in known}, default=str))
     validator = Draft202012Validator(schema)
     for error in sorted(validator.iter_errors(checked), key=lambda e: list(e.absolute_path)):
         if error.validator == "additionalProperties":

@@ -134,3 +134,21 @@ with _dag("test_helper_module"):
         preprocess=lambda row: {"payload": helpers_mod.build_payload(row["item"])},
         postprocess=lambda row: {"item": row["item"], "answer": row["http_response"]["choices"][0]["message"]["content"]},
     )  # fmt: skip
+
+# --- placement across nodes: the session's cluster has two worker nodes with accelerator_type:L4 --
+
+with _dag("test_placement_l4"):
+    # What a user with one L4 per node writes, except the GPU: the default bundle asks for
+    # {"GPU": 1, "CPU": 1} per replica; here the custom resource gpu_slot (one per local worker
+    # node, scripts/local_ray.py) stands in for the GPU this machine lacks. concurrency=(2, 2)
+    # starts both replicas at once (an int n autoscales from 1 to n in Ray 2.60); the CPU
+    # stages keep one actor each.
+    _batch(
+        processor_config=cpu_vllm_config(
+            accelerator_type="L4", concurrency=(2, 2), batch_size=8,
+            placement_group_config={"bundles": [{"CPU": 1, "gpu_slot": 1}]},
+            chat_template_stage={"concurrency": 1}, tokenize_stage={"concurrency": 1},
+            detokenize_stage={"concurrency": 1},
+        ),
+        preprocess=preprocess, postprocess=postprocess, id_column="Customer Id", num_partitions=4,
+    )  # fmt: skip

@@ -237,7 +237,7 @@ def test_resources_no_node_has_are_named_then_the_job_is_stopped(real_airflow, t
     run_id = real_airflow.trigger("drill_unplaceable", conf)
     job = _wait_job("drill_unplaceable", run_id, {RayJobStatus.RUNNING})
     running_at = time.monotonic()
-    said = re.compile(r"waits for resources the cluster cannot give it: .*'accelerator_type:L4': 0.001.*no node has accelerator_type:L4")
+    said = re.compile(r"waits for resources the cluster cannot give it: .*'accelerator_type:H100': 0.001.*no node has accelerator_type:H100")
     while not said.search(real_airflow.task_log("drill_unplaceable", run_id, "classify")):
         assert time.monotonic() - running_at < 60, real_airflow.task_log("drill_unplaceable", run_id, "classify")[-3000:]
         time.sleep(1)
@@ -269,3 +269,62 @@ def test_no_secret_in_any_jobs_api_response_task_log_or_xcom(real_airflow, ray_c
         _assert_no_secret(path.read_text(errors="replace"))
     for component in ("scheduler", "triggerer", "api-server", "dag-processor"):
         _assert_no_secret(real_airflow.component_log(component))
+
+
+def _resume_input(path: Path, tag: str, flag: Path) -> str:
+    """24 rows; row 24 fails its partition (after 20 s) while ``flag`` exists."""
+    flag.write_text("fail")
+    rows = [{"id": i, "item": f"{tag} {i}", "delay": 0} for i in range(1, 25)]
+    rows[-1].update(fail_flag=str(flag), delay=20)
+    return str(write_jsonl(path, rows))
+
+
+def _sent(tag: str) -> list[int]:
+    """The rows of a drill's input (items ``<tag> <id>``) sent to the echo endpoint, in order."""
+    from tests import echo_server
+
+    return [int(m.rsplit(" ", 1)[1]) for m in list(echo_server.SEEN) if f" {tag} " in f" {m.rsplit(' ', 1)[0]} "]
+
+
+def test_a_retry_resumes_where_the_failed_try_stopped(real_airflow, tmp_path):
+    out, flag, tag = tmp_path / "out", tmp_path / "fail.flag", "resume-retry"
+    conf = {"input": _resume_input(tmp_path / "in.jsonl", tag, flag), "output": str(out)}
+    run_id = real_airflow.trigger("drill_resume", conf)
+    real_airflow.wait_ti("drill_resume", run_id, "ask", {"up_for_retry", "failed"}, 600)
+    flag.unlink()
+    first_try = _sent(tag)
+    assert 24 not in first_try  # the failing row's partition never reached the endpoint
+    records = [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
+    written = sorted(int(i) for r in records for i in r["ids"])
+    assert len(written) >= 4 and set(written) <= set(first_try), (written, first_try)  # kept for the retry
+    assert not (out / "_SUCCESS").exists()  # nothing committed
+
+    assert real_airflow.wait_ti("drill_resume", run_id, "ask", {"success", "failed"}, 600)["state"] == "success"
+    second_try = sorted(_sent(tag)[len(first_try):])
+    assert second_try == sorted(set(range(1, 25)) - set(written))  # only the rows the failed try did not write
+    metrics = real_airflow.xcom("drill_resume", run_id, "ask")["metrics"]
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (24, 24, 0)
+    assert metrics["resumed_rows"] == len(written)
+    log = real_airflow.task_log("drill_resume", run_id, "ask", 2)
+    assert f"resuming: {len(written)} of 24 rows were written by an earlier try" in log
+    ids = [r["id"] for r in pq.read_table(out).to_pylist()]
+    assert sorted(ids) == list(range(1, 25))  # every id exactly once
+    assert not (out / "_raydllm").exists()
+    assert [j.status for j in _jobs("drill_resume", run_id)] == [RayJobStatus.FAILED, RayJobStatus.SUCCEEDED]
+
+
+def test_clearing_a_task_whose_try_failed_midway_starts_from_zero(real_airflow, tmp_path):
+    out, flag, tag = tmp_path / "out", tmp_path / "fail.flag", "resume-clear"
+    conf = {"input": _resume_input(tmp_path / "in.jsonl", tag, flag), "output": str(out)}
+    run_id = real_airflow.trigger("drill_resume_clear", conf)
+    real_airflow.wait_ti("drill_resume_clear", run_id, "ask", {"up_for_retry", "failed"}, 600)
+    flag.unlink()
+    assert len(list(out.glob("_raydllm/staging/resume-*/_blocks/*.json"))) >= 1
+    sent_before = len(_sent(tag))
+
+    real_airflow.clear("drill_resume_clear", run_id, "ask")  # instead of waiting 2 h for the retry
+    assert real_airflow.wait_ti("drill_resume_clear", run_id, "ask", {"success", "failed"}, 600)["state"] == "success"
+    assert len(_sent(tag)) - sent_before == 24  # every row again
+    metrics = real_airflow.xcom("drill_resume_clear", run_id, "ask")["metrics"]
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["resumed_rows"]) == (24, 24, 0)
+    assert sorted(r["id"] for r in pq.read_table(out).to_pylist()) == list(range(1, 25))

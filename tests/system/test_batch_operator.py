@@ -178,3 +178,51 @@ def test_a_preprocess_using_a_helper_module_beside_the_dag_file_works_on_the_clu
     assert test_dags.states(run) == {"ask": "success"}
     answers = sorted(pq.read_table(out).column("answer").to_pylist())
     assert answers == sorted(f"echo: helper says: {q}" for q in QUESTIONS)
+
+
+def test_accelerator_type_l4_with_concurrency_2_puts_one_engine_on_each_worker_node(test_dags, tmp_path):
+    """The session's cluster is a head plus two worker nodes with ``accelerator_type:L4``
+    (scripts/local_ray.py, profile test): the vLLM replicas must land there, one per node.
+    A replica is an actor with a worker process (pid); the state API's worker list says which
+    node each process runs on. It is read while the job runs: a replica still starting when
+    the work is done ends without ever being ALIVE, and its actor record then has no node."""
+    import threading
+
+    customers = write_customers_csv(tmp_path / "customers.csv", 32)
+    out = tmp_path / "industries"
+    hook = RayHook()
+    node_of_pid: dict[int, str] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for worker in hook.state_rows("/api/v0/workers", {"detail": "true", "limit": 10000}):
+                if worker.get("pid") and worker.get("node_id"):
+                    node_of_pid[int(worker["pid"])] = worker["node_id"]
+            done.wait(1.0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run = test_dags.run("test_placement_l4", {"input": str(customers), "output": str(out)})
+    finally:
+        done.set()
+        watcher.join()
+    assert test_dags.states(run) == {"classify": "success"}
+    labels = pq.read_table(out).column("inferred_industry").to_pylist()
+    assert len(labels) == 32 and set(labels) <= set(CHOICES)
+
+    job_hex = hook.get_job_info(test_dags.xcom(run, "classify")["submission_id"]).job_id
+    actors = hook.state_rows(
+        "/api/v0/actors", {"detail": "true", "limit": 1000, "filter_keys": "job_id", "filter_predicates": "=",
+                           "filter_values": job_hex},
+    )  # fmt: skip
+    engines = [a for a in actors if "vLLMEngineStageUDF" in (a.get("class_name") or "")]
+    placed = sorted(a.get("node_id") or node_of_pid.get(int(a.get("pid") or 0), "?") for a in engines)
+    assert len(placed) == 2 and len(set(placed)) == 2 and "?" not in placed, [
+        (a.get("pid"), a.get("node_id"), a.get("state")) for a in engines
+    ]
+    nodes = {n["node_id"]: n for n in hook.state_rows("/api/v0/nodes", {"detail": "true", "limit": 100})}
+    for node_id in placed:  # one replica on each worker node, none on the head
+        node = nodes[node_id]
+        assert not node.get("is_head_node") and node["resources_total"].get("accelerator_type:L4") == 1, node

@@ -30,7 +30,8 @@ def test_a_block_splits_into_output_and_error_files_and_a_tally(tmp_path, fmt):
     tally = sink.WriteBlock(str(ok_dir), str(err_dir), fmt, COLUMNS)(_block()).to_pylist()[0]
     assert (tally["ok"], tally["errors"], tally["not_inferred"], tally["i"], tally["o"]) == (2, 1, 0, 17, 3)
     assert [e["row_id"] for e in json.loads(tally["first_errors"])] == ["2"]
-    (ok_file,), (err_file,) = list(ok_dir.iterdir()), list(err_dir.iterdir())
+    (ok_file,), (err_file,) = list(ok_dir.glob("part-*")), list(err_dir.glob("part-*"))
+    assert not list(ok_dir.rglob(".tmp-*"))  # written aside, then renamed in whole
     assert ok_file.suffix == f".{fmt}" and err_file.suffix == f".{fmt}"
     if fmt == "parquet":
         out = pq.read_table(ok_file)
@@ -53,4 +54,4 @@ def test_a_block_without_errors_writes_no_error_file_and_totals_add_up(tmp_path)
     counts, first = sink.totals(tallies)
     assert counts == {"ok": 4, "errors": 1, "not_inferred": 0, "i": 34, "o": 6}
     assert [e["row_id"] for e in first] == ["2"]
-    assert len(list((tmp_path / "out").iterdir())) == 2 and len(list((tmp_path / "errors").iterdir())) == 1
+    assert len(list((tmp_path / "out").glob("part-*"))) == 2 and len(list((tmp_path / "errors").glob("part-*"))) == 1

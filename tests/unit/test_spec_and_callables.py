@@ -223,3 +223,11 @@ def test_processor_config_is_rendered_but_not_the_templates_inside_it():
     op.render_template_fields({"ds": "2026-11-22", "params": {"model": "smol"}})
     assert op.processor_config["model_source"] == "/models/smol" and op.input_uri == "/data/2026-11-22.jsonl"
     assert op.processor_config["chat_template_stage"]["chat_template"] == chat_template
+
+
+def test_a_concurrency_range_given_as_a_tuple_passes_the_schema_check():
+    from airflow_provider_raydatallm import schemas
+
+    kwargs = {"model_source": "m", "concurrency": (2, 4), "accelerator_type": "L4"}
+    assert schemas.problems("vLLMEngineProcessorConfig", kwargs) == []
+    assert any("concurrency" in p for p in schemas.problems("vLLMEngineProcessorConfig", {**kwargs, "concurrency": (4, 2)}))

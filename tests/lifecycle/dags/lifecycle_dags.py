@@ -32,6 +32,18 @@ def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         {"role": "system", "content": PROMPT}, {"role": "user", "content": f"{PROMPT} {row['item']}"}]}}  # fmt: skip
 
 
+def fail_while_flagged(row: dict[str, Any]) -> dict[str, Any]:
+    """preprocess, except that a row naming a ``fail_flag`` file fails the whole try (after
+    its ``delay``) while that file exists: the drill removes it before the retry."""
+    import os
+
+    flag = row.get("fail_flag")  # NaN on the other rows (pandas reads the JSON)
+    if isinstance(flag, str) and os.path.exists(flag):
+        time.sleep(float(row.get("delay") or 0))
+        raise RuntimeError(f"row {row['id']}: this try fails on purpose (flag {flag})")
+    return preprocess({**row, "delay": 0})
+
+
 def postprocess(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "item": row["item"], "prompt": PROMPT,
             "answer": row["http_response"]["choices"][0]["message"]["content"]}  # fmt: skip
@@ -66,7 +78,13 @@ with _dag("drill_same_output", max_active_runs=2):
 
 with _dag("drill_unplaceable"):
     _batch(
-        "classify", processor_config=cpu_vllm_config(accelerator_type="L4"), http_conn_id=None,
+        "classify", processor_config=cpu_vllm_config(accelerator_type="H100"), http_conn_id=None,
         preprocess=lambda row: {"messages": [{"role": "user", "content": row["item"]}]}, postprocess=None,
         deferrable=True, pending_timeout=40,
     )  # fmt: skip
+
+# A try that fails midway, then its retry (resume) or a clear (from zero). One partition per
+# 4 rows; the failing row's partition fails last, after the others are written.
+for _dag_id, _delay in (("drill_resume", dt.timedelta(seconds=15)), ("drill_resume_clear", dt.timedelta(hours=2))):
+    with _dag(_dag_id):
+        _batch("ask", deferrable=True, retries=1, retry_delay=_delay, preprocess=fail_while_flagged, num_partitions=6)

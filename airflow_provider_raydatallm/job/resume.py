@@ -1,0 +1,114 @@
+"""Resumable runs (cluster side): a retry processes only the rows its failed try did not write.
+
+The tries of one task instance since it was last cleared, with the same spec, share a
+resume key (made on the Airflow side, ``RunIdentity.resume_key``); the output's staging
+directory is named by it instead of by the attempt, so it outlives a failed try. The sink
+writes each block's good rows as one complete file, then a record of that block
+(``_blocks/<uuid>.json``: the file, the rows' ids, counts and tokens). A retry:
+
+1. reads the records whose file is there; a data file without a record (the try died
+   between the two writes) and a record without its file are removed;
+2. drops the error rows of the failed try (they are processed again: a failure may have
+   been transient);
+3. skips input rows whose id a record names, checking that exactly as many input rows were
+   skipped as were written (ids must be unique; if not, it starts from zero instead);
+4. adds the records' counts to its own, so the commit and the metrics cover every row.
+
+A run without ``id_column`` has no stable key for a row and always starts from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_raydatallm.job import commit, rows
+
+log = logging.getLogger("raydllm.job")
+COUNTED = ("ok", "not_inferred", "i", "o")
+
+
+@dataclass
+class Progress:
+    """What earlier tries of this task instance wrote and recorded."""
+
+    ids: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+    blocks: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.counts["ok"]
+
+
+def load(output: commit.OutputDir) -> Progress:
+    """The recorded blocks in the output's staging directory; strays are removed."""
+    fs = output.fs
+    _, staging = commit._fs(output.staging_uri)
+    if not fs.exists(staging):
+        return Progress()
+    progress, kept = Progress(), set()
+    records = sorted(fs.glob(f"{staging}/{commit.PROGRESS_DIR}/*.json"))
+    for path in records:
+        try:
+            body = json.loads(fs.cat_file(path))
+        except (ValueError, FileNotFoundError):
+            body = None
+        if not body or not fs.exists(f"{staging}/{body.get('file')}"):
+            fs.rm(path)
+            continue
+        kept.add(body["file"])
+        progress.ids.update(body.get("ids") or [])
+        for key in COUNTED:
+            progress.counts[key] += int(body.get(key) or 0)
+        progress.blocks += 1
+    for rel in output.staged_files():
+        if rel not in kept:  # written, never recorded: the try died in between
+            fs.rm(f"{staging}/{rel}")
+    for tmp in fs.glob(f"{staging}/{commit.PROGRESS_DIR}/.tmp-*"):
+        fs.rm(tmp)
+    return progress
+
+
+def forget(output: commit.OutputDir) -> None:
+    """Drop every recorded block: the run starts from zero."""
+    output.discard_staging()
+
+
+class SkipDone:
+    """Drop input rows whose id an earlier try already wrote (a ``map_batches`` function).
+
+    The ids travel as one object in the object store, fetched once per worker process."""
+
+    _cache: dict[str, frozenset[str]] = {}
+
+    def __init__(self, ids_ref: Any, id_column: str, columns: list[str]):
+        self.ids_ref, self.id_column, self.columns = ids_ref, id_column, columns
+
+    def _done(self) -> frozenset[str]:
+        key = self.ids_ref.hex()
+        if key not in SkipDone._cache:
+            import ray
+
+            SkipDone._cache.clear()
+            SkipDone._cache[key] = ray.get(self.ids_ref)
+        return SkipDone._cache[key]
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+
+        done = self._done()
+        values = table.to_pylist()
+        keep = [rows.row_id(r, self.columns, self.id_column) not in done for r in values]
+        return table.filter(pa.array(keep, type=pa.bool_()))
+
+
+def staging_name(spec_run: Any, id_column: str | None, tag: str) -> tuple[str, bool]:
+    """(the staging directory's name, whether this run resumes): the resume key when the
+    run has one and rows have ids, else the attempt's tag."""
+    if spec_run.resume_key and id_column:
+        return posixpath.basename(spec_run.resume_key), True
+    return tag, False
