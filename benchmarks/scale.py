@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common, pipeline  # noqa: E402
 
 CONCURRENCY, BATCH_SIZE = 2, 256
+JOB_ENV: dict[str, str] = {}  # --env: settings for the provider's job (e.g. RAYDLLM_OBJECT_STORE_BUDGET)
 
 
 def _hook():
@@ -76,7 +78,7 @@ def run_provider(hook, source: Path, out: Path, url: str, resume_key: str = "", 
     spec = provider_spec(source, out, url, f"bench-{uuid.uuid4().hex[:8]}", resume_key)
     job_id = f"bench-provider-{uuid.uuid4().hex[:10]}"
     started = time.monotonic()
-    _jobs.submit(hook, spec, job_id, _jobs.Submission())
+    _jobs.submit(hook, spec, job_id, _jobs.Submission(runtime_env={"env_vars": JOB_ENV} if JOB_ENV else {}))
     if stop_at is not None:
         _stop_when_written(hook, job_id, out, stop_at)
     info = common.wait_job(hook, job_id)
@@ -258,8 +260,11 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="also stop a provider run half way and retry it")
     parser.add_argument("--plot", action="store_true", help="plot rows/s and memory of the largest provider run")
     parser.add_argument("--section", default="Scale: provider job vs raw Ray Data")
+    parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE environment of the provider's job")
+    parser.add_argument("--no-doc", action="store_true", help="print the figures only")
     args = parser.parse_args()
-    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
+    JOB_ENV.update(item.split("=", 1) for item in args.env)
+    command = "python benchmarks/scale.py " + shlex.join(sys.argv[1:])
     common.connect()
     hook = _hook()
     results: list[dict[str, Any]] = []
@@ -286,6 +291,8 @@ def main() -> None:
         plot(largest, image)
         body += f"\n\n![rows/s and object-store use over the run]({image.relative_to(common.ROOT / 'docs')})"
     print(body)
+    if args.no_doc:
+        return
     common.update_doc(args.section, body)
     (common.WORK / "scale.json").write_text(json.dumps({"results": [{k: v for k, v in r.items() if k != "trace"}
                                                                      for r in results], "resume": resumed}, indent=2))  # fmt: skip

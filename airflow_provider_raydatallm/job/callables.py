@@ -57,7 +57,7 @@ def _by_value_modules(module: types.ModuleType | None) -> list[types.ModuleType]
         return found
     for other in list(sys.modules.values()):
         file = getattr(other, "__file__", None)
-        if other is module or not file or other.__name__.split(".", 1)[0] == _PROVIDER:
+        if other is module or not file or other.__name__ == "__main__" or other.__name__.split(".", 1)[0] == _PROVIDER:
             continue
         if str(Path(file).resolve()).startswith(folder + "/") and not _is_installed(other):
             found.append(other)

@@ -6,6 +6,7 @@ The only provider module that imports Ray. It runs as the Ray job's driver (see
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -96,6 +97,47 @@ def choose_partitions(requested: int | None, concurrency: int, cluster_slots: in
 # Blocks never grow past this many rows, whatever the input's size: the object store holds
 # a bounded number of bounded blocks, so its peak does not grow with the row count.
 MAX_BLOCK_ROWS = int(os.environ.get("RAYDLLM_MAX_BLOCK_ROWS") or 5000)
+
+
+# What the pass may hold in the object store at once (blocks read ahead, queued between
+# stages, in flight); Ray Data throttles the read when it is reached. 0: Ray's default
+# (a share of the cluster's object store, so a large input fills it).
+OBJECT_STORE_BUDGET = int(os.environ.get("RAYDLLM_OBJECT_STORE_BUDGET") or 64 * 2**20)
+# Read blocks are cut at this size (Ray's default, 128 MiB, reads a 300 MB CSV file as
+# three blocks of 128 MiB held at once).
+READ_BLOCK_BYTES = int(os.environ.get("RAYDLLM_READ_BLOCK_BYTES") or 8 * 2**20)
+
+
+def bound_memory() -> None:
+    """Keep the pass's object-store use bounded whatever the input's size."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.target_max_block_size = min(ctx.target_max_block_size or READ_BLOCK_BYTES, READ_BLOCK_BYTES)
+    if OBJECT_STORE_BUDGET:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=OBJECT_STORE_BUDGET
+        )
+
+
+def _probe(table: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"rows": [table.num_rows], "columns": [json.dumps(table.column_names)]})
+
+
+def columns_and_rows(ds: Any, fmt: str) -> tuple[list[str], int]:
+    """The input's columns and row count. Parquet files say both in their footers; a text
+    input is read once, streaming, block by block: ``schema()`` would read a whole file to
+    give one row, and hold what it read."""
+    if fmt == "parquet":
+        return list(ds.schema().names), ds.count()
+    probes = ds.map_batches(_probe, batch_format="pyarrow", batch_size=None).take_all()
+    columns = next((json.loads(p["columns"]) for p in probes if p["rows"]), None)
+    if columns is None:  # no rows: the schema Ray infers for an empty read
+        schema = ds.schema()
+        columns = list(schema.names) if schema is not None else []
+    return columns, sum(int(p["rows"]) for p in probes)
 
 
 def block_rows(rows: int, partitions: int) -> int:
@@ -200,10 +242,10 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     errors.discard_staging()
     progress = resume.load(output) if resumable else resume.Progress()
 
+    bound_memory()
     ds = io.read_input(spec.input)
-    columns = list(ds.schema().names)
+    columns, rows_in = columns_and_rows(ds, spec.input.format)
     preflight.check_id_column(spec.input.id_column, columns)
-    rows_in = ds.count()
     to_process = rows_in
     if progress.rows:
         ds, to_process, progress = _skip_written(ds, progress, spec, columns, rows_in, output)

@@ -231,3 +231,18 @@ def test_a_concurrency_range_given_as_a_tuple_passes_the_schema_check():
     kwargs = {"model_source": "m", "concurrency": (2, 4), "accelerator_type": "L4"}
     assert schemas.problems("vLLMEngineProcessorConfig", kwargs) == []
     assert any("concurrency" in p for p in schemas.problems("vLLMEngineProcessorConfig", {**kwargs, "concurrency": (4, 2)}))
+
+
+def test_a_helper_beside_a_script_travels_by_value_without_the_script(tmp_path, monkeypatch):
+    # benchmarks/scale.py (run as __main__) ships functions of benchmarks/pipeline.py: the
+    # script itself sits in the same folder and must not be registered by value.
+    (tmp_path / "helper_mod_x1.py").write_text("def pre(row):\n    return {'y': row['x'] * 2}\n")
+    script = types.ModuleType("__main__")
+    script.__file__ = str(tmp_path / "script.py")
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import helper_mod_x1
+
+    spec = callables.pack(helper_mod_x1.pre, "preprocess")
+    del sys.modules["helper_mod_x1"]
+    assert spec.pickled and callables.load(spec)({"x": 4}) == {"y": 8}
