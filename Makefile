@@ -90,7 +90,7 @@ bench-deps: .venv/.bench
 	touch $@
 
 bench: setup ray-up bench-deps
-	.venv/bin/python benchmarks/scale.py --sizes 20000 200000 --resume
+	.venv/bin/python benchmarks/scale.py --sizes 20000 200000 --repeat 3 --resume
 
 bench-2m: setup ray-up bench-deps
 	.venv/bin/python benchmarks/scale.py --sizes 2000000 --kinds provider --plot --section "Scale: 2M rows"

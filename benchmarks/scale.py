@@ -12,7 +12,7 @@ Both run side by side in one run, alternating, at each size; the object store of
 cluster is sampled every 0.5 s (benchmarks/sampler.py). ``--resume`` adds a run stopped at
 about half way and its retry. ``--plot`` draws rows/s and object-store use over the run.
 
-``python benchmarks/scale.py --sizes 20000 200000 --resume``  (make bench)
+``python benchmarks/scale.py --sizes 20000 200000 --repeat 3 --resume``  (make bench)
 ``python benchmarks/scale.py --sizes 2000000 --kinds provider --plot``  (make bench-2m)
 """
 
