@@ -46,6 +46,12 @@ class OutputNotOwnedError(RuntimeError):
     """The output directory holds files this provider did not write."""
 
 
+def is_local(fs) -> bool:
+    """Whether ``fs`` is a local (or mounted) filesystem, where a rename is atomic."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocols
+
+
 def _fs(uri: str):
     from fsspec.core import url_to_fs
 
@@ -247,8 +253,7 @@ class OutputDir:
             self.fs.rm(work, recursive=True)
 
     def _is_local(self) -> bool:
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
-        return "file" in protocols
+        return is_local(self.fs)
 
     def _write_manifest(self, data: bytes) -> None:
         target = self._abs(MANIFEST)

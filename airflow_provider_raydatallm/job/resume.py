@@ -73,11 +73,6 @@ def load(output: commit.OutputDir) -> Progress:
     return progress
 
 
-def forget(output: commit.OutputDir) -> None:
-    """Drop every recorded block: the run starts from zero."""
-    output.discard_staging()
-
-
 class SkipDone:
     """Drop input rows whose id an earlier try already wrote (a ``map_batches`` function).
 

@@ -208,7 +208,7 @@ def _skip_written(
             "unique, or the input changed); starting from zero", rows_in - remaining, progress.rows,
             spec.input.id_column,
         )  # fmt: skip
-        resume.forget(output)
+        output.discard_staging()  # every recorded block goes
         return ds, rows_in, resume.Progress()
     log.info(
         "resuming: %d of %d rows were written by an earlier try of this task (%d blocks); %d to process",

@@ -24,14 +24,9 @@ FIRST_ERRORS = 5
 TALLY_COLUMNS = ("ok", "errors", "not_inferred", "i", "o")
 
 
-def _is_local(fs: Any) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols
-
-
 def put_whole(fs: Any, path: str, data: bytes) -> None:
     """Write a small file so that no reader (nor a retry after a kill) sees half of it."""
-    if _is_local(fs):
+    if commit.is_local(fs):
         tmp = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}"
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
@@ -49,7 +44,7 @@ def write_table(table: Any, uri: str, fmt: str) -> str:
     path = path.rstrip("/")
     fs.makedirs(path, exist_ok=True)
     name = f"{path}/part-{uuid.uuid4().hex}.{EXTENSIONS[fmt]}"
-    target, name = name, (f"{path}/{commit.PROGRESS_DIR}/.tmp-{uuid.uuid4().hex}" if _is_local(fs) else name)
+    target, name = name, (f"{path}/{commit.PROGRESS_DIR}/.tmp-{uuid.uuid4().hex}" if commit.is_local(fs) else name)
     if target != name:
         fs.makedirs(posixpath.dirname(name), exist_ok=True)
     with fs.open(name, "wb") as handle:

@@ -286,12 +286,20 @@ def _sent(tag: str) -> list[int]:
     return [int(m.rsplit(" ", 1)[1]) for m in list(echo_server.SEEN) if f" {tag} " in f" {m.rsplit(' ', 1)[0]} "]
 
 
-def test_a_retry_resumes_where_the_failed_try_stopped(real_airflow, tmp_path):
-    out, flag, tag = tmp_path / "out", tmp_path / "fail.flag", "resume-retry"
+def _fail_first_try(real_airflow, tmp_path: Path, dag_id: str, tag: str) -> tuple[Path, str]:
+    """Run ``dag_id`` on the 24-row input until its first try failed midway; then let the
+    failing row pass. Returns (output directory, run id)."""
+    out, flag = tmp_path / "out", tmp_path / "fail.flag"
     conf = {"input": _resume_input(tmp_path / "in.jsonl", tag, flag), "output": str(out)}
-    run_id = real_airflow.trigger("drill_resume", conf)
-    real_airflow.wait_ti("drill_resume", run_id, "ask", {"up_for_retry", "failed"}, 600)
+    run_id = real_airflow.trigger(dag_id, conf)
+    real_airflow.wait_ti(dag_id, run_id, "ask", {"up_for_retry", "failed"}, 600)
     flag.unlink()
+    return out, run_id
+
+
+def test_a_retry_resumes_where_the_failed_try_stopped(real_airflow, tmp_path):
+    tag = "resume-retry"
+    out, run_id = _fail_first_try(real_airflow, tmp_path, "drill_resume", tag)
     first_try = _sent(tag)
     assert 24 not in first_try  # the failing row's partition never reached the endpoint
     records = [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
@@ -314,11 +322,8 @@ def test_a_retry_resumes_where_the_failed_try_stopped(real_airflow, tmp_path):
 
 
 def test_clearing_a_task_whose_try_failed_midway_starts_from_zero(real_airflow, tmp_path):
-    out, flag, tag = tmp_path / "out", tmp_path / "fail.flag", "resume-clear"
-    conf = {"input": _resume_input(tmp_path / "in.jsonl", tag, flag), "output": str(out)}
-    run_id = real_airflow.trigger("drill_resume_clear", conf)
-    real_airflow.wait_ti("drill_resume_clear", run_id, "ask", {"up_for_retry", "failed"}, 600)
-    flag.unlink()
+    tag = "resume-clear"
+    out, run_id = _fail_first_try(real_airflow, tmp_path, "drill_resume_clear", tag)
     assert len(list(out.glob("_raydllm/staging/resume-*/_blocks/*.json"))) >= 1
     sent_before = len(_sent(tag))
 
