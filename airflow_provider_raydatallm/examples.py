@@ -136,6 +136,80 @@ def cpu_vllm_config(**overrides) -> dict:
     return config
 
 
+DEFAULT_MODEL_ID = "smollm2-135m"
+SENTIMENT_LABELS = ["positive", "negative", "neutral"]
+
+
+def sentiment_messages(text: str, labels: list[str] = SENTIMENT_LABELS) -> list[dict[str, str]]:
+    """The chat messages that ask for one post's sentiment, as one of ``labels``."""
+    return [
+        {"role": "system", "content": f"You classify the sentiment of social media posts. Answer with one word: {', '.join(labels)}."},
+        {"role": "user", "content": text},
+    ]
+
+
+def cpu_serve_llm_config(model_id: str = DEFAULT_MODEL_ID, **overrides) -> dict:
+    """A Ray Serve ``LLMConfig`` (as a dict) for the default model on a CPU-only cluster: one
+    replica, the same engine settings as :func:`cpu_vllm_config`.
+
+    On a GPU cluster set ``model_loading_config.model_source`` (a hub id or s3:// path),
+    ``accelerator_type`` and ``engine_kwargs.tensor_parallel_size``; drop
+    ``placement_group_config`` and ``gpu_memory_utilization``; size ``autoscaling_config``.
+    """
+    config = {
+        "model_loading_config": {"model_id": model_id, "model_source": default_model_path()},
+        "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
+        "placement_group_config": {"bundles": [{"CPU": 1}]},
+        "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+    }
+    config.update(overrides)
+    return config
+
+
+def partition_day(posts_root: str, output_root: str, day: str, num_partitions: int, generate: bool,
+                  posts_per_day: int) -> list[dict[str, str]]:  # fmt: skip
+    """Split a day's posts into ``num_partitions`` JSONL files (a missing day is generated
+    when ``generate``); returns one ``{input_uri, output_uri}`` per partition. Partitions a
+    rerun with fewer of them no longer writes are removed from the day's output."""
+    import shutil
+
+    source = Path(posts_root) / f"{day}.jsonl"
+    if not source.exists():
+        if not generate:
+            raise FileNotFoundError(f"no posts for {day} at {source}")
+        write_jsonl(source, social_posts(day, posts_per_day))
+    posts = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    n = min(num_partitions, max(1, len(posts)))
+    day_dir = Path(output_root) / "sentiment" / f"date={day}"
+    for stale in day_dir.glob("part=*"):
+        if int(stale.name.split("=")[1]) >= n:
+            shutil.rmtree(stale)
+    partitions = []
+    for k in range(n):
+        path = write_jsonl(Path(output_root) / "staging" / f"date={day}" / f"part-{k}.jsonl", posts[k::n])
+        partitions.append({"input_uri": str(path), "output_uri": str(day_dir / f"part={k}")})
+    return partitions
+
+
+def summarize_day(results: list[dict], labels: list[str], day: str, sql_conn_id: str, output_root: str) -> dict:
+    """Count labels over a day's partition outputs and replace the day's rows in the SQL
+    table ``daily_sentiment`` (day, label, count); returns the summary."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    counted: Counter[str] = Counter()
+    rows_in = errors = 0
+    for result in results:
+        counted.update(pq.read_table(result["output_uri"], columns=["sentiment"]).column(0).to_pylist())
+        rows_in += result["metrics"]["rows_in"]
+        errors += result["metrics"]["error_rows"]
+    rows = [(day, label, counted.get(label, 0)) for label in labels]
+    rows.append((day, "error", errors))
+    replace_day_rows(sql_hook(sql_conn_id, f"{output_root}/sentiment.db"), "daily_sentiment", day, rows)
+    return {"day": day, "posts": rows_in, "errors": errors, "labels": {k: counted.get(k, 0) for k in labels}}
+
+
 def sql_hook(conn_id: str, sqlite_fallback: str):
     """The DbApiHook of ``conn_id``; a SQLite file at ``sqlite_fallback`` if it is not defined.
 

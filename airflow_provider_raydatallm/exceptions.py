@@ -127,3 +127,7 @@ class RayJobUnschedulableError(RayProviderError):
             f"Ray job {job_id} at {address} could not be placed and was {message}. Check the processor "
             "config's accelerator_type, concurrency and placement_group_config against the cluster's nodes."
         )
+
+
+class RayServeDeployError(RayProviderError):
+    """A Ray Serve application could not be deployed, became unhealthy, or is not this provider's to change."""

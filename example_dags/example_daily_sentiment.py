@@ -33,10 +33,16 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
+from airflow_provider_raydatallm.examples import (
+    EXAMPLE_MACROS,
+    SENTIMENT_LABELS as LABELS,
+    cpu_vllm_config,
+    examples_dir,
+    run_day,
+    sentiment_messages,
+)
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
-LABELS = ["positive", "negative", "neutral"]
 SENTIMENT_PARQUET = Asset(name="daily_sentiment_parquet", uri="file:///raydllm/sentiment")
 SENTIMENT_TABLE = Asset(name="daily_sentiment_table", uri="sqlite:///raydllm/daily_sentiment")
 
@@ -44,14 +50,7 @@ SENTIMENT_TABLE = Asset(name="daily_sentiment_table", uri="sqlite:///raydllm/dai
 # [START howto_sentiment_callables]
 def sentiment_request(row: dict[str, Any]) -> dict[str, Any]:
     return dict(
-        messages=[
-            {
-                "role": "system",
-                "content": "You classify the sentiment of social media posts. "
-                f"Answer with one word: {', '.join(LABELS)}.",
-            },
-            {"role": "user", "content": row["text"]},
-        ],
+        messages=sentiment_messages(row["text"], LABELS),
         sampling_params=dict(temperature=0, max_tokens=4, structured_outputs=dict(choice=LABELS)),
     )
 
@@ -88,30 +87,11 @@ with DAG(
     @task
     def partition_posts(**context: Any) -> list[dict[str, str]]:
         """Split the day's posts into ``num_partitions`` files: one mapped task each."""
-        import json
-        import shutil
-        from pathlib import Path
+        from airflow_provider_raydatallm.examples import partition_day
 
-        from airflow_provider_raydatallm.examples import social_posts, write_jsonl
-
-        params, ds = context["params"], run_day(context["dag_run"])
-        source = Path(params["posts_root"]) / f"{ds}.jsonl"
-        if not source.exists():
-            if not params["generate_demo_posts"]:
-                raise FileNotFoundError(f"no posts for {ds} at {source}")
-            write_jsonl(source, social_posts(ds, params["posts_per_day"]))
-        posts = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-        n = min(params["num_partitions"], max(1, len(posts)))
-        day_dir = Path(params["output_root"]) / "sentiment" / f"date={ds}"
-        for stale in day_dir.glob("part=*"):  # a rerun with fewer partitions: drop the extra ones
-            if int(stale.name.split("=")[1]) >= n:
-                shutil.rmtree(stale)
-        partitions = []
-        for k in range(n):
-            chunk = posts[k::n]
-            path = write_jsonl(Path(params["output_root"]) / "staging" / f"date={ds}" / f"part-{k}.jsonl", chunk)
-            partitions.append({"input_uri": str(path), "output_uri": str(day_dir / f"part={k}")})
-        return partitions
+        p = context["params"]
+        return partition_day(p["posts_root"], p["output_root"], run_day(context["dag_run"]), p["num_partitions"],
+                             p["generate_demo_posts"], p["posts_per_day"])  # fmt: skip
 
     # [START howto_operator_sentiment_mapped]
     classify = RayLLMBatchOperator.partial(
@@ -130,24 +110,10 @@ with DAG(
     @task(outlets=[SENTIMENT_TABLE])
     def write_summary(results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
         """Count labels over the day's partitions and replace the day's rows in SQL."""
-        from collections import Counter
+        from airflow_provider_raydatallm.examples import summarize_day
 
-        import pyarrow.parquet as pq
-
-        from airflow_provider_raydatallm.examples import sql_hook, replace_day_rows
-
-        ds, params = run_day(context["dag_run"]), context["params"]
-        labels: Counter[str] = Counter()
-        rows_in = errors = 0
-        for result in results:
-            labels.update(pq.read_table(result["output_uri"], columns=["sentiment"]).column(0).to_pylist())
-            rows_in += result["metrics"]["rows_in"]
-            errors += result["metrics"]["error_rows"]
-        rows = [(ds, label, labels.get(label, 0)) for label in LABELS]
-        rows.append((ds, "error", errors))
-        hook = sql_hook(params["sql_conn_id"], f"{params['output_root']}/sentiment.db")
-        replace_day_rows(hook, "daily_sentiment", ds, rows)
-        summary = {"day": ds, "posts": rows_in, "errors": errors, "labels": {k: labels.get(k, 0) for k in LABELS}}
+        p = context["params"]
+        summary = summarize_day(results, LABELS, run_day(context["dag_run"]), p["sql_conn_id"], p["output_root"])
         print(f"daily sentiment {summary}")
         return summary
 

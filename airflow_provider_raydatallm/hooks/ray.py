@@ -25,6 +25,7 @@ from airflow_provider_raydatallm.hooks._connection import (
 )
 from airflow_provider_raydatallm.hooks._jobs_api import RayJobInfo, RayJobStatus
 from airflow_provider_raydatallm.hooks._packages import package_uri, zip_directory
+from airflow_provider_raydatallm.hooks._serve_api import APPLICATIONS_PATH, ServeState
 from airflow_provider_raydatallm.hooks._state_api import Demand
 from airflow_provider_raydatallm.hooks._ui import UI_FIELD_BEHAVIOUR
 
@@ -226,6 +227,14 @@ class RayHook(BaseHook):
         )
 
     @staticmethod
+    def _serve_state_call() -> _Call:
+        return _Call("GET", APPLICATIONS_PATH, ServeState.from_api)
+
+    @staticmethod
+    def _serve_put_call(body: Mapping[str, Any]) -> _Call:
+        return _Call("PUT", APPLICATIONS_PATH, lambda r: None, body=dict(body), expect_json=False)
+
+    @staticmethod
     def _version_call() -> _Call:
         return _Call("GET", api.VERSION_PATH, lambda d: d["ray_version"])
 
@@ -296,6 +305,15 @@ class RayHook(BaseHook):
     def state_rows(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows of a Ray state API listing, e.g. ``/api/v0/actors`` with its filter parameters."""
         return self._run(self._state_call(path, params))
+
+    def get_serve_state(self) -> ServeState:
+        """Ray Serve on the cluster: running or not, HTTP options, every application."""
+        return self._run(self._serve_state_call())
+
+    def put_serve_applications(self, body: Mapping[str, Any]) -> None:
+        """Replace Serve's whole declarative config (``hooks._serve_api.put_body`` makes one
+        that keeps the other applications)."""
+        self._run(self._serve_put_call(body))
 
     def get_cluster_version(self) -> str:
         """The Ray version of the cluster, e.g. ``"2.60.0"``."""
@@ -385,6 +403,14 @@ class RayHook(BaseHook):
 
     async def aget_cluster_version(self) -> str:
         return await self._arun(self._version_call())
+
+    async def aget_serve_state(self) -> ServeState:
+        """Async twin of :meth:`get_serve_state`."""
+        return await self._arun(self._serve_state_call())
+
+    async def aput_serve_applications(self, body: Mapping[str, Any]) -> None:
+        """Async twin of :meth:`put_serve_applications`."""
+        await self._arun(self._serve_put_call(body))
 
     async def atail_job_logs(self, job_id: str) -> AsyncIterator[str]:
         """Async twin of :meth:`tail_job_logs`."""

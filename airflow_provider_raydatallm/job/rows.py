@@ -118,6 +118,8 @@ def token_counts(row: dict[str, Any]) -> dict[str, int]:
     """Tokens of one processed row: the engine's counts (vLLM, SGLang, Serve), or an
     OpenAI-compatible endpoint's ``usage`` (HTTP processor)."""
     usage = row.get("http_response", {}).get("usage") if isinstance(row.get("http_response"), dict) else None
+    if usage is None and isinstance(row.get("usage"), dict):  # a Serve LLM deployment's OpenAI response
+        usage = row["usage"]
     if row.get("num_input_tokens") is None and isinstance(usage, dict):
         return {IN_TOKENS: int(usage.get("prompt_tokens") or 0), OUT_TOKENS: int(usage.get("completion_tokens") or 0)}
     return {IN_TOKENS: int(row.get("num_input_tokens") or 0), OUT_TOKENS: int(row.get("num_generated_tokens") or 0)}

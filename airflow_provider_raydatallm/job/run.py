@@ -47,6 +47,8 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool, secrets: dict[str
     if "has_image" in kwargs and "has_image" not in fields and "prepare_multimodal_stage" in fields:
         kwargs.setdefault("prepare_multimodal_stage", kwargs.pop("has_image"))
         log.info("has_image is prepare_multimodal_stage on Ray %s: translated", _ray_version())
+    if spec.type == "ServeDeploymentProcessorConfig":
+        kwargs["dtype_mapping"] = request_classes(kwargs.get("dtype_mapping"))
     for header, ref in spec.secret_headers.items():
         kwargs["headers"] = {**(kwargs.get("headers") or {}), header: resolve_secret(ref, secrets or {})}
     if continue_on_error and "should_continue_on_error" in getattr(cls, "model_fields", {}):
@@ -64,6 +66,32 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool, secrets: dict[str
         raise JobConfigError(
             f"processor_config is not a valid {spec.type} (Ray {_ray_version()}): {found}"
         ) from None
+
+
+# The OpenAI request classes a Serve LLM deployment takes, by the names rows give as ``dtype``.
+OPENAI_REQUESTS = ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
+
+
+def request_classes(names: dict[str, str] | None) -> dict[str, Any]:
+    """dtype_mapping as classes: ``"module:Class"`` imported, a bare name taken from
+    ``ray.serve.llm.openai_api_models``; unset: the OpenAI request classes by name."""
+    import importlib
+
+    models = importlib.import_module("ray.serve.llm.openai_api_models")
+    if not names:
+        # Some names are unions of request classes in some releases: only classes qualify.
+        return {name: getattr(models, name) for name in OPENAI_REQUESTS if isinstance(getattr(models, name, None), type)}
+    classes = {}
+    for key, path in names.items():
+        module, _, attr = path.rpartition(":")
+        try:
+            target = importlib.import_module(module) if module else models
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as err:
+            raise JobConfigError(f"processor_config.dtype_mapping[{key!r}]={path!r} cannot be imported here: {err}") from None
+        classes[key] = target
+    return classes
 
 
 def build_processor(config: Any, preprocess: Any, postprocess: Any) -> Any:

@@ -87,6 +87,8 @@ def processor_spec(config: Any, task_id: str, url_from_connection: bool = False)
     # The seeds' vLLM example says model=...; Ray 2.60 calls it model_source.
     if type_name in _MODEL_ALIASES and "model" in kwargs and "model_source" not in kwargs:
         kwargs["model_source"] = kwargs.pop("model")
+    if type_name == "ServeDeploymentProcessorConfig" and kwargs.get("dtype_mapping") is not None:
+        kwargs["dtype_mapping"] = _dtype_names(kwargs["dtype_mapping"], task_id)
     if url_from_connection and type_name == "HttpRequestProcessorConfig" and not kwargs.get("url"):
         kwargs["url"] = "<from connection>"  # resolved at execute time, when connections may be read
     for key, value in kwargs.items():
@@ -112,6 +114,25 @@ def processor_spec(config: Any, task_id: str, url_from_connection: bool = False)
         return ProcessorSpec(type=type_name, kwargs=kwargs)
     except ValidationError as err:
         raise RayLLMConfigError(f"task {task_id}: invalid processor_config: {_first_error(err)}") from None
+
+
+def _dtype_names(mapping: Any, task_id: str) -> dict[str, str]:
+    """ServeDeploymentProcessorConfig's dtype_mapping (name -> request class) as names the
+    cluster imports: a class becomes ``"module:Class"``; a bare name means the class of that
+    name in ``ray.serve.llm.openai_api_models`` (``"ChatCompletionRequest"``)."""
+    if not isinstance(mapping, Mapping):
+        raise RayLLMConfigError(f"task {task_id}: processor_config.dtype_mapping must be a dict of name -> request class")
+    names = {}
+    for key, value in mapping.items():
+        if isinstance(value, type):
+            value = f"{value.__module__}:{value.__qualname__}"
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?", value):
+            raise RayLLMConfigError(
+                f"task {task_id}: processor_config.dtype_mapping[{key!r}]={value!r}: give a request class, its "
+                "'module:Class' path, or a class name of ray.serve.llm.openai_api_models"
+            )
+        names[str(key)] = value
+    return names
 
 
 def _first_error(err: ValidationError) -> str:

@@ -1,0 +1,257 @@
+"""Ray Serve LLM applications as Airflow setup / teardown tasks: a warm, OpenAI-compatible
+engine that the batch tasks between them share (``ServeDeploymentProcessorConfig``, or an
+HTTP processor against the app's route), instead of one cold engine per task.
+
+Both talk to the dashboard's Serve REST API (no Ray import here). See docs/serve.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.sdk import BaseOperator, conf
+from airflow_provider_raydatallm import serve_apps
+from airflow_provider_raydatallm.exceptions import RayLLMConfigError, RayServeDeployError
+from airflow_provider_raydatallm.hooks import _serve_api as api
+from airflow_provider_raydatallm.hooks.ray import RayHook
+from airflow_provider_raydatallm.operators._submission import refuse_secret_env
+from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+T = TypeVar("T")
+XCOM_APP_KEY = "ray_serve_app"
+# Pushed as XComs of their own too, so a DAG can write ``deploy.output["deployment_name"]``
+# (indexing a task's output selects an XCom key).
+XCOM_FIELDS = ("app_name", "deployment_name", "model_id", "route_prefix", "base_url", "chat_completions_url")
+DEFAULT_DEPLOY_TIMEOUT = 3600.0  # a big model's first download and load on a fresh node
+DEFAULT_PENDING_TIMEOUT = 900.0
+
+
+def _with_hook(conn_id: str, work: Callable[[RayHook], Awaitable[T]]) -> T:
+    """Run the async Serve calls on a worker (no event loop there), closing the client."""
+
+    async def main() -> T:
+        hook = RayHook(ray_conn_id=conn_id)
+        try:
+            return await work(hook)
+        finally:
+            await hook.aclose()
+
+    return asyncio.run(main())
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else (float(value) if value is not None else None)
+
+
+class RayServeLLMDeployOperator(BaseOperator):
+    """
+    Deploy (or update) a Ray Serve LLM application with the OpenAI-compatible router and wait
+    until it is RUNNING; return its names and routes (XCom).
+
+    The app is ``ray.serve.llm:build_openai_app`` over ``llm_configs``, deployed through the
+    cluster's dashboard (Serve REST API) beside any other declarative apps, which are kept as
+    they are. Deploying the same config again changes nothing (the app keeps running and
+    serving); a changed config updates the app in place. An app of the same name that this
+    provider did not deploy is refused, never replaced.
+
+    Use it as a setup task and :class:`RayServeLLMDeleteOperator` as its teardown, around the
+    batch tasks that use the app: the teardown runs even when a batch task fails. If this
+    task fails (the app failed to start, timed out, or the task was marked failed while it
+    waited), an app it created is removed, since Airflow skips a teardown whose setup failed.
+
+    Returns ``{"app_name", "route_prefix", "deployment_name", "deployments" (model id ->
+    LLMServer deployment), "model_id", "ingress_deployment", "base_url", "chat_completions_url",
+    "config_hash", "status"}``; ``base_url`` is the OpenAI base URL as seen from inside the
+    cluster (for ``HttpRequestProcessorConfig``).
+
+    :param app_name: the Serve application name. Templated.
+    :param llm_configs: one ``ray.serve.llm.LLMConfig`` as a dict of its fields
+        (``model_loading_config``, ``accelerator_type``, ``deployment_config``,
+        ``engine_kwargs``, ``lora_config``, ``runtime_env`` ...), or a list of them for a
+        multi-model app. ``LLMConfig`` objects are accepted too. Templated.
+    :param route_prefix: HTTP route of the app; default ``/<app_name>``. Templated.
+    :param runtime_env: the application's runtime_env (the LLMConfigs may carry their own).
+    :param http_options: Serve's HTTP options (``host``, ``port``) if this deploy starts Serve;
+        a running Serve keeps its own.
+    :param proxy_location: ``EveryNode`` (Serve's default), ``HeadOnly`` or ``Disabled``, if
+        this deploy starts Serve.
+    :param ray_conn_id: the ``ray`` connection.
+    :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
+    :param poll_interval: seconds between status polls.
+    :param timeout: seconds to wait for RUNNING (default 3600).
+    :param pending_timeout: seconds replicas may wait for resources no node has (e.g. an
+        ``accelerator_type`` the cluster lacks) before the task fails; None waits on.
+    :param remove_on_failure: remove an app this task created when the task fails.
+    """
+
+    template_fields: Sequence[str] = ("app_name", "llm_configs", "route_prefix", "runtime_env")
+    template_fields_renderers = {"llm_configs": "json", "runtime_env": "json"}
+    ui_color = "#fef3c7"
+
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        llm_configs: Any,
+        route_prefix: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        http_options: dict[str, Any] | None = None,
+        proxy_location: str | None = None,
+        ray_conn_id: str = RayHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 5.0,
+        timeout: float | timedelta | None = DEFAULT_DEPLOY_TIMEOUT,
+        pending_timeout: float | timedelta | None = DEFAULT_PENDING_TIMEOUT,
+        remove_on_failure: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app_name = app_name
+        self.llm_configs = llm_configs
+        self.route_prefix = route_prefix
+        self.runtime_env = runtime_env
+        self.http_options = http_options
+        self.proxy_location = proxy_location
+        self.ray_conn_id = ray_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = _seconds(timeout)
+        self.pending_timeout = _seconds(pending_timeout)
+        self.remove_on_failure = remove_on_failure
+        self._created: tuple[str, str] | None = None  # (app, config hash) this execute() created
+        if not isinstance(poll_interval, (int, float)) or isinstance(poll_interval, bool) or not poll_interval > 0:
+            raise RayLLMConfigError(f"task {self.task_id}: poll_interval={poll_interval!r}: must be a number > 0")
+        if proxy_location not in (None, "EveryNode", "HeadOnly", "Disabled"):
+            raise RayLLMConfigError(
+                f"task {self.task_id}: proxy_location={proxy_location!r}: must be EveryNode, HeadOnly or Disabled"
+            )
+
+    def app_config(self) -> dict[str, Any]:
+        """The Serve application config for the rendered arguments (checked; no I/O)."""
+        fail = f"task {self.task_id}"
+        if not isinstance(self.app_name, str) or not api.APP_NAME.fullmatch(self.app_name):
+            raise RayLLMConfigError(
+                f"{fail}: app_name={self.app_name!r}: must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )
+        route = self.route_prefix or f"/{self.app_name}"
+        if not isinstance(route, str) or not route.startswith("/"):
+            raise RayLLMConfigError(f"{fail}: route_prefix={route!r}: must start with '/'")
+        configs = self.llm_configs if isinstance(self.llm_configs, (list, tuple)) else [self.llm_configs]
+        configs = [c.model_dump(exclude_unset=True) if hasattr(c, "model_dump") else c for c in configs]
+        try:
+            api.check_llm_configs(configs)
+        except api.ServeConfigError as err:
+            raise RayLLMConfigError(f"{fail}: {err}") from None
+        refuse_secret_env(self.runtime_env, self.task_id)
+        for config in configs:
+            refuse_secret_env(config.get("runtime_env"), self.task_id)
+        return api.app_config(self.app_name, route, configs, self.runtime_env)
+
+    def _deadline(self, ti: Any) -> float | None:
+        deadlines = [time.time() + self.timeout] if self.timeout else []
+        start = getattr(ti, "start_date", None)
+        if self.execution_timeout and start is not None:
+            deadlines.append(start.timestamp() + self.execution_timeout.total_seconds())
+        return min(deadlines) if deadlines else None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self.app_config()
+        deployed = _with_hook(
+            self.ray_conn_id,
+            lambda hook: serve_apps.deploy(hook, config, self.log, self.http_options, self.proxy_location),
+        )
+        created = deployed.created and self.remove_on_failure
+        self._created = (deployed.app_name, deployed.config_hash) if created else None
+        context["ti"].xcom_push(key=XCOM_APP_KEY, value={"app_name": deployed.app_name, "config_hash": deployed.config_hash,
+                                                         "created": deployed.created, "changed": deployed.changed})  # fmt: skip
+        deadline = self._deadline(context["ti"])
+        if self.deferrable:
+            backstop = timedelta(seconds=deadline - time.time() + 60) if deadline else None
+            self.defer(
+                trigger=RayServeAppTrigger(
+                    app_name=deployed.app_name, config_hash=deployed.config_hash, ray_conn_id=self.ray_conn_id,
+                    poll_interval=self.poll_interval, deadline=deadline, pending_timeout=self.pending_timeout,
+                    remove_on_kill=created,
+                ),
+                method_name="execute_complete",
+                kwargs={"created": created},
+                timeout=backstop,
+            )  # fmt: skip
+        policy = serve_apps.AppWait(poll_interval=self.poll_interval, deadline=deadline, pending_timeout=self.pending_timeout)
+        event = _with_hook(
+            self.ray_conn_id,
+            lambda hook: serve_apps.wait_running(hook, deployed.app_name, deployed.config_hash, policy, self.log),
+        )
+        return self._complete(context, event, deployed.config_hash, created)
+
+    def execute_complete(self, context: Context, event: dict[str, Any], created: bool = False) -> dict[str, Any]:
+        record = context["ti"].xcom_pull(task_ids=self.task_id, key=XCOM_APP_KEY, map_indexes=context["ti"].map_index)
+        return self._complete(context, event, (record or {}).get("config_hash", ""), created)
+
+    def _complete(self, context: Context, event: dict[str, Any], config_hash: str, created: bool) -> dict[str, Any]:
+        name = event.get("app_name") or self.app_name
+        if event.get("status") == "running":
+            value = _with_hook(self.ray_conn_id, lambda hook: serve_apps.app_value(hook, name))
+            self.log.info("Serve application %s is RUNNING: deployment %s, OpenAI base URL in the cluster %s",
+                          name, value["deployment_name"], value["base_url"])  # fmt: skip
+            for key in XCOM_FIELDS:
+                context["ti"].xcom_push(key=key, value=value[key])
+            self._created = None
+            return value
+        if created:
+            _with_hook(self.ray_conn_id, lambda hook: serve_apps.remove(hook, name, self.log, only_hash=config_hash))
+        raise RayServeDeployError(
+            f"task {self.task_id}: Serve application {name} did not become RUNNING ({event.get('status')}): "
+            f"{event.get('message')}" + (" It was removed." if created else "")
+        )
+
+    def on_kill(self) -> None:
+        """Marked failed / cleared while waiting on a worker: remove the app this task created."""
+        if self._created:
+            name, config_hash = self._created
+            _with_hook(self.ray_conn_id, lambda hook: serve_apps.remove(hook, name, self.log, only_hash=config_hash))
+
+
+class RayServeLLMDeleteOperator(BaseOperator):
+    """
+    Delete a Ray Serve application this provider deployed (the teardown of
+    :class:`RayServeLLMDeployOperator`); other applications keep running. An app that is
+    already gone is a success; an app this provider did not deploy is refused.
+
+    Returns ``{"app_name", "removed"}``.
+
+    :param app_name: the Serve application, e.g. ``deploy.output["app_name"]``. Templated.
+    :param ray_conn_id: the ``ray`` connection.
+    :param wait_timeout: seconds to wait until Serve has deleted the app.
+    """
+
+    template_fields: Sequence[str] = ("app_name",)
+    ui_color = "#fef3c7"
+
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        ray_conn_id: str = RayHook.default_conn_name,
+        wait_timeout: float = serve_apps.REMOVE_WAIT_SECONDS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app_name = app_name
+        self.ray_conn_id = ray_conn_id
+        self.wait_timeout = wait_timeout
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if not isinstance(self.app_name, str) or not api.APP_NAME.fullmatch(self.app_name):
+            raise RayLLMConfigError(f"task {self.task_id}: app_name={self.app_name!r}: not a Serve application name")
+        removed = _with_hook(
+            self.ray_conn_id, lambda hook: serve_apps.remove(hook, self.app_name, self.log, wait=self.wait_timeout)
+        )
+        return {"app_name": self.app_name, "removed": removed}

@@ -1,0 +1,212 @@
+"""Deploying, waiting for and removing a Ray Serve LLM application, through the hook's Serve
+REST calls: run by the Serve operators on a worker (``asyncio.run``) and by
+``RayServeAppTrigger`` in the triggerer, so both paths behave the same.
+
+Serve's REST config is one document for the whole cluster (``hooks._serve_api``): each
+change here is read -> edit -> write, then read again to check it took. Two clients that
+write at the same moment can undo each other's change; the check after the write catches
+it for this app (and tries again), and the wait fails clearly if the app vanishes later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_raydatallm.exceptions import RayProviderError, RayServeDeployError
+from airflow_provider_raydatallm.hooks import _serve_api as api
+from airflow_provider_raydatallm.hooks.ray import RayHook
+from airflow_provider_raydatallm.watch import backoff, is_transient
+
+WRITE_ATTEMPTS = 3
+REMOVE_WAIT_SECONDS = 120.0
+# After a PUT the app is listed at once; a short grace covers a dashboard answering from
+# a controller that has not applied it yet.
+GONE_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What a deploy changed: ``created`` the app was not there before this deploy;
+    ``changed`` the PUT was sent (False: the same config was already deployed)."""
+
+    app_name: str
+    config_hash: str
+    created: bool
+    changed: bool
+
+
+def _refuse_foreign(state: api.ServeState, name: str, route_prefix: str, address: str) -> None:
+    imperative = api.imperative_apps(state)
+    if imperative:
+        raise RayServeDeployError(
+            f"Serve at {address} runs applications deployed with serve.run ({', '.join(imperative)}); a REST "
+            "deploy replaces Serve's whole config and would remove them. Deploy them from a config file "
+            "(serve deploy) or use another cluster."
+        )
+    existing = state.apps.get(name)
+    if existing is not None and not existing.ours:
+        raise RayServeDeployError(
+            f"Serve application {name!r} at {address} was not deployed by this provider; it is left alone. "
+            "Choose another app_name."
+        )
+    for other in state.apps.values():
+        if other.name != name and other.route_prefix == route_prefix:
+            raise RayServeDeployError(
+                f"route_prefix {route_prefix!r} is taken by Serve application {other.name!r} at {address}; "
+                "choose another route_prefix"
+            )
+
+
+async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, http_options: dict[str, Any] | None = None,
+                 proxy_location: str | None = None) -> Deployed:  # fmt: skip
+    """Deploy or update one app config (``api.app_config``); a no-op when the same config is
+    already deployed."""
+    name, wanted = config["name"], api.config_hash(config) or ""
+    address = (await hook.aconfig()).base_url
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        state = await hook.aget_serve_state()
+        _refuse_foreign(state, name, config["route_prefix"], address)
+        existing = state.apps.get(name)
+        if existing is not None and api.config_hash(existing.config) == wanted and existing.status != "DELETING":
+            log.info("Serve application %s is already deployed with this config (%s): nothing to change, it is %s",
+                     name, wanted, existing.status)  # fmt: skip
+            return Deployed(name, wanted, created=False, changed=False)
+        if state.running and (http_options or proxy_location):
+            log.warning("Serve already runs at %s with its own HTTP options (%s, proxies %s); http_options and "
+                        "proxy_location apply only when the deploy starts Serve", address, state.http_options,
+                        state.proxy_location)  # fmt: skip
+        body = api.put_body(state, put=config, http_options=http_options, proxy_location=proxy_location)
+        log.info("%s Serve application %s (config %s) at %s, beside %d other application(s)",
+                 "Updating" if existing else "Deploying", name, wanted, address, len(body["applications"]) - 1)  # fmt: skip
+        await hook.aput_serve_applications(body)
+        after = (await hook.aget_serve_state()).apps.get(name)
+        if after is not None and api.config_hash(after.config) == wanted:
+            return Deployed(name, wanted, created=existing is None, changed=True)
+        log.warning("Serve's config changed under this deploy (another client wrote at the same time): attempt %d of %d",
+                    attempt, WRITE_ATTEMPTS)  # fmt: skip
+    raise RayServeDeployError(f"Serve application {name!r} at {address}: the config did not stay after {WRITE_ATTEMPTS} writes")
+
+
+async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str | None = None,
+                 wait: float = REMOVE_WAIT_SECONDS) -> bool:  # fmt: skip
+    """Remove one app this provider deployed and wait until Serve has deleted it; False when
+    there was nothing to remove. ``only_hash``: remove it only if it still runs that config."""
+    address = (await hook.aconfig()).base_url
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        state = await hook.aget_serve_state()
+        app = state.apps.get(name)
+        if app is None:
+            if attempt == 1:
+                log.info("Serve application %s is not on %s: nothing to remove", name, address)
+            return attempt > 1
+        if not app.ours:
+            raise RayServeDeployError(f"Serve application {name!r} at {address} was not deployed by this provider; left alone")
+        if only_hash and api.config_hash(app.config) != only_hash:
+            log.info("Serve application %s now runs another config (%s); left alone", name, api.config_hash(app.config))
+            return False
+        log.info("Removing Serve application %s from %s", name, address)
+        await hook.aput_serve_applications(api.put_body(state, remove=name))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            state = await hook.aget_serve_state()
+            app = state.apps.get(name)
+            if app is None:
+                log.info("Serve application %s is deleted", name)
+                return True
+            if app.status != "DELETING":  # put back by a concurrent write: write again
+                break
+            await asyncio.sleep(1)
+        else:
+            raise RayServeDeployError(f"Serve application {name!r} at {address} was still deleting after {wait:.0f}s")
+    raise RayServeDeployError(f"Serve application {name!r} at {address}: it came back after {WRITE_ATTEMPTS} removals")
+
+
+@dataclass(frozen=True)
+class AppWait:
+    """How to wait for an app: ``deadline`` is wall-clock epoch seconds (survives a triggerer
+    restart); ``pending_timeout`` bounds the wait for resources no node has."""
+
+    poll_interval: float = 5.0
+    deadline: float | None = None
+    pending_timeout: float | None = None
+    max_transient_errors: int = 5
+
+
+async def wait_running(hook: RayHook, name: str, config_hash: str, policy: AppWait, log: logging.Logger) -> dict[str, Any]:
+    """Poll until the app is RUNNING; return the event payload (``status`` running, failed,
+    unschedulable, timeout, gone or error; ``message``)."""
+    failures, said, started = 0, "", time.monotonic()
+    stuck_since: float | None = None
+
+    def event(status: str, message: str, app_status: str | None = None) -> dict[str, Any]:
+        return {"status": status, "app_name": name, "message": message, "app_status": app_status}
+
+    while True:
+        try:
+            state = await hook.aget_serve_state()
+            failures = 0
+        except RayProviderError as err:
+            if not is_transient(err):
+                return event("error", str(err))
+            failures += 1
+            if failures > policy.max_transient_errors:
+                return event("error", f"gave up after {failures} failed polls in a row: {err}")
+            await asyncio.sleep(backoff(failures, policy.poll_interval))
+            continue
+        app = state.apps.get(name)
+        if app is None or api.config_hash(app.config) != config_hash:
+            if time.monotonic() - started > GONE_GRACE_SECONDS or app is not None:
+                what = "was removed" if app is None else f"was redeployed with another config ({api.config_hash(app.config)})"
+                return event("gone", f"Serve application {name} {what} while this task waited for it")
+        else:
+            progress = app.progress()
+            if progress != said:
+                log.info("Serve application %s", progress)
+                said = progress
+            if app.status == "RUNNING":
+                return event("running", progress, app.status)
+            if app.status in api.FAILED_STATUSES:
+                details = "; ".join(f"{d.name}: {d.message}" for d in app.deployments.values() if d.message)
+                return event("failed", f"{app.message or ''} {details}".strip() or app.status, app.status)
+            stuck = app.unscheduled()
+            if stuck and policy.pending_timeout is not None:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since >= policy.pending_timeout:
+                    return event("unschedulable", f"waited {policy.pending_timeout:.0f}s (pending_timeout) for resources: {stuck}", app.status)
+            else:
+                stuck_since = None
+        if policy.deadline is not None and time.time() >= policy.deadline:
+            return event("timeout", f"Serve application {name} was not RUNNING before the task's timeout", app and app.status)
+        sleep = policy.poll_interval
+        if policy.deadline is not None:
+            sleep = max(0.0, min(sleep, policy.deadline - time.time()))
+        await asyncio.sleep(sleep)
+
+
+async def app_value(hook: RayHook, name: str) -> dict[str, Any]:
+    """What the deploy task returns (XCom): names and URLs a batch task needs."""
+    state = await hook.aget_serve_state()
+    app = state.apps.get(name)
+    if app is None:
+        raise RayServeDeployError(f"Serve application {name!r} is gone")
+    llm_configs = ((app.config or {}).get("args") or {}).get("llm_configs") or []
+    models = {str(c["model_loading_config"]["model_id"]): api.llm_server_name(c) for c in llm_configs}
+    route = app.route_prefix or (app.config or {}).get("route_prefix") or "/"
+    url = api.base_url(state, route)
+    first_model = next(iter(models), None)
+    return {
+        "app_name": name,
+        "route_prefix": route,
+        "status": app.status,
+        "config_hash": api.config_hash(app.config),
+        "ingress_deployment": app.ingress,
+        "deployments": models,  # model id -> LLMServer deployment name
+        "model_id": first_model,
+        "deployment_name": models.get(first_model) if first_model else None,
+        "base_url": url,
+        "chat_completions_url": url + "/chat/completions",
+    }

@@ -1,0 +1,85 @@
+"""RayServeAppTrigger: waits in the triggerer until a Ray Serve application is RUNNING."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_raydatallm import serve_apps
+from airflow_provider_raydatallm.hooks.ray import RayHook
+
+
+class RayServeAppTrigger(BaseTrigger):
+    """
+    Wait until a Serve application is RUNNING (or failed, timed out, or could not be placed);
+    yield one event ``{"status", "app_name", "message", "app_status"}``.
+
+    When the user marks the deferred task failed or success, or clears it, Airflow calls
+    :meth:`on_kill`: with ``remove_on_kill`` (the task created the app) the app is removed,
+    so a setup task that never finished does not leave replicas holding the cluster's GPUs
+    (its teardown would be skipped).
+
+    :param app_name: the Serve application.
+    :param config_hash: the config the task deployed; the wait fails if another replaces it.
+    :param ray_conn_id: the ``ray`` connection.
+    :param poll_interval: seconds between polls.
+    :param deadline: wall-clock time (epoch seconds) to give up at.
+    :param pending_timeout: seconds replicas may wait for resources no node has.
+    :param remove_on_kill: remove the app (if it still runs ``config_hash``) on kill.
+    """
+
+    def __init__(
+        self,
+        app_name: str,
+        config_hash: str,
+        ray_conn_id: str = RayHook.default_conn_name,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        pending_timeout: float | None = None,
+        remove_on_kill: bool = False,
+    ) -> None:
+        super().__init__()
+        if not float(poll_interval) > 0:
+            raise ValueError(f"RayServeAppTrigger for {app_name}: poll_interval={poll_interval!r} must be > 0")
+        self.app_name = app_name
+        self.config_hash = config_hash
+        self.ray_conn_id = ray_conn_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = float(deadline) if deadline is not None else None
+        self.pending_timeout = float(pending_timeout) if pending_timeout is not None else None
+        self.remove_on_kill = remove_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "app_name": self.app_name,
+                "config_hash": self.config_hash,
+                "ray_conn_id": self.ray_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "pending_timeout": self.pending_timeout,
+                "remove_on_kill": self.remove_on_kill,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = RayHook(ray_conn_id=self.ray_conn_id)
+        policy = serve_apps.AppWait(poll_interval=self.poll_interval, deadline=self.deadline, pending_timeout=self.pending_timeout)
+        try:
+            event = await serve_apps.wait_running(hook, self.app_name, self.config_hash, policy, self.log)
+            yield TriggerEvent(event)
+        finally:
+            await hook.aclose()
+
+    async def on_kill(self) -> None:
+        """The user marked the task failed / success or cleared it: remove the app it created."""
+        if not self.remove_on_kill:
+            return
+        hook = RayHook(ray_conn_id=self.ray_conn_id)
+        try:
+            await serve_apps.remove(hook, self.app_name, self.log, only_hash=self.config_hash)
+        finally:
+            await hook.aclose()
