@@ -66,7 +66,10 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
     """Deploy or update one app config (``api.app_config``); a no-op when the same config is
     already deployed."""
     name, wanted = config["name"], api.config_hash(config) or ""
-    address = (await hook.aconfig()).base_url
+    conn = await hook.aconfig()
+    address = conn.base_url
+    http_options = http_options or conn.serve.get("http_options")
+    proxy_location = proxy_location or conn.serve.get("proxy_location")
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         state = await hook.aget_serve_state()
         _refuse_foreign(state, name, config["route_prefix"], address)

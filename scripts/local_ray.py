@@ -52,6 +52,7 @@ class Profile:
     # Worker nodes: (logical CPUs, custom resources) each; they join the head's GCS.
     workers: tuple[tuple[int, tuple[tuple[str, float], ...]], ...] = ()
     worker_object_store_bytes: int = 512 * 1024**2
+    serve_port: int = 8000
 
     @property
     def state_dir(self) -> Path:
@@ -71,7 +72,7 @@ PROFILES = {
     "dev": Profile("dev", gcs_port=6379, dashboard_port=8265, client_port=10001, agent_port=52365),
     # Other ports, so the test suite can run while a `make ray-up` head is up.
     "test": Profile(
-        "test", gcs_port=6390, dashboard_port=8266, client_port=20101, agent_port=52401,
+        "test", gcs_port=6390, dashboard_port=8266, client_port=20101, agent_port=52401, serve_port=8410,
         # gpu_slot stands in for the one GPU such a node would have (a replica's bundle asks
         # for it); two CPUs leave room for a Ray Data actor beside the replica.
         workers=((2, (("accelerator_type:L4", 1.0), ("gpu_slot", 1.0))),) * 2,
@@ -133,6 +134,10 @@ def connection(profile: Profile) -> dict:
         "port": profile.dashboard_port,
         "schema": "http",
         "password": token(profile),
+        # Every node of the test profile is on this one machine: one Serve proxy (the head's)
+        # on a port of the profile's own, so it never meets another profile's.
+        "extra": {"serve": {"http_options": {"host": "127.0.0.1", "port": profile.serve_port},
+                            "proxy_location": "HeadOnly"}},
     }
 
 

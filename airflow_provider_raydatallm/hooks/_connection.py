@@ -9,7 +9,8 @@ Connection shape (all optional; an empty connection means the local head on
 - password: the cluster's token (``ray get-auth-token``), sent as ``Authorization: Bearer``
 - extra (JSON): ``headers`` (object), ``verify`` (bool or CA bundle path, default true),
   ``timeout`` (seconds, default 30), ``runtime_env`` and ``metadata`` (objects merged under
-  every submitted job's own).
+  every submitted job's own), ``serve`` (``{"http_options": {...}, "proxy_location": ...}``:
+  how a Serve deploy starts Serve on this cluster when it is not running yet).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 # The dashboard refuses POST/PUT from a User-Agent starting with "Mozilla" (CSRF guard).
 USER_AGENT = f"airflow-provider-raydatallm/{__version__}"
-EXTRA_KEYS = ("headers", "verify", "timeout", "runtime_env", "metadata")
+EXTRA_KEYS = ("headers", "verify", "timeout", "runtime_env", "metadata", "serve")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class RayConnectionConfig:
     timeout: float = DEFAULT_TIMEOUT
     runtime_env: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    serve: Mapping[str, Any] = field(default_factory=dict)
     # Where a person's browser reaches the dashboard (an ingress), when not at base_url.
     external_url: str = ""
 
@@ -170,5 +172,6 @@ def config_from_connection(
         timeout=timeout,
         runtime_env=_json_object(_extra_value(extra, "runtime_env"), "runtime_env"),
         metadata={str(k): str(v) for k, v in metadata.items()},
+        serve=_json_object(_extra_value(extra, "serve"), "serve"),
         external_url=external,
     )
