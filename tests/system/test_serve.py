@@ -1,0 +1,112 @@
+"""Warm engines for real: Ray Serve LLM applications deployed from Airflow on the session's
+cluster (vLLM on CPU, the default model), batch tasks on them through
+ServeDeploymentProcessorConfig and through the app's OpenAI route, and their teardown."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import textwrap
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_raydatallm.examples import DEFAULT_MODEL_ID, social_posts, write_jsonl
+from airflow_provider_raydatallm.hooks.ray import RayHook
+from tests.system.conftest import ROOT, DagRunner
+
+pytestmark = pytest.mark.system
+
+LABELS = {"positive", "negative", "neutral"}
+
+
+@pytest.fixture(scope="module")
+def runner(airflow_db, ray_cluster) -> DagRunner:
+    import os
+
+    os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(ray_cluster)
+    return DagRunner(ROOT / "tests" / "dags" / "serve_dags.py")
+
+
+@pytest.fixture(scope="module")
+def examples(runner) -> DagRunner:
+    return DagRunner(ROOT / "example_dags" / "example_warm_sentiment.py")
+
+
+def _apps() -> dict:
+    return RayHook().get_serve_state().apps
+
+
+def test_warm_sentiment_example_deploys_classifies_on_the_deployment_and_tears_down(examples, tmp_path):
+    conf = {"posts_root": str(tmp_path / "posts"), "output_root": str(tmp_path / "out"), "num_partitions": 2,
+            "posts_per_day": 12, "sql_conn_id": "warm_test_db", "app_name": "warm-example"}  # fmt: skip
+    run = examples.run("example_warm_sentiment", conf)
+    assert examples.states(run) == {"deploy_llm": "success", "partition_posts": "success", "classify": "success",
+                                    "write_summary": "success", "delete_llm": "success"}  # fmt: skip
+    deployed = examples.xcom(run, "deploy_llm")
+    assert deployed["app_name"] == "warm-example" and deployed["route_prefix"] == "/warm-example"
+    assert deployed["deployment_name"] == "LLMServer:smollm2-135m" and deployed["model_id"] == DEFAULT_MODEL_ID
+    assert deployed["base_url"] == "http://127.0.0.1:8410/warm-example/v1"
+    day_dir = tmp_path / "out" / "sentiment" / "date=2026-11-22"
+    table = pq.read_table(day_dir)
+    assert table.num_rows == 12 and set(table.column("sentiment").to_pylist()) <= LABELS
+    assert sorted(table.column("post_id").to_pylist()) == [p["post_id"] for p in social_posts("2026-11-22", 12)]
+    with sqlite3.connect(tmp_path / "out" / "sentiment.db") as conn:
+        assert sum(c for (c,) in conn.execute("SELECT count FROM daily_sentiment WHERE day = '2026-11-22'")) == 12
+    # The batch jobs used the deployment: a Serve stage, no engine of their own.
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=run.run_id, key="return_value", task_ids="classify",
+                                                  dag_ids="example_warm_sentiment")).all()  # fmt: skip
+        results = [XComModel.deserialize_value(r) for r in rows]
+    assert len(results) == 2
+    for result in results:
+        stages = " ".join(result["metrics"]["stage_seconds"])
+        assert "ServeDeployment" in stages and "vLLM" not in stages, stages
+        assert result["metrics"]["output_tokens"] > 0
+    assert "warm-example" not in _apps()
+
+
+def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(runner, tmp_path):
+    app = "warm-http"
+    first = runner.run("serve_deploy", {"app_name": app})
+    assert runner.states(first) == {"deploy_llm": "success"}
+    assert runner.xcom(first, "deploy_llm", key="ray_serve_app")["changed"] is True
+    deployed = runner.xcom(first, "deploy_llm")
+    assert deployed["base_url"] == f"http://127.0.0.1:8410/{app}/v1" and _apps()[app].status == "RUNNING"
+
+    again = runner.run("serve_deploy", {"app_name": app})  # the same config: nothing is sent
+    assert runner.xcom(again, "deploy_llm", key="ray_serve_app") == {
+        "app_name": app, "config_hash": deployed["config_hash"], "created": False, "changed": False,
+    }  # fmt: skip
+
+    # The seed's OpenAI-client query (section 5.3), streaming, from the cluster's environment.
+    seed = textwrap.dedent(f"""
+        from openai import OpenAI
+        client = OpenAI(base_url="{deployed['base_url']}", api_key="fake-key")
+        response = client.chat.completions.create(
+            model="{DEFAULT_MODEL_ID}", messages=[{{"role": "user", "content": "Hello!"}}], stream=True, max_tokens=16)
+        for chunk in response:
+            if chunk.choices[0].delta.content is not None:
+                print(chunk.choices[0].delta.content, end="", flush=True)
+    """)
+    answer = subprocess.run([str(ROOT / ".venv-ray" / "bin" / "python"), "-c", seed], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.strip(), "the deployed app streamed no text"
+
+    posts = write_jsonl(tmp_path / "posts.jsonl", social_posts("2026-11-23", 8))
+    batch = runner.run("serve_http_batch", {"url": deployed["chat_completions_url"], "input": str(posts),
+                                            "output": str(tmp_path / "out")})  # fmt: skip
+    assert runner.states(batch) == {"classify": "success"}
+    result = runner.xcom(batch, "classify")
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == 8 and set(table.column("sentiment").to_pylist()) <= LABELS
+    assert result["metrics"]["error_rows"] == 0 and result["metrics"]["output_tokens"] > 0
+
+    gone = runner.run("serve_delete", {"app_name": app})
+    assert runner.xcom(gone, "delete_llm") == {"app_name": app, "removed": True} and app not in _apps()
+    twice = runner.run("serve_delete", {"app_name": app})
+    assert runner.xcom(twice, "delete_llm") == {"app_name": app, "removed": False}
