@@ -333,3 +333,53 @@ def test_clearing_a_task_whose_try_failed_midway_starts_from_zero(real_airflow, 
     metrics = real_airflow.xcom("drill_resume_clear", run_id, "ask")["metrics"]
     assert (metrics["rows_in"], metrics["rows_out"], metrics["resumed_rows"]) == (24, 24, 0)
     assert sorted(r["id"] for r in pq.read_table(out).to_pylist()) == list(range(1, 25))
+
+
+def _serve_apps() -> dict:
+    return RayHook().get_serve_state().apps
+
+
+def _mapped_state(airflow, dag_id: str, run_id: str, task_id: str, index: int) -> str:
+    return airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{index}")["state"]
+
+
+def test_serve_setup_deferred_partitions_on_it_and_teardown_after_a_failed_partition(real_airflow, tmp_path):
+    app = "drill-serve-teardown"
+    parts = []
+    for k, items in enumerate((["I love it", "It broke", "Fine"], ["Great", "FAIL"])):
+        rows = [{"id": f"{k}-{i}", "item": item} for i, item in enumerate(items)]
+        parts.append({"input_uri": str(write_jsonl(tmp_path / f"part-{k}.jsonl", rows)), "output_uri": str(tmp_path / f"out-{k}")})
+    run_id = real_airflow.trigger("drill_serve", {"app_name": app, "parts": parts})
+    real_airflow.wait_ti("drill_serve", run_id, "deploy_llm", {"deferred"}, timeout=300)
+    assert _serve_apps()[app].status in {"DEPLOYING", "RUNNING"}
+    real_airflow.wait_ti("drill_serve", run_id, "deploy_llm", {"success"}, timeout=600)
+    real_airflow.wait_ti("drill_serve", run_id, "delete_llm", {"success", "failed"}, timeout=600)
+    assert real_airflow.ti("drill_serve", run_id, "delete_llm")["state"] == "success"
+    assert [_mapped_state(real_airflow, "drill_serve", run_id, "classify", i) for i in (0, 1)] == ["success", "failed"]
+    assert app not in _serve_apps()
+    assert pq.read_table(tmp_path / "out-0").num_rows == 3 and not (tmp_path / "out-1" / "_SUCCESS").exists()
+    log = real_airflow.task_log("drill_serve", run_id, "deploy_llm")
+    assert "RUNNING: LLMServer:smollm2-135m HEALTHY" in log  # written by the trigger in the triggerer
+    jobs = _jobs("drill_serve", run_id)
+    assert len(jobs) == 2 and {j.status for j in jobs} == {RayJobStatus.SUCCEEDED, RayJobStatus.FAILED}
+
+
+def test_serve_setup_marked_failed_while_deferred_removes_the_app_it_created(real_airflow, tmp_path):
+    app = "drill-serve-kill"
+    run_id = real_airflow.trigger("drill_serve", {"app_name": app, "parts": []})
+    real_airflow.wait_ti("drill_serve", run_id, "deploy_llm", {"deferred"}, timeout=300)
+    assert app in _serve_apps()
+    deadline = time.monotonic() + 120  # the triggerer runs the wait (its first poll is in the task log)
+    while f"Serve application {app} DEPLOYING" not in real_airflow.task_log("drill_serve", run_id, "deploy_llm"):
+        assert time.monotonic() < deadline, real_airflow.component_log("triggerer")[-3000:]
+        time.sleep(1)
+    real_airflow.mark("drill_serve", run_id, "deploy_llm", "failed")
+    deadline = time.monotonic() + 90
+    while app in _serve_apps() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert app not in _serve_apps(), (
+        "the app of a setup task marked failed is still on the cluster\n"
+        + real_airflow.task_log("drill_serve", run_id, "deploy_llm")[-4000:] + real_airflow.component_log("triggerer")[-4000:]
+    )
+    assert "Trigger cancelled by user action, invoking on_kill" in real_airflow.task_log("drill_serve", run_id, "deploy_llm")
+    assert real_airflow.ti("drill_serve", run_id, "delete_llm")["state"] != "success"

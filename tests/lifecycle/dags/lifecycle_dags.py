@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.examples import DEFAULT_MODEL_ID, cpu_serve_llm_config, cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
 
 PROMPT_FILE = Path(__file__).with_name("prompt.txt")
 PROMPT = PROMPT_FILE.read_text().strip() if PROMPT_FILE.exists() else "Answer briefly."
@@ -88,3 +89,37 @@ with _dag("drill_unplaceable"):
 for _dag_id, _delay in (("drill_resume", dt.timedelta(seconds=15)), ("drill_resume_clear", dt.timedelta(hours=2))):
     with _dag(_dag_id):
         _batch("ask", deferrable=True, retries=1, retry_delay=_delay, preprocess=fail_while_flagged, num_partitions=6)
+
+# A warm engine as setup / teardown around mapped batch tasks: a Serve LLM app (the default
+# model on CPU) deployed by a deferred task; each partition's job sends its rows to it; a row
+# "FAIL" fails its partition, and the teardown must run all the same.
+
+
+def serve_request(row: dict[str, Any]) -> dict[str, Any]:
+    if row["item"] == "FAIL":
+        raise ValueError(f"row {row['id']} fails on purpose")
+    return {"method": "chat", "dtype": "ChatCompletionRequest",
+            "request_kwargs": {"model": DEFAULT_MODEL_ID, "messages": [{"role": "user", "content": row["item"]}],
+                               "max_tokens": 4, "temperature": 0}}  # fmt: skip
+
+
+def serve_answer(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "answer": row["choices"][0]["message"]["content"]}
+
+
+with DAG("drill_serve", schedule=None, start_date=START, catchup=False,
+         params={"app_name": Param("drill-serve", type="string"), "parts": Param([], type="array")}):  # fmt: skip
+    deploy = RayServeLLMDeployOperator(task_id="deploy_llm", app_name="{{ params.app_name }}",
+                                       llm_configs=cpu_serve_llm_config(), deferrable=True, poll_interval=2)  # fmt: skip
+
+    @task
+    def partitions(**context: Any) -> list[dict[str, str]]:
+        return context["params"]["parts"]
+
+    classify = RayLLMBatchOperator.partial(
+        task_id="classify", preprocess=serve_request, postprocess=serve_answer, input_format="jsonl", id_column="id",
+        processor_config={"type": "ServeDeploymentProcessorConfig", "app_name": deploy.output["app_name"],
+                          "deployment_name": deploy.output["deployment_name"], "batch_size": 4, "concurrency": 1},
+        deferrable=True, poll_interval=2,
+    ).expand_kwargs(partitions())  # fmt: skip
+    classify >> RayServeLLMDeleteOperator(task_id="delete_llm", app_name="{{ params.app_name }}").as_teardown(setups=deploy)
