@@ -32,6 +32,8 @@ DEMAND_CHECK_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 60.0
 YIELD_EVERY_SECONDS = 0.02  # writing a long backlog of log lines yields to the event loop this often
 STOP_WAIT_SECONDS = 20.0
+# After the log stream closed, the job's status is polled this often for this long.
+STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 
 
 def is_transient(err: Exception) -> bool:
@@ -184,6 +186,7 @@ class JobWatch:
     async def _loop(self, follower: asyncio.Task | None) -> RayJobEvent:
         policy, failures, said = self.policy, 0, ""
         stuck_since: float | None = None
+        stream_closed: float | None = None
         next_demand_check = time.monotonic() + min(DEMAND_CHECK_SECONDS, policy.poll_interval)
         while True:
             try:
@@ -236,7 +239,16 @@ class JobWatch:
             sleep = policy.poll_interval
             if policy.deadline is not None:
                 sleep = max(0.0, min(sleep, policy.deadline - time.time()))
-            await asyncio.sleep(sleep)
+            if follower is not None and not follower.done() and info.status is not RayJobStatus.PENDING:
+                # Ray closes the log stream when the job ends: poll at once then, instead of
+                # waiting out the interval (a PENDING job's stream may close before it starts).
+                await asyncio.wait({follower}, timeout=sleep)
+                if follower.done():
+                    stream_closed = time.monotonic()
+            elif stream_closed is not None and time.monotonic() - stream_closed < STREAM_CLOSED_FAST_POLL_SECONDS:
+                await asyncio.sleep(min(sleep, 0.25))  # the status lags the stream's end by a moment
+            else:
+                await asyncio.sleep(sleep)
 
     async def _unplaceable(self, job_hex_id: str) -> str:
         try:

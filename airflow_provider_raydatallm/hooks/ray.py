@@ -25,12 +25,13 @@ from airflow_provider_raydatallm.hooks._connection import (
 )
 from airflow_provider_raydatallm.hooks._jobs_api import RayJobInfo, RayJobStatus
 from airflow_provider_raydatallm.hooks._packages import package_uri, zip_directory
-from airflow_provider_raydatallm.hooks._serve_api import APPLICATIONS_PATH, ServeState
 from airflow_provider_raydatallm.hooks._state_api import Demand
 from airflow_provider_raydatallm.hooks._ui import UI_FIELD_BEHAVIOUR
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
+
+    from airflow_provider_raydatallm.hooks._serve_api import ServeState
 
 __all__ = ["Demand", "RayHook", "RayJobInfo", "RayJobStatus"]
 # Answers above this size (a long job log) are decoded in a thread, off the triggerer's loop.
@@ -228,10 +229,14 @@ class RayHook(BaseHook):
 
     @staticmethod
     def _serve_state_call() -> _Call:
+        from airflow_provider_raydatallm.hooks._serve_api import APPLICATIONS_PATH, ServeState  # Serve users only
+
         return _Call("GET", APPLICATIONS_PATH, ServeState.from_api)
 
     @staticmethod
     def _serve_put_call(body: Mapping[str, Any]) -> _Call:
+        from airflow_provider_raydatallm.hooks._serve_api import APPLICATIONS_PATH
+
         return _Call("PUT", APPLICATIONS_PATH, lambda r: None, body=dict(body), expect_json=False)
 
     @staticmethod

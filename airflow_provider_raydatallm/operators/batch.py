@@ -21,7 +21,6 @@ from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, JobSpe
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
 from airflow_provider_raydatallm.operators import _checks, _jobs, _report, _submission as sub, _templating
 from airflow_provider_raydatallm.events import RayJobEvent, validate_event
-from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 from airflow_provider_raydatallm.watch import WaitPolicy, wait_sync
 
 if TYPE_CHECKING:
@@ -242,6 +241,9 @@ class RayLLMBatchOperator(BaseOperator):
             return _report.result_value(None, job_id, record, None)
         policy = self._policy(ti)
         if self.deferrable:
+            # Imported here: the trigger machinery is not needed to parse a DAG file.
+            from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
+
             # Airflow's own trigger timeout backs ours up (a trigger that could not run at all);
             # it comes later, so the trigger stops the job first and says why.
             backstop = timedelta(seconds=policy.deadline - time.time() + 60) if policy.deadline else None

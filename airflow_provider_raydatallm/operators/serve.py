@@ -19,7 +19,6 @@ from airflow_provider_raydatallm.exceptions import RayLLMConfigError, RayServeDe
 from airflow_provider_raydatallm.hooks import _serve_api as api
 from airflow_provider_raydatallm.hooks.ray import RayHook
 from airflow_provider_raydatallm.operators._submission import refuse_secret_env
-from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -173,6 +172,8 @@ class RayServeLLMDeployOperator(BaseOperator):
                                                          "created": deployed.created, "changed": deployed.changed})  # fmt: skip
         deadline = self._deadline(context["ti"])
         if self.deferrable:
+            from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger  # not needed to parse a DAG
+
             backstop = timedelta(seconds=deadline - time.time() + 60) if deadline else None
             self.defer(
                 trigger=RayServeAppTrigger(

@@ -16,7 +16,6 @@ from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.links.ray import RayJobLink
 from airflow_provider_raydatallm.operators._checks import ArgumentChecker
 from airflow_provider_raydatallm.events import validate_event
-from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -93,6 +92,8 @@ class RayJobSensor(BaseSensorOperator):
             return done.xcom_value
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
         interval = self.poke_interval
+        from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger  # not needed to parse a DAG
+
         self.defer(
             trigger=RayJobTrigger(
                 job_id=self.job_id,
