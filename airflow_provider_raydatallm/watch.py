@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from airflow_provider_raydatallm.exceptions import (
 )
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.events import RayJobEvent
+from airflow_provider_raydatallm.job.metrics import ERROR_MARKER, RESULT_MARKER
 
 # Ingresses and restarting dashboards answer these while the job itself is fine.
 TRANSIENT_STATUS = frozenset({502, 503, 504})
@@ -32,7 +34,8 @@ DEMAND_CHECK_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 60.0
 YIELD_EVERY_SECONDS = 0.02  # writing a long backlog of log lines yields to the event loop this often
 STOP_WAIT_SECONDS = 20.0
-# After the log stream closed, the job's status is polled this often for this long.
+POLL_JITTER = 0.1
+# Once the log shows the job ending, its status is polled every 0.25 s for this long.
 STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 
 
@@ -100,6 +103,7 @@ class JobWatch:
         self.checkpoint = checkpoint
         self._partial = ""
         self._emit_lock = asyncio.Lock()
+        self.ending = asyncio.Event()
 
     # -- the job log ------------------------------------------------------------------------
 
@@ -116,6 +120,8 @@ class JobWatch:
             if not complete:
                 return
             lines = complete[:-1].split("\n") if complete.endswith("\n") else complete.split("\n")
+            if RESULT_MARKER in complete or ERROR_MARKER in complete:
+                self.ending.set()  # this provider's job says its last word just before it exits
             new_offset = self.offset + len(complete)
             if self.checkpoint is not None:
                 await self.checkpoint(new_offset)
@@ -133,7 +139,7 @@ class JobWatch:
         await asyncio.to_thread(importlib.import_module, "websockets.asyncio.client")
         from airflow_provider_raydatallm.hooks._logs_ws import tail_async
 
-        failures = 0
+        failures = early_closes = 0
         while True:
             seen, start = 0, self.offset + len(self._partial)
             try:
@@ -142,7 +148,6 @@ class JobWatch:
                     begin, seen = seen, seen + len(chunk)
                     if seen > start:
                         await self._emit(chunk[max(0, start - begin) :])
-                return
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the socket dropped: reconnect, skipping what was shown
@@ -150,17 +155,23 @@ class JobWatch:
                 if failures > self.policy.max_transient_errors:
                     self.log.warning("stopped following the log of Ray job %s: %s", self.job_id, err)
                     return
-                await asyncio.sleep(backoff(failures, self.policy.poll_interval))
+                await asyncio.sleep(backoff(failures, 1.0))  # 1, 2, 4 ... s: the log is worth catching up on
+                continue
+            # Ray closed the stream: the job ended, or it had not started (a PENDING job's
+            # stream closes at once). Follow again once it runs, so its end shows here.
+            try:
+                if (await self.hook.aget_job_info(self.job_id)).status.is_terminal:
+                    return
+            except Exception:
+                return
+            early_closes += 1
+            await asyncio.sleep(min(self.policy.poll_interval, 0.5 * 2 ** min(early_closes, 6)))
 
     async def _drain(self, follower: asyncio.Task | None) -> None:
-        """After the job ended: let the socket deliver its last lines, then read the rest once."""
-        if follower is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(follower), timeout=5)
-            except (TimeoutError, asyncio.TimeoutError):
-                follower.cancel()
-            except Exception:
-                pass
+        """After the job ended: stop following (Ray closes the stream a few seconds after the
+        end) and read what the task log does not have yet from the whole log, once."""
+        if follower is not None and not follower.done():
+            follower.cancel()  # not awaited: its socket's closing handshake is not worth waiting for
         try:
             text = await self.hook.aget_job_logs(self.job_id)
         except Exception as err:
@@ -236,17 +247,23 @@ class JobWatch:
                     stuck_since, said = None, ""
             elif info.status is RayJobStatus.PENDING:
                 self.log.info("Ray job %s is PENDING: %s", self.job_id, info.message or "")
-            sleep = policy.poll_interval
+            # Jittered, so many watchers in one triggerer do not all wake in the same loop turn.
+            sleep = policy.poll_interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
             if policy.deadline is not None:
                 sleep = max(0.0, min(sleep, policy.deadline - time.time()))
-            if follower is not None and not follower.done() and info.status is not RayJobStatus.PENDING:
-                # Ray closes the log stream when the job ends: poll at once then, instead of
-                # waiting out the interval (a PENDING job's stream may close before it starts).
-                await asyncio.wait({follower}, timeout=sleep)
-                if follower.done():
+            if stream_closed is not None and time.monotonic() - stream_closed < STREAM_CLOSED_FAST_POLL_SECONDS:
+                await asyncio.sleep(min(sleep, 0.25))  # the job is ending: its status follows in a moment
+            elif follower is not None and not follower.done():
+                # The end shows in the log first: the job's result line, or Ray closing the
+                # stream. Poll at once then, instead of waiting out the interval (a job that
+                # is still PENDING then polls quickly for a few seconds, no more).
+                ending = asyncio.ensure_future(self.ending.wait())
+                try:
+                    await asyncio.wait({follower, ending}, timeout=sleep, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ending.cancel()
+                if follower.done() or self.ending.is_set():
                     stream_closed = time.monotonic()
-            elif stream_closed is not None and time.monotonic() - stream_closed < STREAM_CLOSED_FAST_POLL_SECONDS:
-                await asyncio.sleep(min(sleep, 0.25))  # the status lags the stream's end by a moment
             else:
                 await asyncio.sleep(sleep)
 

@@ -36,6 +36,17 @@ def connect() -> None:
     os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(local_ray.connection(PROFILE))
 
 
+def dag_environment() -> None:
+    """dag.test() for the benchmarks: its own Airflow home, ray_default at the dev head.
+    Call before anything imports Airflow."""
+    import dagrun
+
+    local_ray.up(PROFILE)
+    dagrun.environment(PROFILE, WORK / "airflow-home", ROOT / "benchmarks" / "dags", ROOT / "example_dags")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,12 +10,9 @@ instead and prints the seed's four questions with their answers.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,48 +21,21 @@ OUT = ROOT / ".cache" / "demo"
 
 def _environment() -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
+    import dagrun
     import local_ray
 
-    home = ROOT / ".cache" / "airflow-home"
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["AIRFLOW_HOME"] = str(home)
-    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
-        [{"name": "raydllm_examples", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-          "kwargs": {"path": str(ROOT / "example_dags")}}]
-    )  # fmt: skip
-    os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(local_ray.connection(local_ray.PROFILES["dev"]))
+    dagrun.environment(local_ray.PROFILES["dev"], ROOT / ".cache" / "airflow-home", ROOT / "example_dags")
     os.environ.setdefault("AIRFLOW_CONN_SENTIMENT_DB", json.dumps({"conn_type": "sqlite", "host": str(OUT / "sentiment.db")}))
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 def _run(dag_id: str, conf: dict, **test_kwargs):
     """dag.test() with its (long) log in a file; returns the run, its task states and XComs."""
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
+    import dagrun
 
-    dag = DagBag(dag_folder=str(ROOT / "example_dags" / f"{dag_id}.py")).dags[dag_id]
     log_path = OUT / f"{dag_id}.log"
     print(f"running {dag_id} on the local Ray head (task logs: {log_path.relative_to(ROOT)}) ...", flush=True)
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        saved = os.dup(1), os.dup(2)
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-            run = dag.test(run_conf=conf, logical_date=today, **test_kwargs)
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    print(f"dag run {run.state} in {time.monotonic() - started:.0f}s: {states}")
-    with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=dag_id)).all()
-        xcoms: dict[str, list] = {}
-        for row in sorted(rows, key=lambda r: r.map_index):
-            xcoms.setdefault(row.task_id, []).append(XComModel.deserialize_value(row))
+    run, seconds, states, xcoms = dagrun.run(ROOT / "example_dags" / f"{dag_id}.py", dag_id, conf, log_path, **test_kwargs)
+    print(f"dag run {run.state} in {seconds:.0f}s: {states}")
     return run, states, xcoms
 
 

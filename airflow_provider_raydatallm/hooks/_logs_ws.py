@@ -11,6 +11,8 @@ from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
 from airflow_provider_raydatallm.hooks._connection import CONNECT_TIMEOUT, USER_AGENT, RayConnectionConfig
 from airflow_provider_raydatallm.hooks._jobs_api import job_path, redact
 
+CLOSE_TIMEOUT = 0.5
+
 
 def _ws_url(config: RayConnectionConfig, job_id: str) -> str:
     scheme = "wss" if config.base_url.startswith("https://") else "ws"
@@ -42,6 +44,8 @@ def tail_sync(config: RayConnectionConfig, job_id: str) -> Iterator[str]:
             compression=None,
             # The dashboard proxy does not answer pings: keepalive would kill a quiet tail.
             ping_interval=None,
+            # Closing early (the job ended) need not wait for the dashboard's next tail turn.
+            close_timeout=CLOSE_TIMEOUT,
         )
     except OSError as err:
         raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None
@@ -71,6 +75,8 @@ async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[
             compression=None,
             # The dashboard proxy does not answer pings: keepalive would kill a quiet tail.
             ping_interval=None,
+            # Closing early (the job ended) need not wait for the dashboard's next tail turn.
+            close_timeout=CLOSE_TIMEOUT,
         )
     except OSError as err:
         raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +16,7 @@ from airflow_provider_raydatallm.watch import JobWatch, WaitPolicy, stop_and_wai
 # XCom of the deferred task instance holding how much of the job log its task log has:
 # a trigger started again (triggerer restart, another triggerer) carries on from there.
 LOG_OFFSET_XCOM_KEY = "ray_job_log_offset"
+START_SPREAD_SECONDS = 1.0
 
 
 class RayJobTrigger(BaseTrigger):
@@ -127,6 +130,9 @@ class RayJobTrigger(BaseTrigger):
     # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # Triggers that start together (a burst of deferred tasks, a triggerer restart) begin
+        # within a second of each other instead of all in one turn of the event loop.
+        await asyncio.sleep(random.uniform(0, min(START_SPREAD_SECONDS, self.poll_interval)))
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         policy = WaitPolicy(
             poll_interval=self.poll_interval, deadline=self._deadline(), pending_timeout=self.pending_timeout,
