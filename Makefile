@@ -22,7 +22,8 @@ help:
 	@echo "make demo      set up, start the local Ray head, run the daily sentiment DAG, print its result"
 	@echo "make demo-questions  the seed's four common questions through the same path"
 	@echo "make test      set up and run the whole test suite (starts its own Ray head)"
-	@echo "make bench     benchmarks (benchmarks/): figures into docs/benchmarks.md"
+	@echo "make bench     benchmarks (benchmarks/): warm vs cold engines, operator overhead, end of job to success,"
+	@echo "               trigger at scale, DAG-parse cost, provider vs raw Ray Data; figures into docs/benchmarks.md"
 	@echo "make bench-2m  the seed's 2M-row customers file through the provider's job, with a plot"
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
@@ -89,8 +90,14 @@ bench-deps: .venv/.bench
 	.venv/bin/pip install -q -e ".[bench]" $(QUIET_PIP)
 	touch $@
 
+# Each benchmark prints its table and writes its section of docs/benchmarks.md (about 30 min in all).
 bench: setup ray-up bench-deps
-	.venv/bin/python benchmarks/scale.py --sizes 20000 200000 --repeat 3 --resume
+	.venv/bin/python benchmarks/parse_cost.py --repeat 5
+	.venv/bin/python benchmarks/trigger_scale.py --fake 1000 --real 50
+	.venv/bin/python benchmarks/end_to_success.py --repeat 5
+	.venv/bin/python benchmarks/overhead.py --repeat 3 --rows 100
+	.venv/bin/python benchmarks/warm_cold.py --posts 200
+	.venv/bin/python benchmarks/scale.py --sizes 20000 200000 --repeat 2 --resume
 
 bench-2m: setup ray-up bench-deps
 	.venv/bin/python benchmarks/scale.py --sizes 2000000 --kinds provider --plot --section "Scale: 2M rows"

@@ -38,7 +38,7 @@ WAYS = [
 ]
 
 
-def run_way(dag_id: str, partitions: int, posts: int, tag: str) -> tuple[float, dict]:
+def run_way(dag_id: str, partitions: int, posts: int, tag: str) -> tuple[float, dict, list[tuple[str, float, float]]]:
     import dagrun
 
     out = common.WORK / "out" / f"warm-cold-{tag}"
@@ -46,10 +46,40 @@ def run_way(dag_id: str, partitions: int, posts: int, tag: str) -> tuple[float, 
     conf = {"posts_root": str(common.WORK / "posts"), "output_root": str(out), "num_partitions": partitions,
             "posts_per_day": posts, "sql_conn_id": "bench_sentiment_db"}  # fmt: skip
     log = common.WORK / f"warm-cold-{tag}.log"
-    _, seconds, states, xcoms = dagrun.run(common.ROOT / "example_dags" / f"{dag_id}.py", dag_id, conf, log, logical_date=DAY)
+    dag_run, seconds, states, xcoms = dagrun.run(common.ROOT / "example_dags" / f"{dag_id}.py", dag_id, conf, log,
+                                                 logical_date=DAY)  # fmt: skip
     if set(states.values()) != {"success"}:
         raise RuntimeError(f"{dag_id} ({tag}) ended {states}; see {log}")
-    return seconds, xcoms
+    spans = [(ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""), ti.start_date.timestamp(), ti.end_date.timestamp())
+             for ti in dagrun.task_instances(dag_run) if ti.start_date and ti.end_date]  # fmt: skip
+    return seconds, xcoms, sorted(spans, key=lambda s: s[1])
+
+
+def plot(timelines: dict[str, list[tuple[str, float, float]]], path: Path) -> None:
+    """One row per task instance, per way: where each run's time went."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sum(len(spans) for spans in timelines.values())
+    fig, ax = plt.subplots(figsize=(9, 0.32 * rows + 1.2))
+    colors = {"a": "tab:red", "b": "tab:orange", "c": "tab:green"}
+    y, labels = 0, []
+    for tag, spans in timelines.items():
+        start = min(s[1] for s in spans)
+        for name, begin, end in spans:
+            ax.barh(y, end - begin, left=begin - start, color=colors[tag], height=0.7)
+            labels.append(f"({tag}) {name}")
+            y += 1
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from the start of the DAG run")
+    ax.set_title("Task instances of the three ways (dag.test runs mapped tasks one after another)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def main() -> None:
@@ -59,9 +89,9 @@ def main() -> None:
     args = parser.parse_args()
     common.dag_environment()
     os.environ["AIRFLOW_CONN_BENCH_SENTIMENT_DB"] = json.dumps({"conn_type": "sqlite", "host": str(common.WORK / "sentiment.db")})
-    rows, walls = [], {}
+    rows, walls, timelines = [], {}, {}
     for tag, what, dag_id, partitions in WAYS:
-        seconds, xcoms = run_way(dag_id, partitions, args.posts, tag)
+        seconds, xcoms, timelines[tag] = run_way(dag_id, partitions, args.posts, tag)
         walls[tag] = seconds
         results = xcoms["classify"]
         labelled = sum(r["metrics"]["rows_out"] for r in results)
@@ -81,7 +111,11 @@ def main() -> None:
         *rows,
         "",
         f"Warm / cold wall: **{ratio:.2f}** (target <= {TARGET}: {verdict}); one job / cold: {walls['b'] / walls['a']:.2f}.",
+        "",
+        "![task instances of the three ways over time](images/bench-warm-cold.png)",
     ])  # fmt: skip
+    if not args.no_doc:
+        plot(timelines, common.DOC.parent / "images" / "bench-warm-cold.png")
     print(body)
     if not args.no_doc:
         common.update_doc("Warm vs cold engines", body)

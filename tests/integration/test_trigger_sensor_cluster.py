@@ -73,3 +73,21 @@ def test_sensor_fails_with_the_log_tail_of_a_failed_job(ray_conn):
     with pytest.raises(RayJobFailedError) as err:
         RayJobSensor(task_id="wait", job_id=job_id).poke({})
     assert "ended FAILED" in str(err.value) and "about to fail" in str(err.value)
+
+
+async def test_the_wait_ends_with_the_job_not_at_the_next_poll(ray_conn):
+    """A 30 s poll interval, a job of a few seconds: the trigger ends soon after the job, woken
+    by the job's result line in the log (and by Ray closing the stream for other jobs)."""
+    hook = RayHook()
+    marker = "RAYDLLM_" + "RESULT"  # not in the entrypoint text Ray echoes into the log
+    job_id = hook.submit_job(
+        f"python -c \"import time; time.sleep(3); print('{marker[:8]}' + '{marker[8:]} {{}}', flush=True)\"",
+        submission_id=f"quick-{uuid.uuid4().hex[:8]}",
+    )  # fmt: skip
+    started = time.monotonic()
+    events = [validate_event(e.payload) async for e in RayJobTrigger(job_id, poll_interval=30).run()]
+    waited = time.monotonic() - started
+    ended = hook.get_job_info(job_id)
+    assert [e.status for e in events] == ["success"] and ended.status is RayJobStatus.SUCCEEDED
+    assert waited < 20, f"the wait took {waited:.1f}s for a job of ~4s (poll interval 30s)"
+    assert f"{marker} {{}}" in hook.get_job_logs(job_id)

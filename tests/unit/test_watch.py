@@ -57,3 +57,14 @@ def test_transient_errors_are_unreachable_and_gateway_answers_only():
     assert is_transient(RayClusterUnreachableError("a", "refused"))
     assert is_transient(RayAPIError("a", "bad gateway", 502)) and is_transient(RayAPIError("a", "x", 504))
     assert not is_transient(RayAPIError("a", "boom", 500)) and not is_transient(RayJobNotFoundError("a", "j"))
+
+
+async def test_the_jobs_last_word_marks_it_ending():
+    from airflow_provider_raydatallm.job.metrics import ERROR_MARKER, RESULT_MARKER
+
+    for marker in (RESULT_MARKER, ERROR_MARKER):
+        watch = JobWatch(None, "j", WaitPolicy(), _Log())
+        await watch._emit("progress 10%\n")
+        assert not watch.ending.is_set()
+        await watch._emit(f"{marker}{{}}\n")
+        assert watch.ending.is_set()
