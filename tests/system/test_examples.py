@@ -59,10 +59,11 @@ def test_daily_sentiment_partitions_classifies_writes_and_reruns_idempotently(ex
         assert conn.execute("SELECT COUNT(*) FROM daily_sentiment WHERE day = ?", (day,)).fetchone()[0] == 4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def openai_server(tmp_path_factory):
     """A real OpenAI-compatible server: vLLM serving the default model as "gpt-4o-mini",
-    refusing requests without its API key."""
+    refusing requests without its API key. Stopped after the test: its engine holds ~7 GiB
+    that the next tests' engines need."""
     import os
     import secrets
     import socket
