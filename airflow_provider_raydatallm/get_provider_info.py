@@ -27,11 +27,17 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.hooks.ray"]}],
         "operators": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.operators.batch"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_raydatallm.operators.batch", "airflow_provider_raydatallm.operators.serve"],
+            }
         ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.sensors.ray_job"]}],
         "triggers": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_raydatallm.triggers.ray_job"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_raydatallm.triggers.ray_job", "airflow_provider_raydatallm.triggers.serve"],
+            }
         ],
         "extra-links": ["airflow_provider_raydatallm.links.ray.RayJobLink"],
         "connection-types": [
