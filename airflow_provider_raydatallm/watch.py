@@ -17,6 +17,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from airflow_provider_raydatallm.exceptions import (
     RayAPIError,
@@ -49,6 +51,22 @@ def is_transient(err: Exception) -> bool:
 
 def backoff(failures: int, base: float) -> float:
     return min(MAX_BACKOFF_SECONDS, max(1.0, base) * 2 ** (failures - 1))
+
+
+def seconds(value: float | timedelta | None) -> float | None:
+    """A timeout argument (seconds or a timedelta) as seconds."""
+    return value.total_seconds() if isinstance(value, timedelta) else (float(value) if value is not None else None)
+
+
+def task_deadline(timeout: float | None, execution_timeout: timedelta | None, ti: Any) -> float | None:
+    """Wall-clock end of a task's wait: ``timeout`` from now or the task's
+    ``execution_timeout``, the earlier. Airflow 3.3 does not apply execution_timeout to a
+    deferred task, so the triggers do."""
+    deadlines = [time.time() + timeout] if timeout else []
+    start = getattr(ti, "start_date", None)
+    if execution_timeout and start is not None:
+        deadlines.append(start.timestamp() + execution_timeout.total_seconds())
+    return min(deadlines) if deadlines else None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, JobSpe
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
 from airflow_provider_raydatallm.operators import _checks, _jobs, _report, _submission as sub, _templating
 from airflow_provider_raydatallm.events import RayJobEvent, validate_event
-from airflow_provider_raydatallm.watch import WaitPolicy, wait_sync
+from airflow_provider_raydatallm.watch import WaitPolicy, seconds, task_deadline, wait_sync
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 # not hold a task (and its slot in a pool) for hours.
 DEFAULT_PENDING_TIMEOUT = 900.0
 
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else (float(value) if value is not None else None)
 
 
 class RayLLMBatchOperator(BaseOperator):
@@ -162,8 +159,8 @@ class RayLLMBatchOperator(BaseOperator):
         self.deferrable = deferrable
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
-        self.timeout = _seconds(timeout)
-        self.pending_timeout = _seconds(pending_timeout)
+        self.timeout = seconds(timeout)
+        self.pending_timeout = seconds(pending_timeout)
         self.fetch_logs = fetch_logs
         self.resume = resume
         self._submission_id: str | None = None  # for on_kill, within one execute() call
@@ -197,12 +194,8 @@ class RayLLMBatchOperator(BaseOperator):
     def _policy(self, ti: Any) -> WaitPolicy:
         """The wait: until ``timeout`` from now or the task's ``execution_timeout``, the earlier.
         Airflow 3.3 does not apply execution_timeout to a deferred task, so the trigger does."""
-        deadlines = [time.time() + self.timeout] if self.timeout else []
-        start = getattr(ti, "start_date", None)
-        if self.execution_timeout and start is not None:
-            deadlines.append(start.timestamp() + self.execution_timeout.total_seconds())
         return WaitPolicy(
-            poll_interval=self.poll_interval, deadline=min(deadlines) if deadlines else None,
+            poll_interval=self.poll_interval, deadline=task_deadline(self.timeout, self.execution_timeout, ti),
             pending_timeout=self.pending_timeout, fetch_logs=self.fetch_logs, owns_job=True,
         )  # fmt: skip
 

@@ -19,6 +19,7 @@ from airflow_provider_raydatallm.exceptions import RayLLMConfigError, RayServeDe
 from airflow_provider_raydatallm.hooks import _serve_api as api
 from airflow_provider_raydatallm.hooks.ray import RayHook
 from airflow_provider_raydatallm.operators._submission import refuse_secret_env
+from airflow_provider_raydatallm.watch import seconds, task_deadline
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -44,9 +45,6 @@ def _with_hook(conn_id: str, work: Callable[[RayHook], Awaitable[T]]) -> T:
 
     return asyncio.run(main())
 
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else (float(value) if value is not None else None)
 
 
 class RayServeLLMDeployOperator(BaseOperator):
@@ -121,8 +119,8 @@ class RayServeLLMDeployOperator(BaseOperator):
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        self.timeout = _seconds(timeout)
-        self.pending_timeout = _seconds(pending_timeout)
+        self.timeout = seconds(timeout)
+        self.pending_timeout = seconds(pending_timeout)
         self.remove_on_failure = remove_on_failure
         self._created: tuple[str, str] | None = None  # (app, config hash) this execute() created
         if not isinstance(poll_interval, (int, float)) or isinstance(poll_interval, bool) or not poll_interval > 0:
@@ -153,13 +151,6 @@ class RayServeLLMDeployOperator(BaseOperator):
             refuse_secret_env(config.get("runtime_env"), self.task_id)
         return api.app_config(self.app_name, route, configs, self.runtime_env)
 
-    def _deadline(self, ti: Any) -> float | None:
-        deadlines = [time.time() + self.timeout] if self.timeout else []
-        start = getattr(ti, "start_date", None)
-        if self.execution_timeout and start is not None:
-            deadlines.append(start.timestamp() + self.execution_timeout.total_seconds())
-        return min(deadlines) if deadlines else None
-
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.app_config()
         deployed = _with_hook(
@@ -170,7 +161,7 @@ class RayServeLLMDeployOperator(BaseOperator):
         self._created = (deployed.app_name, deployed.config_hash) if created else None
         context["ti"].xcom_push(key=XCOM_APP_KEY, value={"app_name": deployed.app_name, "config_hash": deployed.config_hash,
                                                          "created": deployed.created, "changed": deployed.changed})  # fmt: skip
-        deadline = self._deadline(context["ti"])
+        deadline = task_deadline(self.timeout, self.execution_timeout, context["ti"])
         if self.deferrable:
             from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger  # not needed to parse a DAG
 
