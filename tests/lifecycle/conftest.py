@@ -148,6 +148,15 @@ class RealAirflow:
             time.sleep(1)
         raise AssertionError(f"{dag_id}.{task_id} in {run_id} never reached {states}: {ti}\n{self.diagnostics()}")
 
+    def wait_run(self, dag_id: str, run_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
+        deadline, run = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            run = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if run.get("state") in states:
+                return run
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} run {run_id} never reached {states}: {run}\n{self.diagnostics()}")
+
     def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", {"new_state": state})
 

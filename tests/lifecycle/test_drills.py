@@ -162,6 +162,10 @@ def test_clear_runs_again_and_a_changed_prompt_never_reattaches(real_airflow, tm
         assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "success"
         first = json.loads((out / "_SUCCESS").read_text())
 
+        # Clear a finished run, as a user does from the UI. Clearing in the second between the
+        # task's success and the scheduler closing the run loses the clear (SQLite, no row
+        # lock): the scheduler still marks the run successful and the task never runs again.
+        real_airflow.wait_run("drill_deferred", run_id, {"success", "failed"})
         real_airflow.clear("drill_deferred", run_id, "ask")
         real_airflow.wait_ti("drill_deferred", run_id, "ask", {"queued", "scheduled", "running", "deferred"}, 60)
         assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "success"
@@ -170,6 +174,7 @@ def test_clear_runs_again_and_a_changed_prompt_never_reattaches(real_airflow, tm
         assert set(second["files"]).isdisjoint(first["files"]) and not any((out / f).exists() for f in first["files"])
 
         PROMPT_FILE.write_text("Answer in French.")
+        real_airflow.wait_run("drill_deferred", run_id, {"success", "failed"})
         real_airflow.clear("drill_deferred", run_id, "ask")
         real_airflow.wait_ti("drill_deferred", run_id, "ask", {"queued", "scheduled", "running", "deferred"}, 60)
         assert real_airflow.wait_ti("drill_deferred", run_id, "ask", {"success", "failed"})["state"] == "success"
