@@ -90,7 +90,7 @@ bench-deps: .venv/.bench
 	.venv/bin/pip install -q -e ".[bench]" $(QUIET_PIP)
 	touch $@
 
-# Each benchmark prints its table and writes its section of docs/benchmarks.md (about 30 min in all).
+# Each benchmark prints its table and writes its section of docs/benchmarks.md (about 25 min in all).
 bench: setup ray-up bench-deps
 	.venv/bin/python benchmarks/parse_cost.py --repeat 5
 	.venv/bin/python benchmarks/trigger_scale.py --fake 1000 --real 50

@@ -224,7 +224,8 @@ def report(rows: list[dict[str, Any]], resumed: dict[str, Any] | None, command: 
     sizes = sorted({r["rows"] for r in rows})
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; {common.machine()}). Stand-in endpoint: "
              f"HttpRequestProcessorConfig, concurrency {CONCURRENCY}, batch_size {BATCH_SIZE}; 3x{CONCURRENCY} "
-             "partitions; each cell the median of the runs at that size.", "",
+             "partitions; each row the median run at that size (of an even number of runs, the slower middle one), "
+             "its peak object store the median of the runs' peaks.", "",
              "| rows | job | wall s | rows/s | peak object store | spilled |", "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
     for size in sizes:
         for kind in ("raw", "provider"):
