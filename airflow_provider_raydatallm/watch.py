@@ -69,6 +69,13 @@ def task_deadline(timeout: float | None, execution_timeout: timedelta | None, ti
     return min(deadlines) if deadlines else None
 
 
+def defer_timeout(deadline: float | None) -> timedelta | None:
+    """Airflow's own timeout for a deferral waiting until ``deadline``: a minute later, a
+    backstop for a trigger that could not run at all. The trigger itself ends first and says
+    why (it stops the job or removes the app)."""
+    return timedelta(seconds=deadline - time.time() + 60) if deadline else None
+
+
 @dataclass(frozen=True)
 class WaitPolicy:
     """How to wait. ``deadline`` is wall-clock epoch seconds, so it survives a triggerer

@@ -45,8 +45,7 @@ def _run(dag_id: str, conf: dict, **test_kwargs):
 def sentiment(warm: bool) -> int:
     import pyarrow.parquet as pq
 
-    cold = not warm
-    dag_id = "example_daily_sentiment" if cold else "example_warm_sentiment"
+    dag_id = "example_warm_sentiment" if warm else "example_daily_sentiment"
     conf = {"posts_root": str(OUT / "posts"), "output_root": str(OUT / dag_id.removeprefix("example_")),
             "num_partitions": 2, "posts_per_day": 40}  # fmt: skip
     run, states, xcoms = _run(dag_id, conf)
@@ -66,11 +65,11 @@ def sentiment(warm: bool) -> int:
         m = result["metrics"]
         print(f"  {result['output_uri']}  ({m['rows_out']} rows, {m['error_rows']} errors)")
     print(f"  SQL table daily_sentiment in {json.loads(os.environ['AIRFLOW_CONN_SENTIMENT_DB'])['host']}")
-    if not cold:
+    if warm:
         deployed = xcoms["deploy_llm"][0]
         print(f"\nwarm engine: Serve application {deployed['app_name']} (deployment {deployed['deployment_name']}, "
               f"OpenAI route {deployed['base_url']}), deleted by the teardown task")  # fmt: skip
-    started = "vLLM start-up" if cold else "the job's start-up; the engine was already warm"
+    started = "the job's start-up; the engine was already warm" if warm else "vLLM start-up"
     print(f"\nthroughput per partition task (wall time includes {started}):")
     for i, result in enumerate(results):
         m = result["metrics"]

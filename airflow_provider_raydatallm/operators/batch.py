@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, JobSpe
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
 from airflow_provider_raydatallm.operators import _checks, _jobs, _report, _submission as sub, _templating
 from airflow_provider_raydatallm.events import RayJobEvent, validate_event
-from airflow_provider_raydatallm.watch import WaitPolicy, seconds, task_deadline, wait_sync
+from airflow_provider_raydatallm.watch import WaitPolicy, defer_timeout, seconds, task_deadline, wait_sync
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 # an autoscaler to bring up a GPU node, short enough that a typo'd accelerator_type does
 # not hold a task (and its slot in a pool) for hours.
 DEFAULT_PENDING_TIMEOUT = 900.0
-
 
 
 class RayLLMBatchOperator(BaseOperator):
@@ -237,16 +235,13 @@ class RayLLMBatchOperator(BaseOperator):
             # Imported here: the trigger machinery is not needed to parse a DAG file.
             from airflow_provider_raydatallm.triggers.ray_job import RayJobTrigger
 
-            # Airflow's own trigger timeout backs ours up (a trigger that could not run at all);
-            # it comes later, so the trigger stops the job first and says why.
-            backstop = timedelta(seconds=policy.deadline - time.time() + 60) if policy.deadline else None
             self.defer(
                 trigger=RayJobTrigger(
                     job_id=job_id, ray_conn_id=self.ray_conn_id, poll_interval=policy.poll_interval,
                     deadline=policy.deadline, pending_timeout=policy.pending_timeout, fetch_logs=policy.fetch_logs,
                 ),
                 method_name="execute_complete",
-                timeout=backstop,
+                timeout=defer_timeout(policy.deadline),
             )  # fmt: skip
         event = wait_sync(self.ray_conn_id, job_id, policy, self.log)
         return self._complete(hook, event, context)

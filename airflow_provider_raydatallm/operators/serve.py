@@ -8,7 +8,6 @@ Both talk to the dashboard's Serve REST API (no Ray import here). See docs/serve
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,7 +18,7 @@ from airflow_provider_raydatallm.exceptions import RayLLMConfigError, RayServeDe
 from airflow_provider_raydatallm.hooks import _serve_api as api
 from airflow_provider_raydatallm.hooks.ray import RayHook
 from airflow_provider_raydatallm.operators._submission import refuse_secret_env
-from airflow_provider_raydatallm.watch import seconds, task_deadline
+from airflow_provider_raydatallm.watch import defer_timeout, seconds, task_deadline
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -44,7 +43,6 @@ def _with_hook(conn_id: str, work: Callable[[RayHook], Awaitable[T]]) -> T:
             await hook.aclose()
 
     return asyncio.run(main())
-
 
 
 class RayServeLLMDeployOperator(BaseOperator):
@@ -165,7 +163,6 @@ class RayServeLLMDeployOperator(BaseOperator):
         if self.deferrable:
             from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger  # not needed to parse a DAG
 
-            backstop = timedelta(seconds=deadline - time.time() + 60) if deadline else None
             self.defer(
                 trigger=RayServeAppTrigger(
                     app_name=deployed.app_name, config_hash=deployed.config_hash, ray_conn_id=self.ray_conn_id,
@@ -174,7 +171,7 @@ class RayServeLLMDeployOperator(BaseOperator):
                 ),
                 method_name="execute_complete",
                 kwargs={"created": created},
-                timeout=backstop,
+                timeout=defer_timeout(deadline),
             )  # fmt: skip
         policy = serve_apps.AppWait(poll_interval=self.poll_interval, deadline=deadline, pending_timeout=self.pending_timeout)
         event = _with_hook(

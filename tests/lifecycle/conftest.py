@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,23 +140,21 @@ class RealAirflow:
     def ti(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
 
-    def wait_ti(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 900) -> dict[str, Any]:
-        deadline, ti = time.monotonic() + timeout, {}
+    def _wait_state(self, what: str, fetch: Callable[[], dict[str, Any]], states: set[str], timeout: float) -> dict[str, Any]:
+        deadline, found = time.monotonic() + timeout, {}
         while time.monotonic() < deadline:
-            ti = self.ti(dag_id, run_id, task_id)
-            if ti.get("state") in states:
-                return ti
+            found = fetch()
+            if found.get("state") in states:
+                return found
             time.sleep(1)
-        raise AssertionError(f"{dag_id}.{task_id} in {run_id} never reached {states}: {ti}\n{self.diagnostics()}")
+        raise AssertionError(f"{what} never reached {states}: {found}\n{self.diagnostics()}")
+
+    def wait_ti(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 900) -> dict[str, Any]:
+        return self._wait_state(f"{dag_id}.{task_id} in {run_id}", lambda: self.ti(dag_id, run_id, task_id), states, timeout)
 
     def wait_run(self, dag_id: str, run_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
-        deadline, run = time.monotonic() + timeout, {}
-        while time.monotonic() < deadline:
-            run = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            if run.get("state") in states:
-                return run
-            time.sleep(1)
-        raise AssertionError(f"{dag_id} run {run_id} never reached {states}: {run}\n{self.diagnostics()}")
+        fetch = lambda: self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")  # noqa: E731
+        return self._wait_state(f"{dag_id} run {run_id}", fetch, states, timeout)
 
     def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", {"new_state": state})
