@@ -44,10 +44,6 @@ class RayJobStatus(str, enum.Enum):
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
-    @classmethod
-    def terminal_states(cls) -> frozenset[RayJobStatus]:
-        return _TERMINAL
-
 
 _TERMINAL = frozenset({RayJobStatus.STOPPED, RayJobStatus.SUCCEEDED, RayJobStatus.FAILED})
 

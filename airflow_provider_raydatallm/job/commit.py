@@ -1,28 +1,34 @@
 """Owning and committing an output directory (cluster side, through fsspec; no Ray import).
 
-The provider owns only what it wrote. Layout of a committed output directory::
+The provider owns only what it wrote, and an output belongs to one task. Layout::
 
     <output>/
-      <data files>                 named by Ray's writer (unique per write)
-      _SUCCESS                     the manifest: JSON naming exactly the committed files
-      _raydllm/staging/<tag>/      an attempt's files before its commit (hidden from readers:
-                                   Parquet/Arrow/Spark readers skip names starting with "_");
-                                   with resumable runs ``<tag>`` is the task instance's resume
-                                   key, so a retry finds what the failed try wrote, and
-                                   ``_blocks/`` in it records each written block (resume.py)
-      _raydllm/pending-<tag>.json  the files a commit in progress is moving in
+      part-<commit>-<block>.<ext>    the committed data files: <commit> names the commit,
+                                     <block> the block (a hash of its row ids)
+      _SUCCESS                       the manifest: JSON naming exactly the committed files,
+                                     the owner (namespace, dag, task, map index), the commit id
+      _raydllm/staging/<name>/       a job's blocks before the commit (``block-<block>.<ext>``:
+                                     a write Ray retries lands on the same name); with
+                                     resumable runs ``<name>`` is the resume key and
+                                     ``_blocks/`` in it records each written block (resume.py)
+      _raydllm/commit-<commit>.json  the intent of a commit in progress: what it adds, what it
+                                     removes once its manifest is in place
 
-A commit, run while the attempt holds the output's lock (``job/lock.py``):
+The commit is a state machine (docs/lifecycle.md draws it), run under the output's lock:
 
-1. check that every file in the directory is the previous manifest's or a pending commit's
-   (else refuse, naming one, unless ``overwrite``);
-2. record the new files in ``pending-<tag>.json``, move them from staging into place;
-3. write ``_SUCCESS`` naming exactly the new files (one object put; a rename on local disk);
-4. delete the previous manifest's files that are not in the new one, then the pending record.
+    INTENT   write commit-<id>.json: the files to add (new names, never an existing file)
+             and the files to remove (the previous version's, and with ``overwrite`` files
+             we did not write)
+    MOVING   move each staged block to its new name
+    SWITCHED write _SUCCESS naming the new files (one rename on local disk, one PUT on an
+             object store): readers now see the new version
+    CLEANING remove the files the intent lists for removal
+    DONE     delete the intent, then the staging directory
 
-Readers that go by ``_SUCCESS`` see the previous version until step 3 and the new one after;
-an interrupted commit leaves the previous ``_SUCCESS`` and its files intact, and the next
-commit removes the files its pending record names.
+``recover()``, run by the next job before anything else, finishes or undoes a commit that
+was interrupted: when ``_SUCCESS`` names the intent's commit it removes what the intent
+lists for removal (roll forward), otherwise it removes the files the intent added (roll
+back). Either way a reader going by ``_SUCCESS`` sees one complete version at every step.
 """
 
 from __future__ import annotations
@@ -31,48 +37,89 @@ import json
 import logging
 import posixpath
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from airflow_provider_raydatallm.job.spec import normalize_uri
 
 log = logging.getLogger("raydllm.job")
 
 MANIFEST = "_SUCCESS"
 MANIFEST_KIND = "airflow-provider-raydatallm/manifest"
+MANIFEST_VERSION = 2
 WORK_DIR = "_raydllm"
 PROGRESS_DIR = "_blocks"  # inside a staging directory: block records, never committed
+OWNER_FIELDS = ("namespace", "dag_id", "task_id", "map_index")
 
 
 class OutputNotOwnedError(RuntimeError):
-    """The output directory holds files this provider did not write."""
+    """The output directory holds files this provider did not write, or another task's output."""
 
 
 def is_local(fs) -> bool:
     """Whether ``fs`` is a local (or mounted) filesystem, where a rename is atomic."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols
+    return "file" in protocols or "local" in protocols
 
 
-def _fs(uri: str):
+def location(uri: str) -> tuple[Any, str]:
+    """(filesystem, absolute path without a trailing slash) of a URI: the one way the job
+    turns a URI into a place (relative local paths are resolved here, on the cluster)."""
     from fsspec.core import url_to_fs
 
-    fs, path = url_to_fs(uri)
-    return fs, path.rstrip("/")
+    fs, path = url_to_fs(normalize_uri(uri))
+    return fs, path.rstrip("/") or "/"
+
+
+def canonical(uri: str) -> str:
+    """The URI as one string per place, for equality and containment checks and lock keys."""
+    fs, path = location(uri)
+    return normalize_uri(fs.unstrip_protocol(path))
+
+
+def owner_of(run: dict[str, Any]) -> dict[str, Any]:
+    """The task an output belongs to: the same task in a later run replaces it; another task
+    (a sibling mapped task, another DAG, another Airflow deployment) may not."""
+    return {key: run.get(key, -1 if key == "map_index" else "") for key in OWNER_FIELDS}
+
+
+def describe_owner(owner: dict[str, Any]) -> str:
+    index = f"[{owner['map_index']}]" if owner.get("map_index", -1) not in (-1, None) else ""
+    where = f" in Airflow namespace {owner['namespace']!r}" if owner.get("namespace") else ""
+    return f"task {owner.get('dag_id') or '?'}.{owner.get('task_id') or '?'}{index}{where}"
+
+
+def put_whole(fs: Any, path: str, data: bytes, tmp_dir: str | None = None) -> None:
+    """Write a small file so that no reader (nor a job after a kill) sees half of it; on
+    local disk it is written in ``tmp_dir`` (default: beside it) and renamed in."""
+    if is_local(fs):
+        tmp = f"{tmp_dir or posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:  # one object PUT
+        fs.pipe_file(path, data)
 
 
 @dataclass
 class Manifest:
-    """What ``_SUCCESS`` says: which files make the committed version, and which run made it."""
+    """What ``_SUCCESS`` says: which files make the committed version, and which task made it."""
 
     files: list[str] = field(default_factory=list)  # relative to the directory
     submission_id: str = ""
     run: dict[str, Any] = field(default_factory=dict)
     rows: int = 0
     committed_at: float = 0.0
+    commit_id: str = ""
+    owner: dict[str, Any] | None = None  # None: written before owners were recorded
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        body = {"kind": MANIFEST_KIND, "version": 1, "files": sorted(self.files), "submission_id": self.submission_id,
-                "run": self.run, "rows": self.rows, "committed_at": self.committed_at, **self.extra}  # fmt: skip
+        body = {
+            "kind": MANIFEST_KIND, "version": MANIFEST_VERSION, "commit_id": self.commit_id, "owner": self.owner,
+            "files": sorted(self.files), "submission_id": self.submission_id, "run": self.run, "rows": self.rows,
+            "committed_at": self.committed_at, **self.extra,
+        }  # fmt: skip
         return json.dumps(body, indent=2, default=str).encode()
 
     @classmethod
@@ -84,34 +131,60 @@ class Manifest:
             return None
         if not isinstance(body, dict) or body.get("kind") != MANIFEST_KIND:
             return None
-        known = {"kind", "version", "files", "submission_id", "run", "rows", "committed_at"}
+        known = {"kind", "version", "files", "submission_id", "run", "rows", "committed_at", "commit_id", "owner"}
         return cls(
-            files=list(body.get("files") or []), submission_id=body.get("submission_id", ""), run=body.get("run") or {},
-            rows=int(body.get("rows") or 0), committed_at=float(body.get("committed_at") or 0),
+            files=list(body.get("files") or []),
+            submission_id=body.get("submission_id", ""),
+            run=body.get("run") or {},
+            rows=int(body.get("rows") or 0),
+            committed_at=float(body.get("committed_at") or 0),
+            commit_id=str(body.get("commit_id") or ""),
+            owner=body.get("owner"),
             extra={k: v for k, v in body.items() if k not in known},
-        )  # fmt: skip
+        )
+
+
+@dataclass
+class Intent:
+    """A commit in progress, written before its first file operation."""
+
+    commit_id: str
+    add: dict[str, str]  # staged path -> committed name (relative to the directory)
+    remove: list[str]  # relative names removed once the manifest names the new version
+
+    def to_json(self) -> bytes:
+        return json.dumps({"commit_id": self.commit_id, "add": self.add, "remove": sorted(self.remove)}).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> Intent:
+        body = json.loads(data)
+        return cls(commit_id=str(body["commit_id"]), add=dict(body.get("add") or {}), remove=list(body.get("remove") or []))
 
 
 class OutputDir:
-    """One output (or error output) directory, and the attempt ``tag`` writing it."""
+    """One output (or error output) directory, written by the job of ``owner``."""
 
-    def __init__(self, uri: str, tag: str, skip: str | None = None, staging: str | None = None):
-        """``skip``: a directory nested in this one that is committed on its own (``_errors``);
-        ``staging``: the staging directory's name when it outlives the attempt (a resume key)."""
+    def __init__(self, uri: str, staging: str, owner: dict[str, Any], skip: str | None = None):
+        """``staging``: the staging directory's name (the job's tag, or the resume key when it
+        outlives the job); ``skip``: a directory nested in this one and committed on its own."""
         self.uri = uri.rstrip("/")
-        self.tag = tag
-        self.staging_name = staging or tag
-        self.fs, self.path = _fs(self.uri)
-        self.skip = _fs(skip)[1] if skip else None
-        # Whether the directory was there before this attempt: a failed attempt removes only
-        # a directory it created itself (and only when nothing is in it).
+        self.staging_name = staging
+        self.owner = owner_of(owner)
+        self.fs, self.path = location(self.uri)
+        self.skip = location(skip)[1] if skip else None
+        # Whether the directory was there before this job: a failed job removes only a
+        # directory it created itself (and only when nothing is in it).
         self.existed = self.fs.exists(self.path)
 
     # -- where things go ------------------------------------------------------------------
 
     @property
+    def staging_path(self) -> str:
+        return self._abs(f"{WORK_DIR}/staging/{self.staging_name}")
+
+    @property
     def staging_uri(self) -> str:
-        return f"{self.uri}/{WORK_DIR}/staging/{self.staging_name}"
+        return self.fs.unstrip_protocol(self.staging_path)
 
     def _abs(self, relative: str) -> str:
         return f"{self.path}/{relative}"
@@ -119,8 +192,11 @@ class OutputDir:
     def _rel(self, path: str) -> str:
         return posixpath.relpath(path.rstrip("/"), self.path)
 
-    def _pending(self, tag: str) -> str:
-        return self._abs(f"{WORK_DIR}/pending-{tag}.json")
+    def uri_of(self, relative: str) -> str:
+        """A file of this directory as a URI in the spelling the user gave (scheme kept)."""
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return self.fs.unstrip_protocol(self._abs(relative))
+        return ("file://" if self.uri.startswith("file://") else "") + self._abs(relative)
 
     # -- what is there ---------------------------------------------------------------------
 
@@ -146,31 +222,28 @@ class OutputDir:
                 found.append(rel)
         return found
 
-    def _pending_records(self) -> dict[str, list[str]]:
-        """tag -> files of commits that started and did not finish."""
-        records = {}
-        for path in self.fs.glob(self._abs(f"{WORK_DIR}/pending-*.json")):
-            tag = posixpath.basename(path)[len("pending-") : -len(".json")]
+    def _intents(self) -> list[tuple[str, Intent | None]]:
+        found = []
+        for path in sorted(self.fs.glob(self._abs(f"{WORK_DIR}/commit-*.json"))):
             try:
-                records[tag] = list(json.loads(self.fs.cat_file(path)).get("files") or [])
-            except (ValueError, FileNotFoundError):
-                records[tag] = []
-        return records
+                found.append((path, Intent.parse(self.fs.cat_file(path))))
+            except (ValueError, KeyError, FileNotFoundError):
+                found.append((path, None))  # never written whole (object stores: cannot happen)
+        return found
 
     def foreign_files(self) -> list[str]:
-        """Files in the directory that no manifest or pending commit of ours names."""
+        """Files in the directory that the manifest does not name (call after ``recover``)."""
         listing = self._listing()
         if not listing:
             return []
         manifest = self.manifest()
         owned = {MANIFEST} if manifest is not None else set()
         owned.update(manifest.files if manifest else [])
-        for files in self._pending_records().values():
-            owned.update(files)
         return sorted(f for f in listing if f not in owned)
 
     def check_owned(self, overwrite: bool) -> list[str]:
-        """Refuse a directory holding files we did not write (unless ``overwrite``); return them."""
+        """Refuse a directory holding files we did not write, or another task's committed
+        output (unless ``overwrite``); return the foreign files."""
         foreign = self.foreign_files()
         if foreign and not overwrite:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -179,110 +252,102 @@ class OutputDir:
                 "refusing to replace them. Point output_uri at an empty or new directory, or set "
                 "overwrite=True to delete every file there that is not part of the new output."
             )
+        manifest = self.manifest()
+        theirs = manifest.owner if manifest is not None else None
+        if theirs is not None and owner_of(theirs) != self.owner and not overwrite:
+            raise OutputNotOwnedError(
+                f"output {self.uri} is the committed output of {describe_owner(theirs)} (Ray job "
+                f"{manifest.submission_id or '?'}), not of {describe_owner(self.owner)}: refusing to replace it. "
+                "Give each task its own output_uri and error_output_uri (mapped tasks: put {{ ti.map_index }} "
+                "in them), or set overwrite=True to take the directory over."
+            )
         return foreign
 
-    # -- cleaning up after attempts that are no longer running (call with the lock held) ----
+    # -- finishing or undoing what earlier jobs left (call with the lock held) ------------------
 
-    def clear_stale(self) -> list[str]:
-        """Remove other attempts' staging and the files of their unfinished commits."""
-        removed = []
+    def recover(self) -> list[str]:
+        """Finish or undo interrupted commits, and remove other jobs' staging; return what
+        was removed."""
+        removed: list[str] = []
+        manifest = self.manifest()
+        for path, intent in self._intents():
+            if intent is not None and manifest is not None and manifest.commit_id == intent.commit_id:
+                log.info("finishing commit %s of %s, interrupted after its manifest was written", intent.commit_id, self.uri)
+                doomed = [r for r in intent.remove if r not in manifest.files]
+            elif intent is not None:
+                log.info("undoing commit %s of %s, interrupted before its manifest was written", intent.commit_id, self.uri)
+                committed = set(manifest.files) if manifest else set()
+                doomed = [r for r in intent.add.values() if r not in committed]
+            else:
+                doomed = []
+            removed.extend(self._remove(doomed))
+            self.fs.rm(path)
+        for tmp in self.fs.glob(self._abs(f"{WORK_DIR}/.tmp-*")):
+            self.fs.rm(tmp)
+            removed.append(tmp)
         for staging in self.fs.glob(self._abs(f"{WORK_DIR}/staging/*")):
-            if posixpath.basename(staging) != self.staging_name:
+            if posixpath.basename(staging.rstrip("/")) != self.staging_name:
                 self.fs.rm(staging, recursive=True)
                 removed.append(staging)
-        manifest = self.manifest()
-        committed = set(manifest.files) if manifest else set()
-        for tag, files in self._pending_records().items():
-            for rel in files:
-                if rel not in committed and self.fs.exists(self._abs(rel)):
-                    self.fs.rm(self._abs(rel))
-                    removed.append(self._abs(rel))
-            self.fs.rm(self._pending(tag))
+        return removed
+
+    def _remove(self, relative: list[str]) -> list[str]:
+        removed = []
+        for rel in relative:
+            if self.fs.exists(self._abs(rel)):
+                self.fs.rm(self._abs(rel))
+                removed.append(self._abs(rel))
         return removed
 
     # -- the commit -------------------------------------------------------------------------
 
-    def staged_files(self) -> list[str]:
-        """Files the attempt wrote into its staging directory, relative to it."""
-        _, staging = _fs(self.staging_uri)
-        if not self.fs.exists(staging):
-            return []
-        found = (posixpath.relpath(p.rstrip("/"), staging) for p in self.fs.find(staging))
-        return sorted(f for f in found if f != "." and f.split("/", 1)[0] != PROGRESS_DIR)
-
-    def commit(self, manifest: Manifest, overwrite: bool, pause_seconds: float = 0.0) -> list[str]:
-        """Swap the staged files in as the directory's version; return the files removed."""
+    def commit(self, blocks: list[str], manifest: Manifest, overwrite: bool) -> list[str]:
+        """Commit exactly ``blocks`` (names in the staging directory) as the new version;
+        return the files removed. Call ``recover`` first, under the lock."""
         foreign = self.check_owned(overwrite)
         previous = self.manifest()
-        staged = self.staged_files()
-        _, staging = _fs(self.staging_uri)
-        for rel in staged:
-            if self.fs.exists(self._abs(rel)) and rel not in (previous.files if previous else []):
-                raise OutputNotOwnedError(f"output {self.uri} already holds {rel!r}, which this attempt also wrote")
+        commit_id = uuid.uuid4().hex[:12]
+        add = {}
+        for name in sorted(set(blocks)):
+            stem = name.removeprefix("block-")
+            add[f"{self.staging_path}/{name}"] = f"part-{commit_id}-{stem}"
+        missing = [p for p in add if not self.fs.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"commit of {self.uri}: staged block {missing[0]} is gone (removed by hand?)")
+        remove = sorted(set(previous.files if previous else []).union(f for f in foreign if f != MANIFEST))
+        intent = Intent(commit_id, add, remove)
         self.fs.makedirs(self._abs(WORK_DIR), exist_ok=True)
-        self.fs.pipe_file(self._pending(self.tag), json.dumps({"files": staged}).encode())
-        log.info("commit: moving %d files into %s", len(staged), self.uri)
-        for rel in staged:
-            target = self._abs(rel)
-            parent = posixpath.dirname(target)
-            if parent:
-                self.fs.makedirs(parent, exist_ok=True)
-            self.fs.mv(f"{staging}/{rel}", target)
-            if pause_seconds:  # tests interrupt a commit here (RAYDLLM_TEST_COMMIT_PAUSE)
-                time.sleep(pause_seconds)
-        manifest.files, manifest.committed_at = staged, time.time()
-        self._write_manifest(manifest.to_json())
-        stale = set(previous.files if previous else []) - set(staged)
-        stale.update(f for f in foreign if f != MANIFEST)
-        for rel in sorted(stale):
-            if self.fs.exists(self._abs(rel)):
-                self.fs.rm(self._abs(rel))
-        self.fs.rm(self._pending(self.tag))
-        if self.fs.exists(staging):
-            self.fs.rm(staging, recursive=True)
-        self._drop_empty_work_dir()
-        return sorted(stale)
-
-    def _drop_empty_work_dir(self) -> None:
-        """Leave a committed directory holding only its version: the work area goes when it
-        holds no file (nothing staged, no commit pending)."""
-        if not self._is_local():
-            return  # object stores have no empty directories to leave behind
-        work = self._abs(WORK_DIR)
-        if self.fs.exists(work) and not self.fs.find(work):
-            self.fs.rm(work, recursive=True)
-
-    def _is_local(self) -> bool:
-        return is_local(self.fs)
-
-    def _write_manifest(self, data: bytes) -> None:
-        target = self._abs(MANIFEST)
-        if self._is_local():
-            # A rename is atomic on a local or mounted filesystem; readers never see half a file.
-            tmp = self._abs(f"{WORK_DIR}/{MANIFEST}.{self.tag}.tmp")
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, target)
-        else:  # one object PUT: atomic on object stores
-            self.fs.pipe_file(target, data)
+        intent_path = self._abs(f"{WORK_DIR}/commit-{commit_id}.json")
+        put_whole(self.fs, intent_path, intent.to_json())  # INTENT (its temporary file is in the work area)
+        log.info("commit %s: moving %d files into %s", commit_id, len(add), self.uri)
+        for source, rel in add.items():  # MOVING
+            self.fs.mv(source, self._abs(rel))
+        manifest.files, manifest.committed_at = sorted(add.values()), time.time()
+        manifest.commit_id, manifest.owner = commit_id, self.owner
+        put_whole(self.fs, self._abs(MANIFEST), manifest.to_json(), tmp_dir=self._abs(WORK_DIR))  # SWITCHED
+        removed = self._remove(remove)  # CLEANING
+        self.fs.rm(intent_path)  # DONE
+        self.discard_staging()
+        return removed
 
     def discard_staging(self) -> None:
-        """Drop what this attempt wrote and did not commit (and an emptied work area)."""
-        _, staging = _fs(self.staging_uri)
-        if self.fs.exists(staging):
-            self.fs.rm(staging, recursive=True)
-        if self._is_local():
-            parent = posixpath.dirname(staging)
-            if self.fs.exists(parent) and not self.fs.find(parent):
-                self.fs.rm(parent, recursive=True)
-        self._drop_empty_work_dir()
-        if self._is_local() and not self.existed and self.fs.exists(self.path) and not self.fs.find(self.path):
+        """Drop this job's staging (and an emptied work area, and a directory it created)."""
+        if self.fs.exists(self.staging_path):
+            self.fs.rm(self.staging_path, recursive=True)
+        if not is_local(self.fs):
+            return  # object stores have no empty directories to leave behind
+        for folder in (posixpath.dirname(self.staging_path), self._abs(WORK_DIR)):
+            if self.fs.exists(folder) and not self.fs.find(folder):
+                self.fs.rm(folder, recursive=True)
+        if not self.existed and self.fs.exists(self.path) and not self.fs.find(self.path):
             self.fs.rm(self.path, recursive=True)
 
 
 def committed_files(uri: str) -> list[str]:
-    """The full paths of the files the last commit of ``uri`` made (what a reader should read)."""
-    directory = OutputDir(uri, tag="reader")
+    """The files of the version ``_SUCCESS`` names, as URIs with the scheme ``uri`` has: the
+    files a reader should read (readers that list the directory may see a commit mid-way)."""
+    directory = OutputDir(uri, staging="reader", owner={})
     manifest = directory.manifest()
     if manifest is None:
         raise FileNotFoundError(f"{uri} has no committed output (no {MANIFEST} manifest)")
-    return [directory._abs(f) for f in manifest.files]
+    return [directory.uri_of(f) for f in manifest.files]

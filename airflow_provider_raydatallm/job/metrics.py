@@ -42,10 +42,6 @@ class JobMetrics(BaseModel):
     # them again (rows_in counts them; rows_per_second does not).
     resumed_rows: int = 0
 
-    @property
-    def balanced(self) -> bool:
-        return self.rows_in == self.rows_out + self.error_rows
-
 
 class JobResult(BaseModel):
     """The job's final report: where things went and the metrics."""

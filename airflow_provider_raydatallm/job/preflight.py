@@ -11,7 +11,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from airflow_provider_raydatallm.job.spec import JobSpec
+from airflow_provider_raydatallm.job.commit import canonical
+from airflow_provider_raydatallm.job.spec import JobSpec, is_inside
 
 MODEL_TYPES = ("vLLMEngineProcessorConfig", "SGLangEngineProcessorConfig")
 
@@ -87,5 +88,5 @@ def run_all(spec: JobSpec, tag: str) -> None:
     check_input(spec.input.uris)
     check_model(spec.processor.type, spec.processor.kwargs)
     check_writable(spec.output.uri, tag)
-    if spec.output.error_uri.rstrip("/") and not spec.output.error_uri.startswith(spec.output.uri.rstrip("/") + "/"):
+    if not is_inside(canonical(spec.output.error_uri), canonical(spec.output.uri)):
         check_writable(spec.output.error_uri, tag)

@@ -14,7 +14,11 @@ writes each block's good rows as one complete file, then a record of that block
    skipped as were written (ids must be unique; if not, it starts from zero instead);
 4. adds the records' counts to its own, so the commit and the metrics cover every row.
 
-A run without ``id_column`` has no stable key for a row and always starts from zero.
+Only onto the same input: the staging directory holds a fingerprint of the input files
+(``_input.json``: each file's size and modification time or ETag, from fsspec), written
+before the first block; a retry that finds another fingerprint (the input was rewritten in
+place between tries) starts from zero and says why. A run without ``id_column`` has no
+stable key for a row and always starts from zero.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Any
 from airflow_provider_raydatallm.job import commit, rows
 
 log = logging.getLogger("raydllm.job")
-COUNTED = ("ok", "not_inferred", "i", "o")
+COUNTED = ("ok", "not_inferred", "input_tokens", "output_tokens")
+INPUT_RECORD = "_input.json"
 
 
 @dataclass
@@ -37,17 +42,58 @@ class Progress:
 
     ids: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
-    blocks: int = 0
+    files: list[str] = field(default_factory=list)  # the staged block files the records name
+
+    @property
+    def blocks(self) -> int:
+        return len(self.files)
 
     @property
     def rows(self) -> int:
         return self.counts["ok"]
 
 
+def input_fingerprint(uris: list[str]) -> dict[str, str]:
+    """file URI -> "size:version" for every file the input names (globs and directories
+    expanded); the version is the object's ETag, else its modification time."""
+    found: dict[str, str] = {}
+    for uri in uris:
+        if uri.startswith(("http://", "https://")):
+            found[uri] = "unversioned"
+            continue
+        fs, path = commit.location(uri)
+        matches = fs.glob(path) if any(c in path for c in "*?[") else [path]
+        for match in matches:
+            for file in (fs.find(match) if fs.isdir(match) else [match]):
+                info = fs.info(file)
+                version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+                found[fs.unstrip_protocol(file)] = f"{info.get('size')}:{version}"
+    return found
+
+
+def changed_input(output: commit.OutputDir, fingerprint: dict[str, str]) -> str:
+    """Why the staged rows cannot be resumed onto this input ("" when they can), after
+    recording ``fingerprint`` for a staging directory that has none yet."""
+    fs, record = output.fs, f"{output.staging_path}/{INPUT_RECORD}"
+    try:
+        before = json.loads(fs.cat_file(record))
+    except FileNotFoundError:
+        if fs.exists(output.staging_path) and fs.glob(f"{output.staging_path}/{commit.PROGRESS_DIR}/*.json"):
+            return "the staged rows carry no input fingerprint"
+        fs.makedirs(output.staging_path, exist_ok=True)
+        commit.put_whole(fs, record, json.dumps(fingerprint, sort_keys=True).encode())
+        return ""
+    if before == fingerprint:
+        return ""
+    for file in sorted(set(before) | set(fingerprint)):
+        if before.get(file) != fingerprint.get(file):
+            return f"input file {file} changed since the earlier try ({before.get(file)} -> {fingerprint.get(file)})"
+    return "the input changed"
+
+
 def load(output: commit.OutputDir) -> Progress:
     """The recorded blocks in the output's staging directory; strays are removed."""
-    fs = output.fs
-    _, staging = commit._fs(output.staging_uri)
+    fs, staging = output.fs, output.staging_path
     if not fs.exists(staging):
         return Progress()
     progress, kept = Progress(), set()
@@ -61,13 +107,13 @@ def load(output: commit.OutputDir) -> Progress:
             fs.rm(path)
             continue
         kept.add(body["file"])
+        progress.files.append(body["file"])
         progress.ids.update(body.get("ids") or [])
         for key in COUNTED:
             progress.counts[key] += int(body.get(key) or 0)
-        progress.blocks += 1
-    for rel in output.staged_files():
-        if rel not in kept:  # written, never recorded: the try died in between
-            fs.rm(f"{staging}/{rel}")
+    for path in fs.glob(f"{staging}/block-*"):
+        if posixpath.basename(path) not in kept:  # written, never recorded: the try died in between
+            fs.rm(path)
     for tmp in fs.glob(f"{staging}/{commit.PROGRESS_DIR}/.tmp-*"):
         fs.rm(tmp)
     return progress

@@ -26,8 +26,10 @@ IN_TOKENS = "__raydllm_in_tokens"
 OUT_TOKENS = "__raydllm_out_tokens"
 # True once a row went through the user's postprocess with the processor's result in it.
 INFERRED = "__raydllm_inferred"
+# JSON list of the keys the user's postprocess returned for the row: the output's columns.
+COLUMNS = "__raydllm_columns"
 RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
-INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, RAY_ERROR)
+INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, RAY_ERROR)
 # Columns a processor adds to a row it ran on; a row without any of them was not inferred.
 RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "vLLMEngineProcessorConfig": ("generated_text", "embeddings"),
@@ -36,7 +38,13 @@ RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "ServeDeploymentProcessorConfig": ("request_id",),
 }
 NO_MESSAGE = "row marked failed by a ray.data.llm stage without a message"
-ERROR_COLUMNS = ("row_id", "stage", "error", "row")
+
+
+def error_schema():
+    """The error output's columns: the same whatever failed."""
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.string()) for name in ("row_id", "stage", "error", "row")])
 
 
 class RowError(RuntimeError):
@@ -110,7 +118,8 @@ class Postprocess:
                 ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", RAY_ERROR: "", ROW_JSON: row_json(row, self.columns)
             }  # fmt: skip
         inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
-        out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, **tokens})
+        returned = json.dumps([k for k in out if not str(k).startswith("__raydllm_") and k != RAY_ERROR])
+        out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, COLUMNS: returned, **tokens})
         return out
 
 

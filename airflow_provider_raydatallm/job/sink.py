@@ -1,9 +1,17 @@
 """The end of the job's one streaming pass (cluster side).
 
 Each processed block is split where it is: its good rows go to the output's staging
-directory and its error rows (as error records) to the error output's, each as one file;
-what travels back to the driver is a one-row tally of the block (counts, tokens, the first
-error records). Nothing is materialized: the object store holds only blocks in flight.
+directory and its error rows (as error records) to the error output's, each as one file
+named after the block (``block-<hash of its row ids>``): when Ray runs a block's write
+again (a worker died after writing it), the second write replaces the first instead of
+adding a copy. What travels back to the driver is a one-row tally of the block: counts,
+tokens, the names of the files it wrote, the first error records. The commit takes exactly
+the files the tallies name. Nothing is materialized: the object store holds only blocks in
+flight.
+
+The good rows keep exactly the columns the postprocess returned (in a block with error rows
+Ray Data adds the error rows' columns to every row; they go), and a value Parquet cannot
+hold fails the job naming its column and row instead of being written as a Ray-only pickle.
 
 With resumable runs the sink also records each block whose good rows it wrote (their ids
 and counts) in the staging directory's ``_blocks/``, after the data file is complete: a
@@ -12,6 +20,7 @@ retry of the task skips exactly the rows of recorded blocks (``resume.py``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import uuid
@@ -21,33 +30,49 @@ from airflow_provider_raydatallm.job import commit, rows
 
 EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl", "csv": "csv"}
 FIRST_ERRORS = 5
-TALLY_COLUMNS = ("ok", "errors", "not_inferred", "i", "o")
+COUNTS = ("ok", "errors", "not_inferred", "input_tokens", "output_tokens")
+# Arrow extension types of Ray's that only Ray reads back.
+RAY_PICKLE_TYPES = ("ray.data.arrow_pickled_object",)
+RAY_TENSOR_PREFIX = "ray.data.arrow_tensor"
 
 
-def put_whole(fs: Any, path: str, data: bytes) -> None:
-    """Write a small file so that no reader (nor a retry after a kill) sees half of it."""
-    if commit.is_local(fs):
-        tmp = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:  # one object PUT
-        fs.pipe_file(path, data)
+class UnstorableValueError(ValueError):
+    """A postprocess returned a value the output format cannot hold."""
 
 
-def write_table(table: Any, uri: str, fmt: str) -> str:
-    """Write one Arrow table as one new file under ``uri``; return its path. The file shows
-    up complete or not at all: on local disk it is written beside the staging directory's
-    block records and renamed in; an object store makes an upload visible when it ends."""
-    import fsspec
+def block_name(row_ids: list[str], fmt: str) -> str:
+    """A block's file name, the same every time the same rows are written: a hash of its
+    row ids, and of the index Ray gives the task (two blocks of identical rows differ)."""
+    digest = hashlib.sha1("\n".join(sorted(row_ids)).encode())
+    index = _task_index()
+    if index is not None:
+        digest.update(f"\0task {index}".encode())
+    return f"block-{digest.hexdigest()[:20]}.{EXTENSIONS[fmt]}"
 
-    fs, path = fsspec.core.url_to_fs(uri)
-    path = path.rstrip("/")
+
+def _task_index() -> int | None:
+    """The index of the Ray Data task running this block (kept when Ray retries the task)."""
+    try:
+        from ray.data._internal.execution.interfaces.task_context import TaskContext
+
+        context = TaskContext.get_current()
+    except Exception:  # another Ray release: the row ids alone name the block
+        return None
+    return getattr(context, "task_idx", None) if context is not None else None
+
+
+def write_table(table: Any, uri: str, name: str, fmt: str) -> str:
+    """Write one Arrow table as ``name`` under ``uri``, whole or not at all: on local disk
+    it is written beside the block records and renamed in (replacing an earlier write of
+    the same block); an object store makes an upload visible when it ends."""
+    fs, path = commit.location(uri)
     fs.makedirs(path, exist_ok=True)
-    name = f"{path}/part-{uuid.uuid4().hex}.{EXTENSIONS[fmt]}"
-    target, name = name, (f"{path}/{commit.PROGRESS_DIR}/.tmp-{uuid.uuid4().hex}" if commit.is_local(fs) else name)
-    if target != name:
-        fs.makedirs(posixpath.dirname(name), exist_ok=True)
-    with fs.open(name, "wb") as handle:
+    target = f"{path}/{name}"
+    local = commit.is_local(fs)
+    written = f"{path}/{commit.PROGRESS_DIR}/.tmp-{uuid.uuid4().hex}" if local else target
+    if local:
+        fs.makedirs(posixpath.dirname(written), exist_ok=True)
+    with fs.open(written, "wb") as handle:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -58,19 +83,50 @@ def write_table(table: Any, uri: str, fmt: str) -> str:
             pacsv.write_csv(table, handle)
         else:
             for record in table.to_pylist():
-                handle.write((json.dumps(record, default=str) + "\n").encode())
-    if target != name:
-        fs.mv(name, target)
-    return target
+                handle.write((json.dumps(record, default=str, ensure_ascii=False) + "\n").encode())
+    if local:
+        fs.mv(written, target)
+    return name
 
 
-def record_block(ok_uri: str, written: str, ok_rows: list[dict[str, Any]], tally: dict[str, int]) -> None:
-    """Record a written block of good rows (file, ids, counts) for a retry to skip."""
-    import fsspec
+def record_block(ok_uri: str, name: str, ok_rows: list[dict[str, Any]], tally: dict[str, int]) -> None:
+    """Record a written block of good rows (file, ids, counts) for a retry to skip; named
+    after the block, so a write Ray runs twice leaves one record."""
+    fs, path = commit.location(ok_uri)
+    body = {"file": name, "ids": [str(r.get(rows.ROW_ID, "")) for r in ok_rows], **tally}
+    record = f"{path}/{commit.PROGRESS_DIR}/{name.rsplit('.', 1)[0]}.json"
+    commit.put_whole(fs, record, json.dumps(body).encode())
 
-    fs, path = fsspec.core.url_to_fs(ok_uri)
-    body = {"file": posixpath.basename(written), "ids": [str(r.get(rows.ROW_ID, "")) for r in ok_rows], **tally}
-    put_whole(fs, f"{path.rstrip('/')}/{commit.PROGRESS_DIR}/{uuid.uuid4().hex}.json", json.dumps(body).encode())
+
+def output_columns(table: Any) -> list[str]:
+    """The columns the postprocess returned, in its order, over the block's good rows."""
+    if rows.COLUMNS not in table.column_names:
+        return [c for c in table.column_names if c not in rows.INTERNAL_COLUMNS]
+    names: dict[str, None] = {}
+    for listed in table.column(rows.COLUMNS).to_pylist():
+        names.update(dict.fromkeys(json.loads(listed or "[]")))
+    return [n for n in names if n in table.column_names and n not in rows.INTERNAL_COLUMNS]
+
+
+def storable(table: Any, row_ids: list[str], fmt: str) -> Any:
+    """The table with Ray's tensor columns as plain lists; a pickled-object column fails,
+    naming the column and the first row holding such a value."""
+    import pyarrow as pa
+
+    for index, column in enumerate(table.schema):
+        kind = getattr(column.type, "extension_name", "")
+        if kind in RAY_PICKLE_TYPES:
+            values = table.column(index).to_pylist()
+            at = next((i for i, v in enumerate(values) if v is not None), 0)
+            raise UnstorableValueError(
+                f"postprocess returned a {type(values[at]).__name__} in column {column.name!r} (row "
+                f"{row_ids[at] if at < len(row_ids) else '?'}), which {fmt} cannot store (Ray would write it as a "
+                "pickle only Ray can read). Return str, int, float, bool, None, or lists and dicts of those."
+            )
+        if kind.startswith(RAY_TENSOR_PREFIX):
+            plain = [v.tolist() if hasattr(v, "tolist") else v for v in table.column(index).to_pylist()]
+            table = table.set_column(index, column.name, pa.array(plain))
+    return table
 
 
 class WriteBlock:
@@ -92,31 +148,40 @@ class WriteBlock:
         tally = {
             "ok": len(ok_rows),
             "not_inferred": sum(r.get(rows.INFERRED) is not True for r in ok_rows),
-            "i": sum(int(r.get(rows.IN_TOKENS) or 0) for r in ok_rows),
-            "o": sum(int(r.get(rows.OUT_TOKENS) or 0) for r in ok_rows),
+            "input_tokens": sum(int(r.get(rows.IN_TOKENS) or 0) for r in ok_rows),
+            "output_tokens": sum(int(r.get(rows.OUT_TOKENS) or 0) for r in ok_rows),
         }
+        name = block_name([str(r.get(rows.ROW_ID, "")) for r in records], self.fmt)
+        ok_file = error_file = ""
         if ok_rows:
             kept = table.filter(pa.array(good))
-            kept = kept.drop_columns([c for c in rows.INTERNAL_COLUMNS if c in kept.column_names])
-            written = write_table(kept, self.ok_uri, self.fmt)
+            kept = storable(kept.select(output_columns(kept)), [str(r.get(rows.ROW_ID)) for r in ok_rows], self.fmt)
+            ok_file = write_table(kept, self.ok_uri, name, self.fmt)
             if self.record:
-                record_block(self.ok_uri, written, ok_rows, tally)
+                record_block(self.ok_uri, name, ok_rows, tally)
         if errors:
-            write_table(pa.Table.from_pylist(errors), self.error_uri, self.fmt)
+            error_file = write_table(pa.Table.from_pylist(errors, schema=rows.error_schema()), self.error_uri, name, self.fmt)
         return pa.table(
             {
                 **{key: [value] for key, value in tally.items()},
                 "errors": [len(errors)],
+                "ok_file": [ok_file],
+                "error_file": [error_file],
                 "first_errors": [json.dumps(errors[:FIRST_ERRORS], default=str)],
             }
         )
 
 
-def totals(tallies: list[dict[str, Any]]) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """The job's counts and its first error records, from the blocks' tallies."""
-    counts = {key: sum(int(t[key]) for t in tallies) for key in TALLY_COLUMNS}
+def totals(tallies: list[dict[str, Any]]) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, list[str]]]:
+    """The job's counts, its first error records, and the files the blocks wrote (``ok``,
+    ``errors``: staged names), from the blocks' tallies."""
+    counts = {key: sum(int(t[key]) for t in tallies) for key in COUNTS}
     first: list[dict[str, Any]] = []
+    files: dict[str, list[str]] = {"ok": [], "errors": []}
     for tally in tallies:
         first.extend(json.loads(tally["first_errors"] or "[]"))
+        for kind, key in (("ok", "ok_file"), ("errors", "error_file")):
+            if tally.get(key):
+                files[kind].append(tally[key])
     first.sort(key=lambda e: (len(str(e.get("row_id"))), str(e.get("row_id"))))
-    return counts, first[:FIRST_ERRORS]
+    return counts, first[:FIRST_ERRORS], files

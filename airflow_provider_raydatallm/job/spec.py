@@ -131,8 +131,12 @@ class CallableSpec(_Model):
 
 
 class RunIdentity(_Model):
-    """Which Airflow task try the job belongs to (for logs, metadata and error messages)."""
+    """Which Airflow task try the job belongs to (for logs, metadata, error messages, and
+    the owner recorded in the outputs it commits: namespace, dag, task, map index)."""
 
+    # The Airflow deployment: two deployments sharing a Ray cluster never touch each
+    # other's jobs or outputs.
+    namespace: str = ""
     dag_id: str = ""
     task_id: str = ""
     run_id: str = ""
@@ -202,10 +206,12 @@ def infer_input_format(uris: list[str]) -> InputFormat:
 
 
 def normalize_uri(uri: str) -> str:
-    """A URI in one spelling for comparisons: ``file://`` dropped, ``..`` and ``//`` resolved,
-    no trailing slash (``/data/./out/`` and ``file:///data/out`` are the same place)."""
+    """A URI in one spelling, for every comparison and for the job's own paths: ``file://``
+    and ``local://`` dropped, ``.``, ``..`` and ``//`` resolved, no trailing slash
+    (``./out/``, ``out`` and, on the cluster, ``file:///<cwd>/out`` are one place)."""
     scheme, rest = uri.split("://", 1) if "://" in uri else ("", uri)
-    if scheme == "file":
+    scheme = scheme.lower()
+    if scheme in ("file", "local"):
         scheme = ""
     rest = posixpath.normpath(rest) if rest else rest
     if rest.startswith("//") and not scheme:

@@ -17,7 +17,7 @@ CHECK = r"""
 import io, json, sys
 from PIL import Image
 from airflow_provider_raydatallm.job import callables
-from airflow_provider_raydatallm.job.run import build_config
+from airflow_provider_raydatallm.job.processor import build_config
 from airflow_provider_raydatallm.job.spec import JobSpec
 
 spec = JobSpec.model_validate_json(sys.stdin.read())

@@ -18,19 +18,21 @@ from airflow_provider_raydatallm.job.commit import (
 )
 
 
-def _stage(directory: OutputDir, files: dict[str, str]) -> None:
-    staging = directory.staging_uri
-    directory.fs.makedirs(staging, exist_ok=True)
+OWNER = {"namespace": "ns", "dag_id": "d", "task_id": "t", "map_index": -1}
+
+
+def _stage(directory: OutputDir, files: dict[str, str]) -> list[str]:
+    directory.fs.makedirs(directory.staging_path, exist_ok=True)
     for name, text in files.items():
-        directory.fs.pipe_file(f"{staging}/{name}", text.encode())
+        directory.fs.pipe_file(f"{directory.staging_path}/{name}", text.encode())
+    return list(files)
 
 
-def _commit(uri, tag, files, overwrite=False, skip=None) -> OutputDir:
-    directory = OutputDir(uri, tag, skip=skip)
+def _commit(uri, tag, files, overwrite=False, skip=None, owner=OWNER) -> OutputDir:
+    directory = OutputDir(uri, tag, owner, skip=skip)
+    directory.recover()
     directory.check_owned(overwrite)
-    directory.clear_stale()
-    _stage(directory, files)
-    directory.commit(Manifest(submission_id=tag, rows=len(files)), overwrite)
+    directory.commit(_stage(directory, files), Manifest(submission_id=tag, rows=len(files)), overwrite)
     return directory
 
 
@@ -38,17 +40,27 @@ def _names(path) -> list[str]:
     return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
 
 
+def _data(path) -> list[str]:
+    """The contents of the committed files, in name order."""
+    return [(path / f).read_text() for f in json.loads((path / MANIFEST).read_text())["files"]]
+
+
 def test_a_commit_writes_the_manifest_last_and_a_rerun_replaces_exactly_its_files(tmp_path):
     out = tmp_path / "out"
-    _commit(str(out), "job-a1", {"a.parquet": "1", "b.parquet": "2"})
+    _commit(str(out), "job-a1", {"block-a.parquet": "1", "block-b.parquet": "2"})
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["files"] == ["a.parquet", "b.parquet"] and manifest["submission_id"] == "job-a1"
-    assert _names(out) == [MANIFEST, "a.parquet", "b.parquet"]
+    assert [re.sub(r"part-\w{12}-", "part-*-", f) for f in manifest["files"]] == ["part-*-a.parquet", "part-*-b.parquet"]
+    assert manifest["submission_id"] == "job-a1" and manifest["owner"] == OWNER and manifest["commit_id"]
+    assert _names(out) == sorted([MANIFEST, *manifest["files"]])
 
-    _commit(str(out), "job-a2", {"c.parquet": "3"})
-    assert _names(out) == [MANIFEST, "c.parquet"]
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "c.parquet"]  # no empty work area left
-    assert committed_files(str(out)) == [str(out / "c.parquet")]
+    # The same blocks again (a rerun over the same rows): new names, never an old file rewritten.
+    _commit(str(out), "job-a2", {"block-a.parquet": "3"})
+    second = json.loads((out / MANIFEST).read_text())
+    assert _names(out) == sorted([MANIFEST, *second["files"]]) and _data(out) == ["3"]
+    assert not set(second["files"]) & set(manifest["files"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *second["files"]])  # no empty work area left
+    assert committed_files(str(out)) == [str(out / second["files"][0])]
+    assert committed_files("file://" + str(out)) == ["file://" + str(out / second["files"][0])]  # the scheme is kept
 
 
 def test_a_directory_with_files_we_did_not_write_is_refused_naming_one(tmp_path):
@@ -57,8 +69,22 @@ def test_a_directory_with_files_we_did_not_write_is_refused_naming_one(tmp_path)
     (out / "input.jsonl").write_text("{}")
     (out / "other_table.parquet").write_text("theirs")
     with pytest.raises(OutputNotOwnedError, match=r"holds files this provider did not write, e.g. 'input.jsonl' and 1 more"):
-        _commit(str(out), "job-a1", {"a.parquet": "1"})
+        _commit(str(out), "job-a1", {"block-a.parquet": "1"})
     assert _names(out) == ["input.jsonl", "other_table.parquet"]
+
+
+def test_another_tasks_committed_output_is_refused_and_left_whole(tmp_path):
+    out = tmp_path / "shared"
+    _commit(str(out), "job-a1", {"block-a.parquet": "mine"})
+    before = _names(out)
+    for other in ({**OWNER, "map_index": 1}, {**OWNER, "dag_id": "other"}, {**OWNER, "namespace": "staging"}):
+        with pytest.raises(OutputNotOwnedError, match=r"is the committed output of task d\.t in Airflow namespace 'ns'"):
+            _commit(str(out), "job-b1", {"block-b.parquet": "theirs"}, owner=other)
+        assert _names(out) == before and _data(out) == ["mine"]
+    # The same task in a later run replaces it; another task only with overwrite=True.
+    _commit(str(out), "job-a2", {"block-c.parquet": "again"})
+    _commit(str(out), "job-b2", {"block-d.parquet": "taken"}, overwrite=True, owner={**OWNER, "map_index": 1})
+    assert _data(out) == ["taken"] and json.loads((out / MANIFEST).read_text())["owner"]["map_index"] == 1
 
 
 def test_a_spark_style_empty_success_marker_is_not_ours(tmp_path):
@@ -67,57 +93,57 @@ def test_a_spark_style_empty_success_marker_is_not_ours(tmp_path):
     (out / MANIFEST).write_text("")
     (out / "part-0.parquet").write_text("spark")
     with pytest.raises(OutputNotOwnedError):
-        OutputDir(str(out), "t").check_owned(overwrite=False)
+        OutputDir(str(out), "t", OWNER).check_owned(overwrite=False)
 
 
 def test_overwrite_deletes_what_is_not_part_of_the_new_output(tmp_path):
     out = tmp_path / "shared"
     out.mkdir()
     (out / "old.csv").write_text("x")
-    _commit(str(out), "job-a1", {"a.parquet": "1"}, overwrite=True)
-    assert _names(out) == [MANIFEST, "a.parquet"]
+    directory = _commit(str(out), "job-a1", {"block-a.parquet": "1"}, overwrite=True)
+    assert _names(out) == sorted([MANIFEST, *directory.manifest().files])
 
 
-def test_an_interrupted_commit_leaves_the_previous_version_and_the_next_commit_cleans_up(tmp_path):
+def test_recover_undoes_a_commit_stopped_before_its_manifest_and_finishes_one_stopped_after(tmp_path):
     out = tmp_path / "out"
-    _commit(str(out), "job-a1", {"old.parquet": "old"})
-    # A commit killed after moving its first file in: pending record written, no new manifest.
-    broken = OutputDir(str(out), "job-a2")
-    _stage(broken, {"new1.parquet": "n1", "new2.parquet": "n2"})
-    broken.fs.pipe_file(broken._pending("job-a2"), json.dumps({"files": ["new1.parquet", "new2.parquet"]}).encode())
-    broken.fs.mv(f"{broken.staging_uri}/new1.parquet", str(out / "new1.parquet"))
-    assert committed_files(str(out)) == [str(out / "old.parquet")]  # readers: the old version, whole
-    assert broken.foreign_files() == []  # what it left is known to be ours
+    _commit(str(out), "job-a1", {"block-old.parquet": "old"})
+    old_files = json.loads((out / MANIFEST).read_text())["files"]
+    # Killed while moving its files in: the intent is there, the manifest is the old one.
+    broken = OutputDir(str(out), "job-a2", OWNER)
+    staged = _stage(broken, {"block-n1.parquet": "n1", "block-n2.parquet": "n2"})
+    moves = iter([None, None])  # the intent (written and renamed in), then one data file
+    real_mv = broken.fs.mv
 
-    _commit(str(out), "job-a3", {"fresh.parquet": "f"})
-    assert _names(out) == [MANIFEST, "fresh.parquet"]
+    def mv_once(source, target, **kw):
+        if next(moves, "stop") == "stop":
+            raise KeyboardInterrupt("killed")
+        return real_mv(source, target, **kw)
 
-
-def test_staging_of_other_attempts_is_cleared_and_our_own_kept(tmp_path):
-    out = tmp_path / "out"
-    mine, other = OutputDir(str(out), "job-a2"), OutputDir(str(out), "job-a1")
-    _stage(other, {"partial.parquet": "x"})
-    _stage(mine, {"mine.parquet": "y"})
-    removed = mine.clear_stale()
-    assert removed == [other.fs._strip_protocol(other.staging_uri)]
-    assert mine.staged_files() == ["mine.parquet"]
+    broken.fs.mv = mv_once
+    with pytest.raises(KeyboardInterrupt):
+        broken.commit(staged, Manifest(), False)
+    del broken.fs.mv
+    assert committed_files(str(out)) == [str(out / f) for f in old_files]  # readers: the old version, whole
+    again = OutputDir(str(out), "job-a3", OWNER)
+    removed = again.recover()
+    assert any("part-" in r for r in removed)  # the file it had moved in
+    assert _names(out) == sorted([MANIFEST, *old_files])
 
 
 def test_a_nested_error_directory_is_committed_on_its_own(tmp_path):
     out = tmp_path / "out"
-    errors = OutputDir(str(out / "_errors"), "job-a1")
+    errors = OutputDir(str(out / "_errors"), "job-a1", OWNER)
     errors.check_owned(False)
-    _stage(errors, {"e.parquet": "e"})
-    errors.commit(Manifest(rows=1), False)
-    _commit(str(out), "job-a1", {"a.parquet": "a"}, skip=str(out / "_errors"))
-    assert _names(out) == [MANIFEST, "_errors/" + MANIFEST, "_errors/e.parquet", "a.parquet"]
-    assert committed_files(str(out)) == [str(out / "a.parquet")]
+    errors.commit(_stage(errors, {"block-e.parquet": "e"}), Manifest(rows=1), False)
+    directory = _commit(str(out), "job-a1", {"block-a.parquet": "a"}, skip=str(out / "_errors"))
+    assert _names(out) == sorted([MANIFEST, "_errors/" + MANIFEST, *("_errors/" + f for f in errors.manifest().files),
+                                  *directory.manifest().files])  # fmt: skip
 
 
 def test_an_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("a file")
     with pytest.raises(OutputNotOwnedError, match="is a file, not a directory"):
-        OutputDir(str(tmp_path / "out"), "t").check_owned(False)
+        OutputDir(str(tmp_path / "out"), "t", OWNER).check_owned(False)
 
 
 def test_preflight_names_what_the_cluster_cannot_find_or_write(tmp_path):
@@ -151,13 +177,13 @@ def test_a_failed_attempt_removes_only_what_it_created(tmp_path):
 
     import pyarrow as pa
 
-    fresh = commit.OutputDir(str(tmp_path / "new-out"), "a1")
+    fresh = commit.OutputDir(str(tmp_path / "new-out"), "a1", OWNER)
     mine = tmp_path / "user-made"
     mine.mkdir()
-    kept = commit.OutputDir(str(mine), "a1")
+    kept = commit.OutputDir(str(mine), "a1", OWNER)
     for directory in (fresh, kept):
-        sink.write_table(pa.table({"x": [1]}), directory.staging_uri, "parquet")
-        assert directory.staged_files()
+        sink.write_table(pa.table({"x": [1]}), directory.staging_uri, "block-x.parquet", "parquet")
+        assert directory.fs.exists(f"{directory.staging_path}/block-x.parquet")
         directory.discard_staging()
     assert not (tmp_path / "new-out").exists()  # created by the attempt: gone
     assert mine.is_dir() and not list(mine.iterdir())  # the user's empty directory stays

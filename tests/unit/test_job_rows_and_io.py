@@ -58,7 +58,7 @@ def test_result_line_round_trip_and_stage_parsing():
     metrics = JobMetrics(rows_in=3, rows_out=2, error_rows=1, wall_seconds=1.5)
     result = JobResult(output_uri="o", error_output_uri="o/_errors", output_format="parquet", metrics=metrics)
     log = "noise\n2026 INFO something\n" + result.to_log_line() + "\nafter\n"
-    assert find_result(log) == result and metrics.balanced
+    assert find_result(log) == result and metrics.rows_in == metrics.rows_out + metrics.error_rows
     assert find_result("no result here") is None
     stats = (
         "Operator 1 ReadCSV->SplitBlocks(4): 4 tasks executed, 4 blocks produced in 0.5s\n"
@@ -81,7 +81,7 @@ def test_postprocess_marks_rows_without_the_processors_result():
 
 
 def _counts(ok=0, errors=0, not_inferred=0):
-    return {"ok": ok, "errors": errors, "not_inferred": not_inferred, "i": 0, "o": 0}
+    return {"ok": ok, "errors": errors, "not_inferred": not_inferred, "input_tokens": 0, "output_tokens": 0}
 
 
 def test_job_refuses_output_rows_that_skipped_the_processor():

@@ -25,10 +25,17 @@ def _block(ids: list[int], bad: set[int] = frozenset()) -> pa.Table:
     return pa.Table.from_pylist([row(i) for i in ids])
 
 
+OWNER = {"dag_id": "d", "task_id": "t"}
+
+
 def _dirs(tmp_path, key="resume-abc"):
-    output = commit.OutputDir(str(tmp_path / "out"), "attempt-2", staging=key)
-    errors = commit.OutputDir(str(tmp_path / "out" / "_errors"), "attempt-2", staging=key)
+    output = commit.OutputDir(str(tmp_path / "out"), key, OWNER)
+    errors = commit.OutputDir(str(tmp_path / "out" / "_errors"), "attempt-2", OWNER)
     return output, errors
+
+
+def _staged(output: commit.OutputDir) -> list[str]:
+    return sorted(p.rsplit("/", 1)[1] for p in output.fs.glob(f"{output.staging_path}/block-*"))
 
 
 def test_a_retry_reads_back_the_recorded_blocks_and_drops_strays(tmp_path):
@@ -36,23 +43,24 @@ def test_a_retry_reads_back_the_recorded_blocks_and_drops_strays(tmp_path):
     write = sink.WriteBlock(output.staging_uri, errors.staging_uri, "parquet", COLUMNS, record=True)
     write(_block([1, 2, 3], bad={2}))
     write(_block([4, 5]))
+    write(_block([4, 5]))  # Ray ran that block's write again: one file, one record
     staging = tmp_path / "out" / "_raydllm" / "staging" / "resume-abc"
-    assert len(list((staging / commit.PROGRESS_DIR).glob("*.json"))) == 2
+    assert len(list((staging / commit.PROGRESS_DIR).glob("*.json"))) == 2 and len(_staged(output)) == 2
     # A try that died between a block's data file and its record: the file is a stray.
-    sink.write_table(pa.table({"id": [6]}), output.staging_uri, "parquet")
+    sink.write_table(pa.table({"id": [6]}), output.staging_uri, "block-stray.parquet", "parquet")
     # A record whose file is gone is not trusted either.
-    (staging / commit.PROGRESS_DIR / "dangling.json").write_text(json.dumps({"file": "part-gone.parquet", "ids": ["9"], "ok": 1}))
+    (staging / commit.PROGRESS_DIR / "dangling.json").write_text(json.dumps({"file": "block-gone.parquet", "ids": ["9"], "ok": 1}))
     progress = resume.load(output)
     assert progress.ids == {"1", "3", "4", "5"} and progress.blocks == 2
-    assert progress.counts == {"ok": 4, "not_inferred": 0, "i": 20, "o": 4}
-    assert len(output.staged_files()) == 2  # the stray went; records are never staged files
+    assert progress.counts == {"ok": 4, "not_inferred": 0, "input_tokens": 20, "output_tokens": 4}
+    assert _staged(output) == sorted(progress.files)  # the stray went; records are never staged files
     assert not (staging / commit.PROGRESS_DIR / "dangling.json").exists()
 
 
 def test_the_commit_moves_data_files_only_and_removes_the_records(tmp_path):
     output, errors = _dirs(tmp_path)
     sink.WriteBlock(output.staging_uri, errors.staging_uri, "jsonl", COLUMNS, record=True)(_block([1, 2]))
-    output.commit(commit.Manifest(rows=2), overwrite=False)
+    output.commit(resume.load(output).files, commit.Manifest(rows=2), overwrite=False)
     manifest = output.manifest()
     assert len(manifest.files) == 1 and manifest.files[0].startswith("part-")
     assert not (tmp_path / "out" / "_raydllm").exists()
@@ -61,15 +69,29 @@ def test_the_commit_moves_data_files_only_and_removes_the_records(tmp_path):
 def test_without_a_record_nothing_is_resumed(tmp_path):
     output, errors = _dirs(tmp_path)
     sink.WriteBlock(output.staging_uri, errors.staging_uri, "parquet", COLUMNS)(_block([1, 2]))
-    assert resume.load(output).rows == 0 and output.staged_files() == []
+    assert resume.load(output).rows == 0 and _staged(output) == []
 
 
 def test_other_keys_staging_is_stale_and_removed(tmp_path):
     old, _ = _dirs(tmp_path, key="resume-old")
     sink.WriteBlock(old.staging_uri, old.staging_uri + "-e", "parquet", COLUMNS, record=True)(_block([1]))
     new, _ = _dirs(tmp_path, key="resume-new")
-    removed = new.clear_stale()
+    removed = new.recover()
     assert any(r.endswith("resume-old") for r in removed) and resume.load(new).rows == 0
+
+
+def test_an_input_rewritten_between_tries_is_not_resumed_onto(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1}\n')
+    output, errors = _dirs(tmp_path)
+    assert resume.changed_input(output, resume.input_fingerprint([str(source)])) == ""  # recorded
+    sink.WriteBlock(output.staging_uri, errors.staging_uri, "parquet", COLUMNS, record=True)(_block([1]))
+    assert resume.changed_input(output, resume.input_fingerprint([str(source)])) == ""  # same input: resume
+    source.write_text('{"id": 1}\n{"id": 2}\n')
+    why = resume.changed_input(output, resume.input_fingerprint([str(tmp_path)]))
+    assert why.startswith("input file file://") or "in.jsonl" in why
+    why = resume.changed_input(output, resume.input_fingerprint([str(source)]))
+    assert "in.jsonl changed since the earlier try (10:" in why
 
 
 class _Ref:

@@ -28,9 +28,10 @@ def _block() -> pa.Table:
 def test_a_block_splits_into_output_and_error_files_and_a_tally(tmp_path, fmt):
     ok_dir, err_dir = tmp_path / "out", tmp_path / "errors"
     tally = sink.WriteBlock(str(ok_dir), str(err_dir), fmt, COLUMNS)(_block()).to_pylist()[0]
-    assert (tally["ok"], tally["errors"], tally["not_inferred"], tally["i"], tally["o"]) == (2, 1, 0, 17, 3)
+    assert (tally["ok"], tally["errors"], tally["not_inferred"], tally["input_tokens"], tally["output_tokens"]) == (2, 1, 0, 17, 3)
     assert [e["row_id"] for e in json.loads(tally["first_errors"])] == ["2"]
-    (ok_file,), (err_file,) = list(ok_dir.glob("part-*")), list(err_dir.glob("part-*"))
+    (ok_file,), (err_file,) = list(ok_dir.glob("block-*")), list(err_dir.glob("block-*"))
+    assert (tally["ok_file"], tally["error_file"]) == (ok_file.name, err_file.name)
     assert not list(ok_dir.rglob(".tmp-*"))  # written aside, then renamed in whole
     assert ok_file.suffix == f".{fmt}" and err_file.suffix == f".{fmt}"
     if fmt == "parquet":
@@ -51,7 +52,59 @@ def test_a_block_without_errors_writes_no_error_file_and_totals_add_up(tmp_path)
     tallies = [write(block).to_pylist()[0]]
     assert not (tmp_path / "errors").exists()  # no error rows, no error file
     tallies.append(write(_block()).to_pylist()[0])
-    counts, first = sink.totals(tallies)
-    assert counts == {"ok": 4, "errors": 1, "not_inferred": 0, "i": 34, "o": 6}
+    counts, first, files = sink.totals(tallies)
+    assert counts == {"ok": 4, "errors": 1, "not_inferred": 0, "input_tokens": 34, "output_tokens": 6}
     assert [e["row_id"] for e in first] == ["2"]
-    assert len(list((tmp_path / "out").glob("part-*"))) == 2 and len(list((tmp_path / "errors").glob("part-*"))) == 1
+    assert sorted(files["ok"]) == sorted(p.name for p in (tmp_path / "out").glob("block-*")) and len(files["ok"]) == 2
+    assert files["errors"] == [p.name for p in (tmp_path / "errors").glob("block-*")] and len(files["errors"]) == 1
+
+
+def test_a_block_written_twice_by_ray_leaves_one_file_with_its_rows_once(tmp_path):
+    write = sink.WriteBlock(str(tmp_path / "out"), str(tmp_path / "errors"), "parquet", COLUMNS)
+    first, again = write(_block()).to_pylist()[0], write(_block()).to_pylist()[0]
+    assert first["ok_file"] == again["ok_file"]
+    (only,) = list((tmp_path / "out").glob("block-*"))
+    assert pq.read_table(only).column("id").to_pylist() == [1, 3]
+
+
+def test_good_rows_keep_exactly_the_postprocess_columns_when_the_block_has_errors(tmp_path):
+    """Ray Data gives every row of a block the union of the rows' columns: an error row's
+    input and engine columns come back as all-null columns on the good rows."""
+    good = {"label": "pos", "score": 1, rows.ROW_ID: "1", rows.ERROR: "", rows.RAY_ERROR: "", rows.INFERRED: True,
+            rows.COLUMNS: json.dumps(["label", "score"]), "generated_text": None, "prompt_token_ids": None, "text": None}
+    bad = {"label": None, "score": None, rows.ROW_ID: "2", rows.ERROR: "", rows.RAY_ERROR: "vLLM: boom",
+           rows.INFERRED: None, rows.COLUMNS: None, "generated_text": "x", "prompt_token_ids": [1, 2], "text": "t2"}
+    write = sink.WriteBlock(str(tmp_path / "mixed"), str(tmp_path / "errors"), "parquet", COLUMNS)
+    write(pa.Table.from_pylist([good, bad]))
+    clean = sink.WriteBlock(str(tmp_path / "clean"), str(tmp_path / "errors2"), "parquet", COLUMNS)
+    clean(pa.Table.from_pylist([{k: v for k, v in good.items() if k not in ("generated_text", "prompt_token_ids", "text")}]))
+    (mixed,), (alone,) = list((tmp_path / "mixed").glob("block-*")), list((tmp_path / "clean").glob("block-*"))
+    assert pq.read_table(mixed).column_names == pq.read_table(alone).column_names == ["label", "score"]
+    assert pq.read_table(mixed).to_pylist() == [{"label": "pos", "score": 1}]
+
+
+def test_an_error_output_has_its_fixed_schema(tmp_path):
+    sink.WriteBlock(str(tmp_path / "out"), str(tmp_path / "errors"), "parquet", COLUMNS)(_block())
+    (err_file,) = list((tmp_path / "errors").glob("block-*"))
+    assert pq.read_schema(err_file).names == ["row_id", "stage", "error", "row"]
+    assert {str(t) for t in pq.read_schema(err_file).types} == {"string"}
+
+
+def test_a_value_parquet_cannot_hold_fails_naming_the_column_and_row(tmp_path):
+    """The type Ray Data gives a column of Python objects, by its registered name."""
+
+    class PickledObjects(pa.ExtensionType):
+        def __init__(self):
+            super().__init__(pa.binary(), "ray.data.arrow_pickled_object")
+
+        def __arrow_ext_serialize__(self):
+            return b""
+
+        @classmethod
+        def __arrow_ext_deserialize__(cls, storage_type, serialized):
+            return cls()
+
+    objects = pa.ExtensionArray.from_storage(PickledObjects(), pa.array([None, b"\x80\x04N."]))
+    table = pa.table({"label": ["a", "b"], "obj": objects})
+    with pytest.raises(sink.UnstorableValueError, match=r"column 'obj' \(row r2\), which parquet cannot store"):
+        sink.storable(table, ["r1", "r2"], "parquet")

@@ -1,0 +1,96 @@
+"""A job's two outputs (its output and its error output) from lock to commit.
+
+The steps, each named for what it guarantees:
+
+1. ``Outputs.open``: where they are (one URI normaliser decides whether the error output
+   is nested in the output), and the lock on each, held until the job ends;
+2. ``claim``: interrupted commits finished or undone, other jobs' staging removed, and both
+   directories checked to be this task's (or empty), before any actor or engine starts;
+3. ``progress``: what earlier tries of this task instance staged, resumed only onto the
+   same input;
+4. ``commit``: the error output, then the output, each committing exactly the files the
+   blocks' tallies name (``commit.py``'s state machine); or ``discard`` when the job fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_raydatallm.job import commit, lock, resume
+from airflow_provider_raydatallm.job.spec import JobSpec, is_inside
+
+log = logging.getLogger("raydllm.job")
+# How long a job waits for another job writing the same output (e.g. one being stopped).
+LOCK_WAIT_SECONDS = float(os.environ.get("RAYDLLM_LOCK_WAIT_SECONDS") or 120)
+
+
+@dataclass
+class Outputs:
+    """The output and the error output of one job, and whether its staging outlives it."""
+
+    spec: JobSpec
+    output: commit.OutputDir
+    errors: commit.OutputDir
+    nested: bool  # the error output lies inside the output, and is committed on its own
+    resumable: bool
+    locks: list[Any]
+
+    @classmethod
+    def open(cls, spec: JobSpec, tag: str) -> Outputs:
+        """Lock both outputs (sorted, so two jobs never wait on each other)."""
+        staging, resumable = resume.staging_name(spec.run, spec.input.id_column, tag)
+        out_key, err_key = commit.canonical(spec.output.uri), commit.canonical(spec.output.error_uri)
+        nested = is_inside(err_key, out_key)
+        owner = spec.run.model_dump()
+        output = commit.OutputDir(spec.output.uri, staging, owner, skip=spec.output.error_uri if nested else None)
+        errors = commit.OutputDir(spec.output.error_uri, tag, owner)
+        holder = {"submission_id": spec.run.submission_id or tag, "run": spec.run.model_dump()}
+        locks = lock.acquire([out_key] if nested else [out_key, err_key], holder, LOCK_WAIT_SECONDS)
+        return cls(spec, output, errors, nested, resumable, locks)
+
+    def claim(self) -> None:
+        """Finish or undo what earlier jobs left, then refuse outputs that are not ours."""
+        for directory in (self.output, self.errors):
+            for removed in directory.recover():
+                log.info("removed what an earlier job left unfinished: %s", removed)
+        for directory in (self.output, self.errors):
+            directory.check_owned(self.spec.output.overwrite)
+        # Error rows of a failed try are processed again; its recorded good rows are kept.
+        self.errors.discard_staging()
+
+    def progress(self) -> resume.Progress:
+        """What earlier tries of this task instance wrote, when it may be resumed here."""
+        if not self.resumable:
+            return resume.Progress()
+        why = resume.changed_input(self.output, resume.input_fingerprint(self.spec.input.uris))
+        if why:
+            log.warning("not resuming: %s; starting from zero", why)
+            self.output.discard_staging()
+            resume.changed_input(self.output, resume.input_fingerprint(self.spec.input.uris))
+            return resume.Progress()
+        return resume.load(self.output)
+
+    def discard(self, keep_progress: bool) -> None:
+        """A failed job: the outputs stay as they were. With ``keep_progress`` the good rows
+        written so far stay staged for the task's next try (resumable runs)."""
+        self.errors.discard_staging()  # error rows are processed again by any later try
+        if self.resumable and keep_progress:
+            kept = resume.load(self.output)
+            log.info(
+                "this try failed; the %d rows written so far (%d blocks) stay staged for the task's next try",
+                kept.rows, kept.blocks,
+            )  # fmt: skip
+        else:
+            self.output.discard_staging()
+
+    def commit(self, files: dict[str, list[str]], progress: resume.Progress, counts: dict[str, int], extra: dict) -> None:
+        """Errors first: once the output's manifest names the new version, its errors are in place."""
+        identity = {"submission_id": self.spec.run.submission_id, "run": self.spec.run.model_dump()}
+        overwrite = self.spec.output.overwrite
+        self.errors.commit(files["errors"], commit.Manifest(rows=counts["errors"], **identity), overwrite)
+        self.output.commit(
+            files["ok"] + progress.files, commit.Manifest(rows=counts["ok"], extra=extra, **identity), overwrite
+        )
