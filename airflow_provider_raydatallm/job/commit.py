@@ -115,10 +115,11 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        body = {
+        body = {  # extra first: the manifest's own fields always win
+            **self.extra,
             "kind": MANIFEST_KIND, "version": MANIFEST_VERSION, "commit_id": self.commit_id, "owner": self.owner,
             "files": sorted(self.files), "submission_id": self.submission_id, "run": self.run, "rows": self.rows,
-            "committed_at": self.committed_at, **self.extra,
+            "committed_at": self.committed_at,
         }  # fmt: skip
         return json.dumps(body, indent=2, default=str).encode()
 
@@ -200,6 +201,11 @@ class OutputDir:
 
     # -- what is there ---------------------------------------------------------------------
 
+    def _fresh(self) -> None:
+        """Forget cached listings: object-store clients (s3fs) cache them per process, and
+        other processes (the pass's workers, earlier jobs) wrote here since."""
+        self.fs.invalidate_cache(self.path)
+
     def manifest(self) -> Manifest | None:
         try:
             return Manifest.parse(self.fs.cat_file(self._abs(MANIFEST)))
@@ -233,6 +239,7 @@ class OutputDir:
 
     def foreign_files(self) -> list[str]:
         """Files in the directory that the manifest does not name (call after ``recover``)."""
+        self._fresh()
         listing = self._listing()
         if not listing:
             return []
@@ -269,6 +276,7 @@ class OutputDir:
         """Finish or undo interrupted commits, and remove other jobs' staging; return what
         was removed."""
         removed: list[str] = []
+        self._fresh()
         manifest = self.manifest()
         for path, intent in self._intents():
             if intent is not None and manifest is not None and manifest.commit_id == intent.commit_id:
