@@ -93,7 +93,10 @@ with DAG(
 
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(result["output_uri"], columns=["Subscription Date", "resp"]).to_pylist()
+        from airflow_provider_raydatallm.job.commit import committed_files
+
+        # Only the committed version: the files the output's _SUCCESS manifest names.
+        rows = pq.read_table(committed_files(result["output_uri"]), columns=["Subscription Date", "resp"]).to_pylist()
         correct = 0
         for row in rows:
             day = row["Subscription Date"]

@@ -84,7 +84,10 @@ with DAG(
     def publish(summary: dict[str, Any]) -> int:
         import pyarrow.parquet as pq
 
-        replies = pq.read_table(summary["output_uri"]).to_pylist()
+        from airflow_provider_raydatallm.job.commit import committed_files
+
+        # Only the committed version: the files the output's _SUCCESS manifest names.
+        replies = pq.read_table(committed_files(summary["output_uri"])).to_pylist()
         for reply in replies:
             print(f"{reply['ticket']!r} -> {reply['reply'].strip()!r}")
         return len(replies)

@@ -45,6 +45,8 @@ def _run(dag_id: str, conf: dict, **test_kwargs):
 def sentiment(warm: bool) -> int:
     import pyarrow.parquet as pq
 
+    from airflow_provider_raydatallm.job.commit import committed_files
+
     dag_id = "example_warm_sentiment" if warm else "example_daily_sentiment"
     conf = {"posts_root": str(OUT / "posts"), "output_root": str(OUT / dag_id.removeprefix("example_")),
             "num_partitions": 2, "posts_per_day": 40}  # fmt: skip
@@ -56,7 +58,7 @@ def sentiment(warm: bool) -> int:
     print(f"\nsentiment of {summary['posts']} posts on {summary['day']} ({summary['errors']} error rows):")
     for label, count in summary["labels"].items():
         print(f"  {label:<9} {count:>4}  {'#' * count}")
-    sample = pq.read_table(results[0]["output_uri"], columns=["post_id", "sentiment", "text"]).to_pylist()[:3]
+    sample = pq.read_table(committed_files(results[0]["output_uri"]), columns=["post_id", "sentiment", "text"]).to_pylist()[:3]
     print("\nthree rows:")
     for row in sample:
         print(f"  {row['post_id']}  {row['sentiment']:<9} {row['text']}")
@@ -83,6 +85,8 @@ def sentiment(warm: bool) -> int:
 def questions() -> int:
     import pyarrow.parquet as pq
 
+    from airflow_provider_raydatallm.job.commit import committed_files
+
     run, states, xcoms = _run("example_common_questions", {"output_root": str(OUT / "questions")},
                               mark_success_pattern="write_prompts")  # fmt: skip
     if states.get("answer_questions") != "success":
@@ -90,7 +94,7 @@ def questions() -> int:
         return 1
     result = xcoms["answer_questions"][0]
     print()
-    for row in pq.read_table(result["output_uri"]).to_pylist():
+    for row in pq.read_table(committed_files(result["output_uri"])).to_pylist():
         print(f"Q: {row['item']}\nA: {row['answer'].strip()}\n")
     print(f"XCom of answer_questions:\n{json.dumps(result, indent=2)}")
     return 0

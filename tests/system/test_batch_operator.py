@@ -37,7 +37,7 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd):
     assert all(a.strip() for a in table.column("answer").to_pylist())
     manifest = json.loads((out / "_SUCCESS").read_text())
     assert sorted(tmp_path.iterdir()) == sorted([questions, out])  # nothing beside the output
-    assert not list((out / "_raydllm").glob("staging/*")) and not list((out / "_raydllm").glob("pending-*"))
+    assert not list((out / "_raydllm").glob("staging/*")) and not list((out / "_raydllm").glob("commit-*"))
     assert sorted(manifest["files"]) == sorted(p.name for p in out.glob("*.parquet"))
     result = test_dags.xcom(run, "answer")
     metrics = result["metrics"]
