@@ -41,8 +41,8 @@ def _secrets(args: argparse.Namespace) -> dict[str, str]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# The user's own error, as rows.py words it, wherever Ray wrapped it.
-_ROW_ERROR = re.compile(r"RowError: ((?:pre|post)process failed on row [^\n]+)")
+# The user's own error, as rows.py and sink.py word it, wherever Ray wrapped it.
+_ROW_ERROR = re.compile(r"(?:RowError: ((?:pre|post)process failed on row [^\n]+)|UnstorableValueError: ([^\n]+))")
 
 
 def headline(err: BaseException) -> str:
@@ -56,7 +56,7 @@ def headline(err: BaseException) -> str:
     ray_line = first[0][:1000] if first else type(err).__name__
     found = _ROW_ERROR.search(text)
     if found:
-        return f"{found.group(1).strip()[:1500]} (in Ray: {ray_line[:300]})"
+        return f"{(found.group(1) or found.group(2)).strip()[:1500]} (in Ray: {ray_line[:300]})"
     if root is not err and str(root):
         ray_line += f" (caused by {type(root).__name__}: {_ANSI.sub('', str(root)).splitlines()[0][:1000]})"
     return ray_line[:2000]
