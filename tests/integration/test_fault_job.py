@@ -50,16 +50,29 @@ def _object(row):
     return {"id": row["id"], "obj": Opaque()}
 
 
-def _run(tmp_path, echo_endpoint, *, rows=12, preprocess=_ask, postprocess=_answer, env=None, runtime_env=None):
-    source = tmp_path / f"in-{uuid.uuid4().hex[:6]}.jsonl"
-    source.write_text("".join(json.dumps({"id": i, "item": f"q{i}"}) + "\n" for i in range(1, rows + 1)))
-    out = tmp_path / f"out-{uuid.uuid4().hex[:6]}"
+def _fail_on_12_while_flagged(row):
+    """A try that fails midway: the row with id 12 fails the job, after the others' blocks
+    were written, while the flag file its row names exists."""
+    import os
+
+    if row["id"] == 12 and os.path.exists(row["flag"]):
+        time.sleep(8)
+        raise RuntimeError("this try fails on purpose")
+    return {"payload": {"model": "echo", "messages": [{"role": "user", "content": row["item"]}]}}
+
+
+def _run(tmp_path, echo_endpoint, *, rows=12, preprocess=_ask, postprocess=_answer, env=None, runtime_env=None,
+         source=None, out=None, identity=None, continue_on_error=True):  # fmt: skip
+    if source is None:
+        source = tmp_path / f"in-{uuid.uuid4().hex[:6]}.jsonl"
+        source.write_text("".join(json.dumps({"id": i, "item": f"q{i}"}) + "\n" for i in range(1, rows + 1)))
+    out = out or tmp_path / f"out-{uuid.uuid4().hex[:6]}"
     op = RayLLMBatchOperator(
         task_id="ask", processor_config={"type": "HttpRequestProcessorConfig", "batch_size": 2, "max_retries": 0},
         preprocess=preprocess, postprocess=postprocess, input_uri=str(source), output_uri=str(out), id_column="id",
-        num_partitions=4, should_continue_on_error=True, max_error_ratio=0.5, http_conn_id="unused",
+        num_partitions=4, should_continue_on_error=continue_on_error, max_error_ratio=0.5, http_conn_id="unused",
     )  # fmt: skip
-    spec = op.build_spec(RunIdentity(dag_id="fault", task_id="ask", run_id=f"r{time.time_ns()}"))
+    spec = op.build_spec(identity or RunIdentity(dag_id="fault", task_id="ask", run_id=f"r{time.time_ns()}"))
     conn = SimpleNamespace(host=echo_endpoint, port=None, schema=None, password=ECHO_KEY, extra_dejson={})
     processor, secrets = sub.with_endpoint_connection(spec.processor, conn, "ask")
     spec = spec.model_copy(update={"processor": processor})
@@ -114,3 +127,30 @@ def test_a_python_object_from_the_postprocess_fails_the_job_naming_column_and_ro
     line = next(l for l in logs.splitlines() if l.startswith("RAYDLLM_ERROR "))
     assert "column 'obj' (row " in line and "which parquet cannot store" in line and "Opaque" in line, line
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_retry_never_resumes_onto_an_input_rewritten_in_place(ray_conn, echo_endpoint, tmp_path):
+    source, flag, out = tmp_path / "in.jsonl", tmp_path / "fail.flag", tmp_path / "out"
+
+    def write(text: str) -> None:
+        rows = [{"id": i, "item": f"{text} {i}", "flag": str(flag)} for i in range(1, 13)]
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("old")
+    flag.write_text("fail")
+    run = RunIdentity(dag_id="fault", task_id="ask", run_id=f"r{time.time_ns()}", resume_key=f"resume-{uuid.uuid4().hex[:8]}")
+    first, logs, _ = _run(tmp_path, echo_endpoint, source=source, out=out, preprocess=_fail_on_12_while_flagged,
+                          identity=run.model_copy(update={"keep_progress": True}), continue_on_error=False)  # fmt: skip
+    assert first is RayJobStatus.FAILED and "this try fails on purpose" in logs
+    staged = [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
+    assert staged and all("12" not in r["ids"] for r in staged)  # the failed try kept what it wrote
+
+    write("new")  # the input is rewritten in place between the tries
+    flag.unlink()
+    second, logs, _ = _run(tmp_path, echo_endpoint, source=source, out=out, preprocess=_fail_on_12_while_flagged,
+                           identity=run, continue_on_error=False)  # fmt: skip
+    assert second is RayJobStatus.SUCCEEDED, logs[-3000:]
+    assert "not resuming: input file file://" in logs and "changed since the earlier try" in logs
+    table = _table(out)
+    assert sorted(table.column("id").to_pylist()) == list(range(1, 13))
+    assert sorted(table.column("answer").to_pylist()) == sorted(f"echo: new {i}" for i in range(1, 13))  # no old text
