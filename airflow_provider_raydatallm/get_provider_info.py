@@ -40,6 +40,23 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_raydatallm.links.ray.RayJobLink"],
+        "config": {
+            "raydatallm": {
+                "description": "Options of the Ray Data LLM provider.",
+                "options": {
+                    "namespace": {
+                        "description": "This Airflow deployment's name on shared Ray clusters: job ids, job metadata "
+                        "and the owner of each output carry it, and a deployment reattaches to, adopts and stops "
+                        "only its own jobs. The ray connection's extra 'namespace' wins over it. Unset: a hash of "
+                        "the metadata database's address (without its password).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "prod",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "ray",

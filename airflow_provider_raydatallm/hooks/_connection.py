@@ -10,7 +10,8 @@ Connection shape (all optional; an empty connection means the local head on
 - extra (JSON): ``headers`` (object), ``verify`` (bool or CA bundle path, default true),
   ``timeout`` (seconds, default 30), ``runtime_env`` and ``metadata`` (objects merged under
   every submitted job's own), ``serve`` (``{"http_options": {...}, "proxy_location": ...}``:
-  how a Serve deploy starts Serve on this cluster when it is not running yet).
+  how a Serve deploy starts Serve on this cluster when it is not running yet), ``namespace``
+  (this Airflow deployment's name on a cluster shared with others: ``namespace.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_raydatallm import __version__
+from airflow_provider_raydatallm import namespace as deployment
 from airflow_provider_raydatallm.exceptions import RayConnectionConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -32,7 +34,7 @@ DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 # The dashboard refuses POST/PUT from a User-Agent starting with "Mozilla" (CSRF guard).
 USER_AGENT = f"airflow-provider-raydatallm/{__version__}"
-EXTRA_KEYS = ("headers", "verify", "timeout", "runtime_env", "metadata", "serve")
+EXTRA_KEYS = ("headers", "verify", "timeout", "runtime_env", "metadata", "serve", "namespace")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class RayConnectionConfig:
     serve: Mapping[str, Any] = field(default_factory=dict)
     # Where a person's browser reaches the dashboard (an ingress), when not at base_url.
     external_url: str = ""
+    # This Airflow deployment's jobs on the cluster ("": the default, namespace.resolve).
+    namespace: str = ""
 
     @property
     def link_base_url(self) -> str:
@@ -164,6 +168,11 @@ def config_from_connection(
     external = str(_extra_value(extra, "external_url") or "").strip().rstrip("/")
     if external and urlsplit(external).scheme not in {"http", "https"}:
         raise RayConnectionConfigError(f"ray connection extra 'external_url' must be an http(s) URL, got {external!r}")
+    namespace = str(_extra_value(extra, "namespace") or "").strip()
+    if namespace and not deployment.is_valid(namespace):
+        raise RayConnectionConfigError(
+            f"ray connection extra 'namespace' must be 1 to 63 letters, digits, '_', '.' or '-', got {namespace!r}"
+        )
     return RayConnectionConfig(
         base_url=_base_url(host, port, schema),
         token=password or None,
@@ -174,4 +183,5 @@ def config_from_connection(
         metadata={str(k): str(v) for k, v in metadata.items()},
         serve=_json_object(_extra_value(extra, "serve"), "serve"),
         external_url=external,
+        namespace=namespace,
     )

@@ -33,6 +33,13 @@ CONN_FIELDS = {
         "schema": {"type": ["object", "null"]},
         "description": "String key/values attached to every submitted job.",
     },
+    "namespace": {
+        "label": "Airflow deployment namespace",
+        "schema": {"type": ["string", "null"]},
+        "description": "Names this Airflow deployment's jobs on a Ray cluster that others share "
+        "(e.g. staging, prod): it reattaches to and stops only jobs of its own namespace. "
+        "Default: [raydatallm] namespace, else a hash of the metadata database address.",
+    },
 }
 
 UI_FIELD_BEHAVIOUR = {

@@ -96,11 +96,16 @@ def _too_big(label: str, fn: Callable[..., Any], size: int) -> str:
 
 def pack(fn: Callable[..., Any] | str | None, name: str) -> CallableSpec | None:
     """Describe ``fn`` for the spec; raise ``CallableShippingError`` naming it if it cannot travel."""
+    # Imported here: the cluster side loads callables and never fingerprints them.
+    from airflow_provider_raydatallm.fingerprint import FingerprintError, fingerprint
+
     if fn is None:
         return None
     if isinstance(fn, str):
         try:
-            return CallableSpec(name=name, import_path=fn, python_version=_python_version())
+            return CallableSpec(
+                name=name, import_path=fn, python_version=_python_version(), fingerprint=fingerprint(fn)
+            )
         except ValueError as err:
             raise CallableShippingError(f"{name}: {err}") from None
     if not callable(fn):
@@ -125,11 +130,26 @@ def pack(fn: Callable[..., Any] | str | None, name: str) -> CallableSpec | None:
             cloudpickle.unregister_pickle_by_value(each)
     if len(data) > MAX_PICKLED_BYTES:
         raise CallableShippingError(_too_big(label, fn, len(data)))
+    try:
+        identity: str | None = fingerprint(fn)
+    except FingerprintError as err:
+        # The job's identity then counts the pickled bytes: a retry in another process may
+        # not reattach to (or adopt) its job, but a changed function is never taken for this one.
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s has no identity that is the same in every process (%s): a retry on another worker "
+            "runs its job again instead of reattaching to it",
+            label,
+            err,
+        )
+        identity = None
     return CallableSpec(
         name=name,
         pickled=base64.b64encode(data).decode("ascii"),
         python_version=_python_version(),
         cloudpickle_version=cloudpickle.__version__,
+        fingerprint=identity,
     )
 
 

@@ -120,6 +120,9 @@ class CallableSpec(_Model):
     pickled: str | None = None  # base64 of cloudpickle.dumps(fn)
     python_version: str  # "3.11": pickles only load on the same minor version
     cloudpickle_version: str | None = None
+    # What the user wrote, the same in every process (fingerprint.py): the job's identity
+    # counts this, not the pickled bytes. None: it could not be rendered; the bytes count.
+    fingerprint: str | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> CallableSpec:

@@ -7,8 +7,9 @@ built (so a DAG with them fails to parse, visibly, in the UI); templated ones on
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_raydatallm.exceptions import RayLLMConfigError
@@ -18,6 +19,7 @@ SCHEMES = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "abfs", "abfss",
 INPUT_FORMATS = ("csv", "parquet", "json", "jsonl")
 OUTPUT_FORMATS = ("parquet", "jsonl", "csv")
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 
 
 class ArgumentChecker:
@@ -182,3 +184,92 @@ def check_rendered(op: Any) -> tuple[list[str], int | None, int | None]:
     if isinstance(op.processor_config, str):
         check.fail("processor_config", op.processor_config, "rendered to a string; it must be a dict or a config object")
     return uris, limit, partitions
+
+
+def refuse_shared_mapped_output(op: Any, map_index: int) -> None:
+    """A mapped task instance whose ``output_uri`` (or explicit ``error_output_uri``) another
+    instance of the same task also gets would replace its sibling's committed files: refuse
+    it before anything is submitted, unless ``overwrite=True``.
+
+    Read from the mapped task in the DAG, as written (before rendering): a ``partial()``
+    value is every instance's, unless its template names ``map_index`` (``{{ ti.map_index
+    }}``) or an expanded argument; an ``expand()`` list is shared when another list makes a
+    combination with each of its values, or when it holds the value twice; an
+    ``expand_kwargs()`` list of dicts, when two dicts hold the same value. What only an
+    upstream task's XCom decides is left to the cluster's pre-flight.
+    """
+    mapped = _mapped_task(op) if map_index >= 0 and not op.overwrite else None
+    if mapped is None:
+        return
+    for name, what in (("output_uri", "output"), ("error_output_uri", "failed rows")):
+        value = getattr(op, name)  # an unset error_output_uri is <output>/_errors: it follows the output
+        why = None if value is None else _sharing(mapped, name, map_index, value)
+        if why:
+            raise RayLLMConfigError(
+                f"task {op.task_id}[{map_index}]: {name}={value!r} {why}: each would replace the others' {what}. "
+                + _advice(mapped, name)
+            )
+
+
+def _mapped_task(op: Any) -> Any:
+    """The DAG's task of this id when it is a mapped operator (it holds ``partial()``'s
+    arguments as written and ``expand()``'s input), else None."""
+    task = op.dag.task_dict.get(op.task_id) if op.has_dag() else None
+    if not isinstance(getattr(task, "partial_kwargs", None), Mapping) or not hasattr(task, "expand_input"):
+        return None
+    return task
+
+
+def _sharing(mapped: Any, name: str, map_index: int, value: str) -> str | None:
+    """How other instances of the mapped task get this instance's ``name`` too (None: they
+    do not, or it cannot be known before they run)."""
+    partial = mapped.partial_kwargs.get(name)
+    expanded = getattr(mapped.expand_input, "value", None)
+    if isinstance(expanded, Mapping) and name in expanded:  # expand(name=[...], ...)
+        items, others = expanded[name], [v for k, v in expanded.items() if k != name]
+        if not all(map(_literal, [items, *others])) or any(_per_instance(item) for item in items):
+            return None
+        if math.prod(len(v) for v in others) > 1:
+            return "is given to several mapped task instances (expand() makes every combination of its lists)"
+        return "appears more than once in expand()" if list(items).count(value) > 1 else None
+    if isinstance(expanded, Mapping):  # a partial() value: every instance's
+        fixed = isinstance(partial, str) and not _per_instance(partial, expanded)
+        return "is the same for every mapped task instance" if fixed and not _one_instance(expanded) else None
+    if isinstance(expanded, Sequence) and all(isinstance(each, Mapping) for each in expanded):  # expand_kwargs([...])
+        given = [each.get(name, partial) for each in expanded]
+        mine = given[map_index] if map_index < len(given) else None
+        if not isinstance(mine, str) or _per_instance(mine, expanded[map_index]) or given.count(mine) < 2:
+            return None
+        return "is the same in more than one expand_kwargs() dict"
+    # expand_kwargs() over an upstream's XCom: a partial() value is every instance's (unless a
+    # dict with strict=False overrode it, which shows as a literal that did not render to itself)
+    fixed = isinstance(partial, str) and not _per_instance(partial) and (partial == value or _JINJA.search(partial))
+    return "is the same for every mapped task instance" if fixed else None
+
+
+def _advice(mapped: Any, name: str) -> str:
+    partial = mapped.partial_kwargs.get(name)
+    if isinstance(partial, str):  # one value for all, from partial()
+        example = partial.rstrip("/") + "/part-{{ ti.map_index }}"
+        return f"Put {{{{ ti.map_index }}}} in it (e.g. {example!r}), map over {name} too, or set overwrite=True"
+    return (
+        f"Give each instance its own {name} (pair it with its input in expand_kwargs(), or put "
+        "{{ ti.map_index }} in it), or set overwrite=True"
+    )
+
+
+def _literal(value: Any) -> bool:
+    """A list, tuple or dict written in the DAG (an XComArg's length is known only at run time)."""
+    return isinstance(value, (list, tuple, dict))
+
+
+def _one_instance(expanded: Mapping[str, Any]) -> bool:
+    """expand() over literal values that make a single task instance."""
+    return all(map(_literal, expanded.values())) and math.prod(len(v) for v in expanded.values()) == 1
+
+
+def _per_instance(raw: Any, expanded: Collection[str] = ()) -> bool:
+    """A template that renders differently per instance: it names ``map_index`` or an
+    expanded argument (``{{ task.input_uri }}``)."""
+    code = " ".join(_JINJA.findall(raw)) if isinstance(raw, str) else ""
+    return any(re.search(rf"\b{re.escape(word)}\b", code) for word in ("map_index", *expanded))

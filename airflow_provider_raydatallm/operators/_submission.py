@@ -150,9 +150,12 @@ def _slug(text: str, limit: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:limit] or "x"
 
 
-def submission_base(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
-    """Deterministic per task instance: readable prefix, plus a hash that makes it unique."""
-    digest = hashlib.sha1(f"{dag_id}\0{task_id}\0{run_id}\0{map_index}".encode()).hexdigest()[:12]
+def submission_base(dag_id: str, task_id: str, run_id: str, map_index: int, *, namespace: str) -> str:
+    """Deterministic per task instance of one Airflow deployment: a readable prefix, plus a
+    hash that makes it unique. ``namespace`` (``namespace.resolve``) keeps two deployments
+    that run the same DAG with the same run id on one Ray cluster apart."""
+    identity = f"{namespace}\0{dag_id}\0{task_id}\0{run_id}\0{map_index}"
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
     index = f"-m{map_index}" if map_index >= 0 else ""
     return f"raydllm-{_slug(dag_id, 40)}-{_slug(task_id, 40)}{index}-{digest}"
 
@@ -161,19 +164,31 @@ def submission_id(base: str, attempt: int) -> str:
     return f"{base}-a{attempt}"
 
 
+def first_try_of_series(try_number: int, max_tries: int | None, retries: int) -> int:
+    """The first try of the series this try belongs to: the tries of a task instance since it
+    was last cleared. Airflow's own rule (``max_tries - retries + 1``): a retry keeps
+    ``max_tries``, a clear raises it to the current try plus ``retries``. The same in every
+    process, since it reads only what Airflow stored for the task instance.
+
+    :param max_tries: ``ti.max_tries``; None without a scheduler (a bare ``execute()``):
+        then this try starts its own series.
+    :param retries: the task's ``retries``.
+    """
+    if max_tries is None:
+        max_tries = try_number - 1 + retries
+    return max(1, max_tries - retries + 1)
+
+
 def with_resume(identity: RunIdentity, max_tries: int | None, retries: int, spec_digest: str) -> RunIdentity:
-    """The identity with its resume key: shared by the tries of this task instance since it
-    was last cleared (Airflow's first try of that series is ``max_tries - retries + 1``: a
-    clear raises ``max_tries`` to the current try plus ``retries``), and by the same spec
-    only (a spec changed by the user starts from zero). ``keep_progress``: another try follows
-    if this one fails."""
+    """The identity with its resume key: shared by the tries of one series of one task
+    instance in one deployment (``first_try_of_series``, ``identity.namespace``), and by the
+    same spec only (a spec changed by the user starts from zero). ``keep_progress``: another
+    try follows if this one fails."""
+    first_try = first_try_of_series(identity.try_number, max_tries, retries)
     if max_tries is None:  # no scheduler behind the task (e.g. a bare execute())
         max_tries = identity.try_number - 1 + retries
-    first_try = max(1, max_tries - retries + 1)
-    key = hashlib.sha1(
-        "\0".join([identity.dag_id, identity.task_id, identity.run_id, str(identity.map_index), str(first_try),
-                   spec_digest]).encode()  # fmt: skip
-    ).hexdigest()[:20]
+    parts = [identity.namespace, identity.dag_id, identity.task_id, identity.run_id, str(identity.map_index)]
+    key = hashlib.sha1("\0".join([*parts, str(first_try), spec_digest]).encode()).hexdigest()[:20]
     return identity.model_copy(
         update={"resume_key": f"resume-{key}", "keep_progress": identity.try_number <= max_tries}
     )

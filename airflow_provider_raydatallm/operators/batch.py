@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator, conf
-from airflow_provider_raydatallm import outcome
+from airflow_provider_raydatallm import namespace as deployment, outcome
 from airflow_provider_raydatallm.exceptions import (
     RayJobFailedError,
     RayJobTimeoutError,
@@ -182,11 +182,11 @@ class RayLLMBatchOperator(BaseOperator):
         finally:
             self.processor_config = _templating.restore(self.processor_config, held)
 
-    def _submission(self, secrets: dict[str, str]) -> _jobs.Submission:
+    def _submission(self, secrets: dict[str, str], first_try: int) -> _jobs.Submission:
         return _jobs.Submission(
             runtime_env=self.runtime_env or {}, job_metadata=self.job_metadata or {}, secrets=secrets,
             entrypoint_num_cpus=self.entrypoint_num_cpus, entrypoint_num_gpus=self.entrypoint_num_gpus,
-            entrypoint_resources=self.entrypoint_resources,
+            entrypoint_resources=self.entrypoint_resources, first_try=first_try,
         )  # fmt: skip
 
     def _policy(self, ti: Any) -> WaitPolicy:
@@ -207,11 +207,17 @@ class RayLLMBatchOperator(BaseOperator):
             try_number=getattr(ti, "try_number", 0) or 0,
         )  # fmt: skip
         spec = self.build_spec(identity)
-        if self.resume:
-            resumed = sub.with_resume(identity, getattr(ti, "max_tries", None), self.retries or 0, _jobs.spec_hash(spec))
-            spec = spec.model_copy(update={"run": resumed})
+        _checks.refuse_shared_mapped_output(self, identity.map_index)
         sub.refuse_secret_env(self.runtime_env, self.task_id)
         hook = RayHook(ray_conn_id=self.ray_conn_id)
+        # Which Airflow deployment: in the job's id and metadata, and its outputs' owner record.
+        identity = identity.model_copy(update={"namespace": deployment.resolve(hook.config.namespace)})
+        spec = spec.model_copy(update={"run": identity})
+        max_tries = getattr(ti, "max_tries", None)
+        first_try = sub.first_try_of_series(identity.try_number, max_tries, self.retries or 0)
+        if self.resume:
+            resumed = sub.with_resume(identity, max_tries, self.retries or 0, _jobs.spec_hash(spec))
+            spec = spec.model_copy(update={"run": resumed})
         secrets: dict[str, str] = {}
         if self.http_conn_id:
             from airflow.sdk.log import mask_secret
@@ -221,7 +227,7 @@ class RayLLMBatchOperator(BaseOperator):
             for value in secrets.values():
                 mask_secret(value)
             spec = spec.model_copy(update={"processor": processor})
-        job_id, _ = _jobs.find_or_submit(hook, spec, self._submission(secrets), self.log, self.task_id)
+        job_id, _ = _jobs.find_or_submit(hook, spec, self._submission(secrets, first_try), self.log, self.task_id)
         self._submission_id = job_id
         url = dashboard_url(hook.config.link_base_url, job_id)
         record = _report.submission_record(spec, job_id, url, self.ray_conn_id)
@@ -300,12 +306,19 @@ class RayLLMBatchOperator(BaseOperator):
         if next_method == "__fail__":
             job = context["ti"].xcom_pull(task_ids=self.task_id, key=XCOM_JOB_KEY, map_indexes=context["ti"].map_index)
             if isinstance(job, dict) and job.get("submission_id") and self.wait_for_completion:
-                stopped = RayHook(ray_conn_id=self.ray_conn_id).stop_job(job["submission_id"])
+                from airflow_provider_raydatallm.watch import stop_sync
+
+                stopped = stop_sync(RayHook(ray_conn_id=self.ray_conn_id), job["submission_id"], self.log)
                 self.log.info("Asked Ray to stop job %s (was running: %s)", job["submission_id"], stopped)
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
-        """Stop (not delete) the Ray job this task started, so it stops using the cluster."""
+        """Stop (not delete) the Ray job this task started, so it stops using the cluster.
+        Airflow's task supervisor sends the signal that calls this after the API server said
+        the task instance must stop (marked failed or success, cleared), on execution_timeout,
+        or when the worker itself is shut down."""
         if self._submission_id and self.wait_for_completion:
-            stopped = RayHook(ray_conn_id=self.ray_conn_id).stop_job(self._submission_id)
+            from airflow_provider_raydatallm.watch import stop_sync
+
+            stopped = stop_sync(RayHook(ray_conn_id=self.ray_conn_id), self._submission_id, self.log)
             self.log.info("Asked Ray to stop job %s (was running: %s)", self._submission_id, stopped)

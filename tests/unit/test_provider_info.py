@@ -35,3 +35,12 @@ def test_airflow_discovers_the_ray_connection_type():
     assert hook is not None and hook.hook_class_name == "airflow_provider_raydatallm.hooks.ray.RayHook"
     assert "extra__ray__verify" in manager.connection_form_widgets
     assert manager.field_behaviours["ray"]["relabeling"]["password"] == "Ray auth token"
+
+
+def test_the_namespace_option_is_declared_and_read():
+    from airflow_provider_raydatallm import namespace
+    from airflow_provider_raydatallm.get_provider_info import get_provider_info
+
+    option = get_provider_info()["config"]["raydatallm"]["options"]["namespace"]
+    assert option["default"] == "" and option["type"] == "string"
+    assert namespace.CONFIG_SECTION == "raydatallm" and namespace.CONFIG_KEY == "namespace"

@@ -98,10 +98,12 @@ def test_processor_spec_from_a_config_object_keeps_only_set_fields():
 
 
 def test_submission_ids_are_deterministic_url_safe_and_distinct():
-    a = sub.submission_base("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00", -1)
-    assert a == sub.submission_base("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00", -1)
+    run = ("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00")
+    a = sub.submission_base(*run, -1, namespace="prod")
+    assert a == sub.submission_base(*run, -1, namespace="prod")
     assert all(c.isalnum() or c in "-_." for c in a)
-    assert a != sub.submission_base("daily sentiment", "classify", "scheduled__2026-11-22T00:00:00+00:00", 3)
+    assert a != sub.submission_base(*run, 3, namespace="prod")
+    assert a != sub.submission_base(*run, -1, namespace="staging")
     assert sub.submission_id(a, 2).endswith("-a2")
 
 
