@@ -38,19 +38,19 @@ import logging
 import posixpath
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_raydatallm.job.manifest import Intent, Manifest
 from airflow_provider_raydatallm.job.spec import normalize_uri
 
 log = logging.getLogger("raydllm.job")
 
 MANIFEST = "_SUCCESS"
-MANIFEST_KIND = "airflow-provider-raydatallm/manifest"
-MANIFEST_VERSION = 2
 WORK_DIR = "_raydllm"
 PROGRESS_DIR = "_blocks"  # inside a staging directory: block records, never committed
 OWNER_FIELDS = ("namespace", "dag_id", "task_id", "map_index")
+DERIVED_NAMESPACE_PREFIX = "af-"  # namespace.py's default
+OWNER_RECORD = "_owner.json"  # in a staging directory: the task whose rows it holds
 
 
 class OutputNotOwnedError(RuntimeError):
@@ -84,6 +84,16 @@ def owner_of(run: dict[str, Any]) -> dict[str, Any]:
     return {key: run.get(key, -1 if key == "map_index" else "") for key in OWNER_FIELDS}
 
 
+def same_owner(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two owner records name one task. A namespace the provider derived by itself
+    (``af-<hash>`` of the metadata database's address) moves when that address does (a new
+    database host): it tells deployments apart only when both were named explicitly."""
+    one, other = owner_of(one), owner_of(other)
+    derived = any(str(o["namespace"]).startswith(DERIVED_NAMESPACE_PREFIX) or not o["namespace"] for o in (one, other))
+    keys = [k for k in OWNER_FIELDS if not (derived and k == "namespace")]
+    return all(one[k] == other[k] for k in keys)
+
+
 def describe_owner(owner: dict[str, Any]) -> str:
     index = f"[{owner['map_index']}]" if owner.get("map_index", -1) not in (-1, None) else ""
     where = f" in Airflow namespace {owner['namespace']!r}" if owner.get("namespace") else ""
@@ -99,67 +109,6 @@ def put_whole(fs: Any, path: str, data: bytes, tmp_dir: str | None = None) -> No
         fs.mv(tmp, path)
     else:  # one object PUT
         fs.pipe_file(path, data)
-
-
-@dataclass
-class Manifest:
-    """What ``_SUCCESS`` says: which files make the committed version, and which task made it."""
-
-    files: list[str] = field(default_factory=list)  # relative to the directory
-    submission_id: str = ""
-    run: dict[str, Any] = field(default_factory=dict)
-    rows: int = 0
-    committed_at: float = 0.0
-    commit_id: str = ""
-    owner: dict[str, Any] | None = None  # None: written before owners were recorded
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        body = {  # extra first: the manifest's own fields always win
-            **self.extra,
-            "kind": MANIFEST_KIND, "version": MANIFEST_VERSION, "commit_id": self.commit_id, "owner": self.owner,
-            "files": sorted(self.files), "submission_id": self.submission_id, "run": self.run, "rows": self.rows,
-            "committed_at": self.committed_at,
-        }  # fmt: skip
-        return json.dumps(body, indent=2, default=str).encode()
-
-    @classmethod
-    def parse(cls, data: bytes) -> Manifest | None:
-        """The manifest in ``data``, or None when it is not one of ours (e.g. Spark's empty _SUCCESS)."""
-        try:
-            body = json.loads(data or b"null")
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or body.get("kind") != MANIFEST_KIND:
-            return None
-        known = {"kind", "version", "files", "submission_id", "run", "rows", "committed_at", "commit_id", "owner"}
-        return cls(
-            files=list(body.get("files") or []),
-            submission_id=body.get("submission_id", ""),
-            run=body.get("run") or {},
-            rows=int(body.get("rows") or 0),
-            committed_at=float(body.get("committed_at") or 0),
-            commit_id=str(body.get("commit_id") or ""),
-            owner=body.get("owner"),
-            extra={k: v for k, v in body.items() if k not in known},
-        )
-
-
-@dataclass
-class Intent:
-    """A commit in progress, written before its first file operation."""
-
-    commit_id: str
-    add: dict[str, str]  # staged path -> committed name (relative to the directory)
-    remove: list[str]  # relative names removed once the manifest names the new version
-
-    def to_json(self) -> bytes:
-        return json.dumps({"commit_id": self.commit_id, "add": self.add, "remove": sorted(self.remove)}).encode()
-
-    @classmethod
-    def parse(cls, data: bytes) -> Intent:
-        body = json.loads(data)
-        return cls(commit_id=str(body["commit_id"]), add=dict(body.get("add") or {}), remove=list(body.get("remove") or []))
 
 
 class OutputDir:
@@ -194,17 +143,19 @@ class OutputDir:
         return posixpath.relpath(path.rstrip("/"), self.path)
 
     def uri_of(self, relative: str) -> str:
-        """A file of this directory as a URI in the spelling the user gave (scheme kept)."""
-        if "://" in self.uri and not self.uri.startswith("file://"):
-            return self.fs.unstrip_protocol(self._abs(relative))
-        return ("file://" if self.uri.startswith("file://") else "") + self._abs(relative)
+        """A file of this directory as a URI with the scheme the user gave (``s3a://`` stays
+        ``s3a://``; a bare local path stays a path)."""
+        scheme = self.uri.split("://", 1)[0] + "://" if "://" in self.uri else ""
+        if scheme in ("", "file://", "local://"):
+            return scheme + self._abs(relative)
+        return scheme + self.fs._strip_protocol(self.fs.unstrip_protocol(self._abs(relative)))
 
     # -- what is there ---------------------------------------------------------------------
 
     def _fresh(self) -> None:
         """Forget cached listings: object-store clients (s3fs) cache them per process, and
         other processes (the pass's workers, earlier jobs) wrote here since."""
-        self.fs.invalidate_cache(self.path)
+        self.fs.invalidate_cache()
 
     def manifest(self) -> Manifest | None:
         try:
@@ -246,6 +197,8 @@ class OutputDir:
         manifest = self.manifest()
         owned = {MANIFEST} if manifest is not None else set()
         owned.update(manifest.files if manifest else [])
+        for _, intent in self._intents():  # moved in by a commit that did not finish: ours
+            owned.update(intent.add.values() if intent else [])
         return sorted(f for f in listing if f not in owned)
 
     def check_owned(self, overwrite: bool) -> list[str]:
@@ -261,14 +214,40 @@ class OutputDir:
             )
         manifest = self.manifest()
         theirs = manifest.owner if manifest is not None else None
-        if theirs is not None and owner_of(theirs) != self.owner and not overwrite:
+        if theirs is not None and not same_owner(theirs, self.owner) and not overwrite:
             raise OutputNotOwnedError(
                 f"output {self.uri} is the committed output of {describe_owner(theirs)} (Ray job "
                 f"{manifest.submission_id or '?'}), not of {describe_owner(self.owner)}: refusing to replace it. "
                 "Give each task its own output_uri and error_output_uri (mapped tasks: put {{ ti.map_index }} "
                 "in them), or set overwrite=True to take the directory over."
             )
+        for what, owner in self._pending_work():
+            if not same_owner(owner, self.owner) and not overwrite:
+                raise OutputNotOwnedError(
+                    f"output {self.uri} holds {what} of {describe_owner(owner)}, not of {describe_owner(self.owner)}: "
+                    "refusing to touch it. Give each task its own output_uri and error_output_uri, or set "
+                    "overwrite=True to take the directory over."
+                )
         return foreign
+
+    def _pending_work(self) -> list[tuple[str, dict[str, Any]]]:
+        """(what, owner) of the commits in progress and of other jobs' staged rows."""
+        found = [(f"an unfinished commit ({intent.commit_id})", intent.owner)
+                 for _, intent in self._intents() if intent is not None and intent.owner]  # fmt: skip
+        for staging in self.fs.glob(self._abs(f"{WORK_DIR}/staging/*")):
+            if posixpath.basename(staging.rstrip("/")) == self.staging_name:
+                continue
+            try:
+                owner = json.loads(self.fs.cat_file(f"{staging}/{OWNER_RECORD}"))
+            except (FileNotFoundError, ValueError):
+                continue  # no record: left by a job that never got to write one
+            found.append((f"rows staged by another job ({posixpath.basename(staging.rstrip('/'))})", owner))
+        return found
+
+    def record_owner(self) -> None:
+        """Name this job's task in its staging directory, so other tasks leave it alone."""
+        self.fs.makedirs(self.staging_path, exist_ok=True)
+        put_whole(self.fs, f"{self.staging_path}/{OWNER_RECORD}", json.dumps(self.owner).encode())
 
     # -- finishing or undoing what earlier jobs left (call with the lock held) ------------------
 
@@ -323,7 +302,7 @@ class OutputDir:
         if missing:
             raise FileNotFoundError(f"commit of {self.uri}: staged block {missing[0]} is gone (removed by hand?)")
         remove = sorted(set(previous.files if previous else []).union(f for f in foreign if f != MANIFEST))
-        intent = Intent(commit_id, add, remove)
+        intent = Intent(commit_id, add, remove, owner=self.owner)
         self.fs.makedirs(self._abs(WORK_DIR), exist_ok=True)
         intent_path = self._abs(f"{WORK_DIR}/commit-{commit_id}.json")
         put_whole(self.fs, intent_path, intent.to_json())  # INTENT (its temporary file is in the work area)

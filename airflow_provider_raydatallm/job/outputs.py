@@ -27,6 +27,26 @@ log = logging.getLogger("raydllm.job")
 LOCK_WAIT_SECONDS = float(os.environ.get("RAYDLLM_LOCK_WAIT_SECONDS") or 120)
 
 
+def check_apart(spec: JobSpec, out_key: str, err_key: str) -> None:
+    """The Airflow side's containment checks again, on the cluster's absolute paths (a
+    relative path there is relative to the job's working directory)."""
+    if err_key == out_key or is_inside(out_key, err_key):
+        raise commit.OutputNotOwnedError(
+            f"error_output_uri {spec.output.error_uri!r} is or contains output_uri {spec.output.uri!r} "
+            f"({err_key} on the cluster): committing the errors would replace the output"
+        )
+    for source in spec.input.uris:
+        if source.startswith(("http://", "https://")):
+            continue
+        src = commit.canonical(source.split("*", 1)[0].rstrip("/") or "/")
+        for name, key in (("output_uri", out_key), ("error_output_uri", err_key)):
+            if key == src or is_inside(key, src) or is_inside(src, key):
+                raise commit.OutputNotOwnedError(
+                    f"{name} ({key} on the cluster) overlaps input_uri {source!r} ({src}): a commit "
+                    "replaces its directory, which would delete the input. Write the output somewhere else."
+                )
+
+
 @dataclass
 class Outputs:
     """The output and the error output of one job, and whether its staging outlives it."""
@@ -43,6 +63,7 @@ class Outputs:
         """Lock both outputs (sorted, so two jobs never wait on each other)."""
         staging, resumable = resume.staging_name(spec.run, spec.input.id_column, tag)
         out_key, err_key = commit.canonical(spec.output.uri), commit.canonical(spec.output.error_uri)
+        check_apart(spec, out_key, err_key)
         nested = is_inside(err_key, out_key)
         owner = spec.run.model_dump()
         output = commit.OutputDir(spec.output.uri, staging, owner, skip=spec.output.error_uri if nested else None)
@@ -52,14 +73,17 @@ class Outputs:
         return cls(spec, output, errors, nested, resumable, locks)
 
     def claim(self) -> None:
-        """Finish or undo what earlier jobs left, then refuse outputs that are not ours."""
+        """Refuse outputs that are another task's (reading only), then finish or undo what
+        earlier jobs of this task left, and name this job's task in its staging."""
+        for directory in (self.output, self.errors):
+            directory.check_owned(self.spec.output.overwrite)
         for directory in (self.output, self.errors):
             for removed in directory.recover():
                 log.info("removed what an earlier job left unfinished: %s", removed)
-        for directory in (self.output, self.errors):
-            directory.check_owned(self.spec.output.overwrite)
         # Error rows of a failed try are processed again; its recorded good rows are kept.
         self.errors.discard_staging()
+        for directory in (self.output, self.errors):
+            directory.record_owner()
 
     def progress(self) -> resume.Progress:
         """What earlier tries of this task instance wrote, when it may be resumed here."""

@@ -51,18 +51,19 @@ class RowError(RuntimeError):
     """A row failed and the task does not continue on error."""
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A value as JSON can hold it: numpy arrays and scalars as lists and numbers."""
     if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def row_json(row: dict[str, Any], columns: list[str]) -> str:
-    return json.dumps({c: _jsonable(row.get(c)) for c in columns}, default=str, ensure_ascii=False)
+    return json.dumps({c: jsonable(row.get(c)) for c in columns}, default=str, ensure_ascii=False)
 
 
 def row_id(row: dict[str, Any], columns: list[str], id_column: str | None) -> str:

@@ -205,8 +205,8 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     config = build_config(spec.processor, spec.should_continue_on_error, secrets)
     outputs = Outputs.open(spec, tag)
     outputs.claim()  # before any actor or engine starts
-    preflight.run_all(spec, tag)
     try:
+        preflight.run_all(spec, tag)
         ds, columns, rows_in, partitions, progress = read(spec, config, outputs.progress(), outputs)
         counts, first_errors, files, stats_text = process(spec, config, user, ds, columns, outputs, rows_in == progress.rows)
         for key in resume.COUNTED:

@@ -33,7 +33,8 @@ FIRST_ERRORS = 5
 COUNTS = ("ok", "errors", "not_inferred", "input_tokens", "output_tokens")
 # Arrow extension types of Ray's that only Ray reads back.
 RAY_PICKLE_TYPES = ("ray.data.arrow_pickled_object",)
-RAY_TENSOR_PREFIX = "ray.data.arrow_tensor"
+# Ray's tensor types (fixed and variable shaped): written as plain lists of numbers.
+RAY_EXTENSION_PREFIX = "ray.data.arrow_"
 
 
 class UnstorableValueError(ValueError):
@@ -83,7 +84,7 @@ def write_table(table: Any, uri: str, name: str, fmt: str) -> str:
             pacsv.write_csv(table, handle)
         else:
             for record in table.to_pylist():
-                handle.write((json.dumps(record, default=str, ensure_ascii=False) + "\n").encode())
+                handle.write((json.dumps(rows.jsonable(record), default=str, ensure_ascii=False) + "\n").encode())
     if local:
         fs.mv(written, target)
     return name
@@ -123,7 +124,7 @@ def storable(table: Any, row_ids: list[str], fmt: str) -> Any:
                 f"{row_ids[at] if at < len(row_ids) else '?'}), which {fmt} cannot store (Ray would write it as a "
                 "pickle only Ray can read). Return str, int, float, bool, None, or lists and dicts of those."
             )
-        if kind.startswith(RAY_TENSOR_PREFIX):
+        if kind.startswith(RAY_EXTENSION_PREFIX):
             plain = [v.tolist() if hasattr(v, "tolist") else v for v in table.column(index).to_pylist()]
             table = table.set_column(index, column.name, pa.array(plain))
     return table

@@ -2,10 +2,10 @@
 
 A task instance's jobs are ``<submission base>-a1``, ``-a2``...; the base hashes the
 deployment's namespace (``namespace.py``) and the task instance. Each job's metadata names
-the namespace, the task instance, the try series that submitted it (its first try,
+the namespace, the task instance, the try series that submitted it (its key,
 ``_submission.first_try_of_series``: a retry keeps the series, a clear starts a new one) and
 the spec hash (what the user wrote: ``spec_hash``). Looking at its jobs in order, a try does
-(the contract in DESIGN.md):
+(the contract in docs/lifecycle.md, "Task identity, adoption and namespaces"):
 
 | the job found | what the try does |
 |---|---|
@@ -44,7 +44,7 @@ MAX_ATTEMPTS = 100
 SPEC_HASH_KEY = "raydllm_spec_hash"
 OUTPUT_KEY = "raydllm_output"
 NAMESPACE_KEY = "raydllm_namespace"
-SERIES_KEY = "raydllm_try_series"  # the first try of the series that submitted the job
+SERIES_KEY = "raydllm_try_series"  # the key (ti.max_tries) of the series that submitted the job
 # Which task instance a job is for, as submit() writes it.
 INSTANCE_KEYS = ("airflow_dag_id", "airflow_task_id", "airflow_run_id", "airflow_map_index")
 # A live job of an earlier try may be on its way out (a clear's on_kill stops it in the
@@ -75,7 +75,7 @@ class Submission:
     entrypoint_num_cpus: float | None = None
     entrypoint_num_gpus: float | None = None
     entrypoint_resources: Mapping[str, float] | None = None
-    # The first try of this try's series (_submission.first_try_of_series); a caller without
+    # The key of this try's series (_submission.first_try_of_series); a caller without
     # Airflow's task instance leaves 1: every try is then of the first series.
     first_try: int = 1
 

@@ -165,18 +165,19 @@ def submission_id(base: str, attempt: int) -> str:
 
 
 def first_try_of_series(try_number: int, max_tries: int | None, retries: int) -> int:
-    """The first try of the series this try belongs to: the tries of a task instance since it
-    was last cleared. Airflow's own rule (``max_tries - retries + 1``): a retry keeps
-    ``max_tries``, a clear raises it to the current try plus ``retries``. The same in every
-    process, since it reads only what Airflow stored for the task instance.
+    """The key of the try series this try belongs to (the tries of a task instance since it
+    was last cleared): Airflow's ``max_tries`` for the task instance, which a retry keeps and
+    every clear raises (to the current try plus ``retries``), so later series have larger
+    keys. Not ``max_tries - retries + 1``: that moves when the DAG's ``retries`` is edited
+    while a job runs. The same in every process: it reads only what Airflow stored.
 
     :param max_tries: ``ti.max_tries``; None without a scheduler (a bare ``execute()``):
         then this try starts its own series.
-    :param retries: the task's ``retries``.
+    :param retries: the task's ``retries`` (used only without ``max_tries``).
     """
     if max_tries is None:
         max_tries = try_number - 1 + retries
-    return max(1, max_tries - retries + 1)
+    return max(1, max_tries)
 
 
 def with_resume(identity: RunIdentity, max_tries: int | None, retries: int, spec_digest: str) -> RunIdentity:

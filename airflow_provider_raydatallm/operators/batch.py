@@ -215,9 +215,6 @@ class RayLLMBatchOperator(BaseOperator):
         spec = spec.model_copy(update={"run": identity})
         max_tries = getattr(ti, "max_tries", None)
         first_try = sub.first_try_of_series(identity.try_number, max_tries, self.retries or 0)
-        if self.resume:
-            resumed = sub.with_resume(identity, max_tries, self.retries or 0, _jobs.spec_hash(spec))
-            spec = spec.model_copy(update={"run": resumed})
         secrets: dict[str, str] = {}
         if self.http_conn_id:
             from airflow.sdk.log import mask_secret
@@ -227,6 +224,9 @@ class RayLLMBatchOperator(BaseOperator):
             for value in secrets.values():
                 mask_secret(value)
             spec = spec.model_copy(update={"processor": processor})
+        if self.resume:  # after the endpoint is known: another endpoint's rows are never resumed onto
+            resumed = sub.with_resume(identity, max_tries, self.retries or 0, _jobs.spec_hash(spec))
+            spec = spec.model_copy(update={"run": resumed})
         job_id, _ = _jobs.find_or_submit(hook, spec, self._submission(secrets, first_try), self.log, self.task_id)
         self._submission_id = job_id
         url = dashboard_url(hook.config.link_base_url, job_id)
