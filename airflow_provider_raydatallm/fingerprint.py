@@ -166,6 +166,9 @@ class _Renderer:
             return {"partial": self.render(value.func), **arguments}
         if isinstance(value, types.FunctionType):
             return self._function(value)
+        wrapped = getattr(value, "__wrapped__", None)
+        if callable(value) and callable(wrapped):  # functools.lru_cache, cache, wraps-made objects
+            return {"wrapper": self._name(type(value)), "wrapped": self.render(wrapped)}
         if isinstance(value, types.MethodType):
             return {"method": self.render(value.__func__), "of": self.render(value.__self__)}
         if isinstance(value, _BUILTIN_CALLABLES):
@@ -255,9 +258,14 @@ class _Renderer:
         file = getattr(module, "__file__", None)
         if file:
             try:
-                return {"module": name, "source": hashlib.sha256(Path(file).read_bytes()).hexdigest()}
+                node: dict[str, Any] = {"module": name, "source": hashlib.sha256(Path(file).read_bytes()).hexdigest()}
             except OSError:
                 pass
+            else:
+                if hasattr(module, "__path__"):  # a package: ``pkg.sub.fn(...)`` runs its loaded submodules too
+                    subs = sorted(m for m in sys.modules if m.startswith(module.__name__ + "."))
+                    node["submodules"] = {_DAG_MODULE_PREFIX.sub("", m): self.render(sys.modules[m]) for m in subs}
+                return node
         # No file (a namespace package, a module built at run time): what it holds.
         own = {k: v for k, v in vars(module).items() if not k.startswith("__")}
         return {"module": name, "attributes": self.render(own)}
@@ -290,7 +298,8 @@ class _Renderer:
                 f"a {type(value).__qualname__} cannot be fingerprinted ({type(err).__name__}: {err})"
             ) from None
         if isinstance(reduced, str):  # a module-level singleton, pickled by name
-            return {"global": f"{getattr(value, '__module__', None) or type(value).__module__}:{reduced}"}
+            module = getattr(value, "__module__", None) or type(value).__module__
+            return {"global": f"{_DAG_MODULE_PREFIX.sub('', module)}:{reduced}"}
         rebuild, args, *rest = reduced
         node = {"type": self.render(type(value)), "rebuild": self.render(rebuild), "args": self.render(args)}
         state, items, entries = (list(rest) + [None, None, None])[:3]

@@ -210,3 +210,36 @@ def test_the_spec_hash_counts_a_callable_by_its_fingerprint_else_by_its_bytes():
     assert _jobs.spec_hash(spec("AAAA", "f1")) == _jobs.spec_hash(spec("BBBB", "f1"))  # other bytes, same code
     assert _jobs.spec_hash(spec("AAAA", "f1")) != _jobs.spec_hash(spec("AAAA", "f2"))
     assert _jobs.spec_hash(spec("AAAA", None)) != _jobs.spec_hash(spec("BBBB", None))  # no fingerprint: the bytes
+
+
+def test_a_cached_helper_and_a_helper_package_count_by_their_code(tmp_path):
+    """A change inside an ``@functools.lru_cache`` helper, or inside a submodule reached as
+    ``pkg.sub.fn``, is a real change: the identity must move with it."""
+    import importlib.util
+    import sys
+
+    from airflow_provider_raydatallm.fingerprint import fingerprint
+
+    def load(folder, text, helper):
+        (folder / "pkg").mkdir(parents=True)
+        (folder / "pkg" / "__init__.py").write_text("")
+        (folder / "pkg" / "sub.py").write_text(f"def fn(t):\n    return t.{helper}()\n")
+        (folder / "dag.py").write_text(
+            "import functools\nimport pkg.sub\n@functools.lru_cache\ndef norm(t):\n"
+            f"    return t.{text}()\ndef pre(row):\n    return pkg.sub.fn(norm(row['x']))\n"
+        )
+        sys.path.insert(0, str(folder))
+        try:
+            for name in [m for m in sys.modules if m == "pkg" or m.startswith("pkg.")]:
+                del sys.modules[name]
+            spec = importlib.util.spec_from_file_location("unusual_prefix_" + "b" * 40 + "_dag", folder / "dag.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return fingerprint(module.pre)
+        finally:
+            sys.path.remove(str(folder))
+
+    base = load(tmp_path / "a", "lower", "strip")
+    assert load(tmp_path / "b", "lower", "strip") == base  # the same code in another folder: the same identity
+    assert load(tmp_path / "c", "upper", "strip") != base  # the cached helper changed
+    assert load(tmp_path / "d", "lower", "title") != base  # the package's submodule changed
