@@ -66,6 +66,15 @@ def _kill_after(limit: int, cls: type) -> list[int]:
     return done
 
 
+def _outputs(spec: JobSpec) -> outputs_mod.Outputs:
+    """The job's two outputs, as ``Outputs.open`` makes them, without the Ray lock (one
+    process at a time writes here)."""
+    owner = spec.run.model_dump()
+    output = outputs_mod.commit.OutputDir(spec.output.uri, spec.run.submission_id, owner, skip=spec.output.error_uri)
+    errors = outputs_mod.commit.OutputDir(spec.output.error_uri, spec.run.submission_id, owner)
+    return outputs_mod.Outputs(spec, output, errors, nested=True, resumable=False, locks=[])
+
+
 def _stage(outs: outputs_mod.Outputs, version: str, fmt: str = "jsonl") -> dict[str, list[str]]:
     fs = outs.output.fs
     blocks = {"ok": [], "errors": []}
@@ -89,11 +98,7 @@ def main(spec_json: str, version: str, kill_after: int) -> int:
         from fsspec.implementations.local import LocalFileSystem
 
         done = _kill_after(kill_after, LocalFileSystem)
-    owner = spec.run.model_dump()
-    output = outputs_mod.commit.OutputDir(spec.output.uri, spec.run.submission_id, owner,
-                                          skip=spec.output.error_uri)  # fmt: skip
-    errors = outputs_mod.commit.OutputDir(spec.output.error_uri, spec.run.submission_id, owner)
-    outs = outputs_mod.Outputs(spec, output, errors, nested=True, resumable=False, locks=[])
+    outs = _outputs(spec)
     outs.claim()  # as the job does before its pass: finish or undo what an earlier job left
     files = _stage(outs, version)
     done[1] = True  # armed: the commit starts
@@ -104,11 +109,7 @@ def main(spec_json: str, version: str, kill_after: int) -> int:
 
 def run_whole(spec_json: str, version: str) -> None:
     """The same claim and commit, in this process, never killed."""
-    spec = JobSpec.model_validate_json(spec_json)
-    owner = spec.run.model_dump()
-    output = outputs_mod.commit.OutputDir(spec.output.uri, spec.run.submission_id, owner, skip=spec.output.error_uri)
-    errors = outputs_mod.commit.OutputDir(spec.output.error_uri, spec.run.submission_id, owner)
-    outs = outputs_mod.Outputs(spec, output, errors, nested=True, resumable=False, locks=[])
+    outs = _outputs(JobSpec.model_validate_json(spec_json))
     outs.claim()
     outs.commit(_stage(outs, version), outputs_mod.resume.Progress(), {"ok": 4, "errors": 2}, {"label": version})
 

@@ -197,8 +197,8 @@ class OutputDir:
         manifest = self.manifest()
         owned = {MANIFEST} if manifest is not None else set()
         owned.update(manifest.files if manifest else [])
-        for _, intent in self._intents():  # moved in by a commit that did not finish: ours
-            owned.update(intent.add.values() if intent else [])
+        for _, intent in self._intents():  # an unfinished commit's new and old files: ours
+            owned.update([*intent.add.values(), *intent.remove] if intent else [])
         return sorted(f for f in listing if f not in owned)
 
     def check_owned(self, overwrite: bool) -> list[str]:
