@@ -1,11 +1,17 @@
 """The one loop that waits for a Ray job: run by RayJobTrigger in the triggerer, and by the
 operator and sensor on a worker (``wait_sync``), so both paths behave the same.
 
-Per loop: the job's status (transient failures retried with backoff, up to a bound), its
-log followed through the dashboard's websocket from a character offset (never re-read on
-every poll), the job's pending resource demands (named in the log within a minute; the job
-stopped after ``pending_timeout`` when no node can place them), and the deadline. The loop
-ends with one ``RayJobEvent``.
+Per loop: the job's status, its log followed through the dashboard's websocket from a
+character offset (never re-read on every poll), the job's pending resource demands (named in
+the log within a minute; the job stopped after ``pending_timeout`` when no node can place
+them), and the deadline. The loop ends with one ``RayJobEvent``.
+
+When the status cannot be read (docs/lifecycle.md, "When the watcher cannot see the job"):
+5xx, 429, a body that is not Ray's and an unreachable dashboard are retried with jittered
+exponential backoff for ``retry_budget`` seconds; 401/403/404 and other refusals end the
+wait after ``REFUSED_READS`` in a row. A watcher that gives up stops the job it owns (best
+effort, saying whether the stop went through) and ends with an error naming the job, the
+address and the ``ray job stop`` command; it never leaves a job of its own running silently.
 """
 
 from __future__ import annotations
@@ -22,18 +28,28 @@ from typing import Any
 
 from airflow_provider_raydatallm.exceptions import (
     RayAPIError,
-    RayAuthenticationError,
     RayClusterUnreachableError,
     RayJobNotFoundError,
+    RayProviderError,
 )
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.events import RayJobEvent
 from airflow_provider_raydatallm.job.metrics import ERROR_MARKER, RESULT_MARKER
 
-# Ingresses and restarting dashboards answer these while the job itself is fine.
-TRANSIENT_STATUS = frozenset({502, 503, 504})
+# A busy dashboard answers 500 (an aiohttp handler timing out), an ingress 502/503/504, a
+# rate limiter 429, while the job itself runs on: retried for this long before giving up.
+DEFAULT_RETRY_BUDGET = 300.0
+RETRY_DELAY_SECONDS = 1.0  # the first retry; doubled per failure, up to MAX_BACKOFF_SECONDS
+RETRY_JITTER = 0.2
+# 401/403/404 are asked again this many times in all (a proxy's one-off during a rollout),
+# never for the whole budget: a refused token or a missing job does not come back by waiting.
+REFUSED_READS = 3
+STOP_RETRY_SECONDS = 30.0  # a stop request is retried this long through transient failures
 DEMAND_CHECK_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 60.0
+LOG_RECONNECT_MAX_SECONDS = 30.0
+LOG_RECONNECTS_BEFORE_WARNING = 5
+LOG_READ_ATTEMPTS = 3  # the whole log, read once the job ended
 YIELD_EVERY_SECONDS = 0.02  # writing a long backlog of log lines yields to the event loop this often
 STOP_WAIT_SECONDS = 20.0
 POLL_JITTER = 0.1
@@ -42,15 +58,24 @@ STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 
 
 def is_transient(err: Exception) -> bool:
+    """A failed read worth repeating: nothing answered, 429, any 5xx (500 included), or an
+    answer that is not Ray's JSON (a proxy's error page). Not 401/403/404 or other 4xx."""
     if isinstance(err, RayClusterUnreachableError):
         return True
-    return isinstance(err, RayAPIError) and not isinstance(err, RayJobNotFoundError) and (
-        err.status_code is None or err.status_code in TRANSIENT_STATUS
-    )
+    if not isinstance(err, RayAPIError) or isinstance(err, RayJobNotFoundError):
+        return False
+    code = err.status_code
+    return code is None or code == 429 or code >= 500
 
 
 def backoff(failures: int, base: float) -> float:
     return min(MAX_BACKOFF_SECONDS, max(1.0, base) * 2 ** (failures - 1))
+
+
+def stop_command(job_id: str, address: str) -> str:
+    """How a person stops the job by hand (the CLI needs RAY_AUTH_MODE=token and the cluster's
+    token when auth is on, as Ray 2.60 has by default)."""
+    return f"`ray job stop {job_id} --address {address}`"
 
 
 def seconds(value: float | timedelta | None) -> float | None:
@@ -79,35 +104,143 @@ def defer_timeout(deadline: float | None) -> timedelta | None:
 @dataclass(frozen=True)
 class WaitPolicy:
     """How to wait. ``deadline`` is wall-clock epoch seconds, so it survives a triggerer
-    restart; ``owns_job``: the watcher may stop the job (the operator's, not the sensor's)."""
+    restart; ``owns_job``: the watcher may stop the job (the operator's, not the sensor's).
+    ``retry_budget``: seconds of failed status reads in a row tolerated (5xx, 429,
+    unreachable); ``max_transient_errors``, when set, also caps them by count."""
 
     poll_interval: float = 10.0
     deadline: float | None = None
     pending_timeout: float | None = None
     fetch_logs: bool = True
-    max_transient_errors: int = 5
+    max_transient_errors: int | None = None
     owns_job: bool = True
+    retry_budget: float = DEFAULT_RETRY_BUDGET
+    retry_delay: float = RETRY_DELAY_SECONDS
+    stop_retry_seconds: float = STOP_RETRY_SECONDS
 
 
-async def stop_and_wait(hook: RayHook, job_id: str, log: logging.Logger, wait: float = STOP_WAIT_SECONDS) -> str:
-    """Stop a job and wait (bounded) until Ray reports it ended; return its last status."""
+@dataclass
+class ReadFailures:
+    """Failed status reads in a row, and whether to give up on them."""
+
+    policy: WaitPolicy
+    count: int = 0
+    refused: int = 0  # of which the last ones in a row were refusals (401/403/404, other 4xx)
+    since: float | None = None
+
+    def reset(self) -> None:
+        self.count, self.refused, self.since = 0, 0, None
+
+    def give_up(self, err: Exception) -> str | None:
+        """Record one failure: None to retry, else why the watcher gives up."""
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        self.count += 1
+        waited, budget, cap = now - self.since, self.policy.retry_budget, self.policy.max_transient_errors
+        if not is_transient(err):
+            self.refused += 1
+            return f"{self.refused} reads in a row were refused: {err}" if self.refused >= REFUSED_READS else None
+        self.refused = 0
+        if waited >= budget or (cap is not None and self.count > cap):
+            return f"gave up after {self.count} failed polls in {waited:.0f}s (retry budget {budget:.0f}s); the last: {err}"
+        return None
+
+    def delay(self) -> float:
+        """Jittered exponential backoff; a transient streak's last try falls on its budget's end.
+        A refusal is asked again after ``retry_delay``, no more (it is not expected to pass)."""
+        if self.refused:
+            return self.policy.retry_delay
+        wait = min(MAX_BACKOFF_SECONDS, self.policy.retry_delay * 2 ** (self.count - 1))
+        wait *= random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+        return min(wait, max(0.0, (self.since or 0.0) + self.policy.retry_budget - time.monotonic()))
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """What came of asking Ray to stop a job. ``accepted``: Ray took the request (False: the job
+    had already ended; None: the request failed). ``status``: Ray's last word on the job
+    ("gone" when it knows no such job, None when it could not be read)."""
+
+    job_id: str
+    address: str
+    accepted: bool | None
+    status: str | None
+    error: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None and self.status != "gone" and RayJobStatus(self.status).is_terminal
+
+    def describe(self) -> str:
+        if self.status == "gone":
+            elsewhere = stop_command(self.job_id, "<that address>")
+            return (
+                f"Ray knows no job {self.job_id} at {self.address}, so nothing was stopped there (if it runs "
+                f"on another cluster, stop it there: {elsewhere})."
+            )
+        if self.accepted is None:
+            return (
+                f"Stopping it failed too ({self.error}): it may still be running, and may commit its output "
+                f"unwatched. Stop it yourself: {stop_command(self.job_id, self.address)}."
+            )
+        if self.status == RayJobStatus.STOPPED.value:
+            return "The job was stopped (Ray reports it STOPPED): it commits nothing; the previous output stays."
+        if self.ended:
+            return f"The job had already ended {self.status}."
+        return (
+            f"Ray took the request to stop the job but did not report it STOPPED (last seen {self.status or 'unknown'}): "
+            f"check it, and stop it by hand if it still runs: {stop_command(self.job_id, self.address)}."
+        )
+
+
+async def address_of(hook: RayHook) -> str:
+    """The dashboard address for messages; never raises."""
     try:
-        await hook.astop_job(job_id)
-    except RayJobNotFoundError:
-        return "gone"
+        return (await hook.aconfig()).base_url
+    except Exception:  # the connection itself is what failed: name it instead
+        return f"the address of connection {hook.ray_conn_id!r}"
+
+
+async def stop_and_wait(
+    hook: RayHook,
+    job_id: str,
+    log: logging.Logger,
+    wait: float = STOP_WAIT_SECONDS,
+    retry_for: float = STOP_RETRY_SECONDS,
+) -> StopOutcome:
+    """Ask Ray to stop a job (transient failures retried for ``retry_for`` seconds), then wait
+    (``wait``, bounded) until Ray reports it ended. Never raises for Ray's sake."""
+    address = await address_of(hook)
+    give_up_at, failures = time.monotonic() + retry_for, 0
+    while True:
+        try:
+            accepted = await hook.astop_job(job_id)
+            break
+        except RayJobNotFoundError:
+            return StopOutcome(job_id, address, None, "gone")
+        except RayProviderError as err:
+            failures += 1
+            if not is_transient(err) or time.monotonic() >= give_up_at:
+                log.warning("could not stop Ray job %s at %s: %s", job_id, address, err)
+                return StopOutcome(job_id, address, None, None, str(err))
+            await asyncio.sleep(min(backoff(failures, 1.0), max(0.0, give_up_at - time.monotonic())))
     deadline = time.monotonic() + wait
-    status = "RUNNING"
+    status: str | None = None
     while time.monotonic() < deadline:
         try:
             status = (await hook.aget_job_info(job_id)).status.value
-        except Exception as err:  # still asked to stop; say so and move on
+        except RayJobNotFoundError:
+            return StopOutcome(job_id, address, accepted, "gone")
+        except RayProviderError as err:  # asked to stop all the same; keep looking a while
             log.warning("could not confirm that Ray job %s stopped: %s", job_id, err)
-            return "unknown"
-        if RayJobStatus(status).is_terminal:
-            break
+            if not is_transient(err):
+                break
+        else:
+            if RayJobStatus(status).is_terminal:
+                break
         await asyncio.sleep(0.5)
-    log.info("Asked Ray to stop job %s: it is %s", job_id, status)
-    return status
+    log.info("Asked Ray to stop job %s: it is %s", job_id, status or "unknown")
+    return StopOutcome(job_id, address, accepted, status)
 
 
 class JobWatch:
@@ -176,19 +309,21 @@ class JobWatch:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the socket dropped: reconnect, skipping what was shown
+                # Reconnect for as long as the wait goes on (the main loop decides when to
+                # give up): 1, 2, 4 ... s, then every LOG_RECONNECT_MAX_SECONDS.
                 failures += 1
-                if failures > self.policy.max_transient_errors:
-                    self.log.warning("stopped following the log of Ray job %s: %s", self.job_id, err)
-                    return
-                await asyncio.sleep(backoff(failures, 1.0))  # 1, 2, 4 ... s: the log is worth catching up on
+                if failures == LOG_RECONNECTS_BEFORE_WARNING:
+                    self.log.warning("following the log of Ray job %s keeps failing (%s); still trying, and "
+                                     "the rest of the log is shown when the job ends", self.job_id, err)  # fmt: skip
+                await asyncio.sleep(min(LOG_RECONNECT_MAX_SECONDS, backoff(failures, 1.0)))
                 continue
             # Ray closed the stream: the job ended, or it had not started (a PENDING job's
             # stream closes at once). Follow again once it runs, so its end shows here.
             try:
                 if (await self.hook.aget_job_info(self.job_id)).status.is_terminal:
                     return
-            except Exception:
-                return
+            except Exception:  # the main loop reads the status too, and decides about failures
+                pass
             early_closes += 1
             await asyncio.sleep(min(self.policy.poll_interval, 0.5 * 2 ** min(early_closes, 6)))
 
@@ -197,11 +332,15 @@ class JobWatch:
         end) and read what the task log does not have yet from the whole log, once."""
         if follower is not None and not follower.done():
             follower.cancel()  # not awaited: its socket's closing handshake is not worth waiting for
-        try:
-            text = await self.hook.aget_job_logs(self.job_id)
-        except Exception as err:
-            self.log.warning("could not read the end of Ray job %s's log: %s", self.job_id, err)
-            return
+        for attempt in range(1, LOG_READ_ATTEMPTS + 1):
+            try:
+                text = await self.hook.aget_job_logs(self.job_id)
+                break
+            except RayProviderError as err:
+                if not is_transient(err) or attempt == LOG_READ_ATTEMPTS:
+                    self.log.warning("could not read the end of Ray job %s's log: %s", self.job_id, err)
+                    return
+                await asyncio.sleep(backoff(attempt, self.policy.retry_delay))
         self._partial = ""
         if len(text) > self.offset:
             await self._emit(text[self.offset :], final=True)
@@ -220,25 +359,29 @@ class JobWatch:
                 follower.cancel()
 
     async def _loop(self, follower: asyncio.Task | None) -> RayJobEvent:
-        policy, failures, said = self.policy, 0, ""
+        policy, said = self.policy, ""
+        failures = ReadFailures(policy)
         stuck_since: float | None = None
         stream_closed: float | None = None
         next_demand_check = time.monotonic() + min(DEMAND_CHECK_SECONDS, policy.poll_interval)
         while True:
             try:
                 info = await self.hook.aget_job_info(self.job_id)
-                failures = 0
-            except (RayJobNotFoundError, RayAuthenticationError) as err:
-                return self._event("error", None, str(err))
-            except Exception as err:
-                if not is_transient(err):
-                    raise
-                failures += 1
-                if failures > policy.max_transient_errors:
-                    return self._event("error", None, f"gave up after {failures} failed polls in a row: {err}")
-                self.log.warning("poll %d of Ray job %s failed, retrying: %s", failures, self.job_id, err)
-                await asyncio.sleep(backoff(failures, policy.poll_interval))
+            except RayProviderError as err:  # anything else is a bug: let the trigger fail
+                why = failures.give_up(err)
+                if why is not None:
+                    return await self._give_up(why, follower)
+                if policy.deadline is not None and time.time() >= policy.deadline:
+                    return await self._timed_out()
+                delay = failures.delay()
+                self.log.warning("reading Ray job %s failed (%d in a row), retrying in %.1fs: %s",
+                                 self.job_id, failures.count, delay, err)  # fmt: skip
+                await asyncio.sleep(delay)
                 continue
+            if failures.count:
+                self.log.info("reading Ray job %s works again after %d failures; it is %s",
+                              self.job_id, failures.count, info.status.value)  # fmt: skip
+                failures.reset()
             if info.status.is_terminal:
                 if policy.fetch_logs:
                     await self._drain(follower)
@@ -246,10 +389,7 @@ class JobWatch:
                 return self._event(status, info.status.value, info.message or "")
             now = time.time()
             if policy.deadline is not None and now >= policy.deadline:
-                if policy.owns_job:
-                    await stop_and_wait(self.hook, self.job_id, self.log)
-                    return self._event("timeout", None, "the task's timeout passed: the job was stopped")
-                return self._event("timeout", None, "the timeout passed while the job was still running")
+                return await self._timed_out()
             if policy.pending_timeout is not None and info.job_id and time.monotonic() >= next_demand_check:
                 next_demand_check = time.monotonic() + DEMAND_CHECK_SECONDS
                 stuck = await self._unplaceable(info.job_id)
@@ -263,7 +403,7 @@ class JobWatch:
                         )  # fmt: skip
                         said = stuck
                     if waited >= policy.pending_timeout and policy.owns_job:
-                        await stop_and_wait(self.hook, self.job_id, self.log)
+                        await self._stop()
                         return self._event(
                             "unschedulable", None,
                             f"stopped after waiting {waited:.0f}s (pending_timeout) for resources: {stuck}",
@@ -292,6 +432,43 @@ class JobWatch:
             else:
                 await asyncio.sleep(sleep)
 
+    async def _stop(self) -> StopOutcome:
+        retry_for = self.policy.stop_retry_seconds
+        return await stop_and_wait(self.hook, self.job_id, self.log, min(STOP_WAIT_SECONDS, retry_for), retry_for)
+
+    async def _timed_out(self) -> RayJobEvent:
+        if not self.policy.owns_job:
+            return self._event("timeout", None, "the timeout passed while the job was still running")
+        outcome = await self._stop()
+        if outcome.accepted is None and outcome.status != "gone":
+            message = f"the task's timeout passed. {outcome.describe()}"
+            self.log.error("Ray job %s at %s: %s", self.job_id, outcome.address, message)
+            return self._event("timeout", None, message)
+        return self._event("timeout", None, "the task's timeout passed: the job was stopped")
+
+    async def _give_up(self, why: str, follower: asyncio.Task | None) -> RayJobEvent:
+        """The status cannot be read: stop the job when it is ours (docs/lifecycle.md, "When the
+        watcher cannot see the job"), and say everything in the event and the task log."""
+        address = await address_of(self.hook)
+        lost = f"Lost sight of Ray job {self.job_id} at {address}: {why}"
+        if not self.policy.owns_job:
+            message = (f"{lost}. The job was left running (this task watches it but did not start it): "
+                       f"check it with `ray job status {self.job_id} --address {address}`.")  # fmt: skip
+            self.log.error("%s", message)
+            return self._event("error", None, message)
+        self.log.warning("%s. Stopping it, so it does not run on unwatched.", lost)
+        outcome = await self._stop()
+        if outcome.ended and not (outcome.accepted and outcome.status == RayJobStatus.STOPPED.value):
+            # It ended by itself while the watcher could not see it: that is its result.
+            self.log.info("Ray job %s ended %s while its status could not be read", self.job_id, outcome.status)
+            if self.policy.fetch_logs:
+                await self._drain(follower)
+            status = "success" if outcome.status == RayJobStatus.SUCCEEDED.value else "error"
+            return self._event(status, outcome.status, "")
+        message = f"{lost}. {outcome.describe()}"
+        self.log.error("%s", message)
+        return self._event("error", None, message)
+
     async def _unplaceable(self, job_hex_id: str) -> str:
         try:
             demands = await self.hook.aget_pending_demands(job_hex_id)
@@ -299,6 +476,26 @@ class JobWatch:
             self.log.debug("could not read the pending demands of Ray job %s: %s", self.job_id, err)
             return ""
         return "; ".join(d.describe() for d in demands if not d.placeable)
+
+
+def stop_sync(hook: RayHook, job_id: str, log: logging.Logger, retry_for: float = 15.0) -> bool | None:
+    """Ask Ray to stop a job from a worker (no event loop; on_kill may run inside one), retrying
+    transient failures for ``retry_for`` seconds. True: stopped; False: it had already ended;
+    None: the request failed (logged with the command to stop it by hand)."""
+    give_up_at, failures = time.monotonic() + retry_for, 0
+    while True:
+        try:
+            return hook.stop_job(job_id)
+        except RayJobNotFoundError:
+            return False
+        except RayProviderError as err:
+            failures += 1
+            if not is_transient(err) or time.monotonic() >= give_up_at:
+                address = getattr(err, "address", None) or hook.ray_conn_id
+                log.error("Could not stop Ray job %s (%s): it may still be running. Stop it yourself: %s",
+                          job_id, err, stop_command(job_id, address))  # fmt: skip
+                return None
+            time.sleep(min(backoff(failures, 1.0), max(0.0, give_up_at - time.monotonic())))
 
 
 def wait_sync(hook_conn_id: str, job_id: str, policy: WaitPolicy, log: logging.Logger, log_offset: int = 0) -> RayJobEvent:

@@ -8,6 +8,7 @@ REST API (v2) and read task logs from its log folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
 class RealAirflow:
     """The running Airflow: its processes, its REST API, its logs."""
 
@@ -49,12 +67,30 @@ class RealAirflow:
 
     # -- processes --------------------------------------------------------------------------
 
-    def start(self, component: str) -> None:
-        out = open(self.home / f"{component}.out", "ab")  # noqa: SIM115 (lives as long as the process)
-        self.procs[component] = subprocess.Popen(
-            [str(AIRFLOW), *component.split()], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.home,
+    def start(self, component: str, name: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start a component; ``name`` tells a second one of a kind apart (its log is ``<name>.out``)."""
+        name = name or component
+        out = open(self.home / f"{name}.out", "ab")  # noqa: SIM115 (lives as long as the process)
+        self.procs[name] = subprocess.Popen(
+            [str(AIRFLOW), *component.split()], env={**self.env, **(env or {})}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home,
         )  # fmt: skip
+
+    def start_second_triggerer(self, name: str = "triggerer-2") -> None:
+        """Another triggerer beside the first (the usual HA setup), serving its logs on its own port."""
+        self.start("triggerer", name, {"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())})
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP a component and every process under it (a triggerer runs its triggers in a
+        child of its own process group): it misses its heartbeats, as under load."""
+        for pid in _process_tree(self.procs[name].pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        for pid in _process_tree(self.procs[name].pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def kill(self, component: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(component)
@@ -66,6 +102,7 @@ class RealAirflow:
 
     def stop_all(self) -> None:
         for component in list(self.procs):
+            self.thaw(component)  # a frozen one cannot exit
             try:
                 os.killpg(self.procs[component].pid, signal.SIGTERM)
             except ProcessLookupError:

@@ -22,7 +22,7 @@ def test_serialize_round_trips_every_argument():
     assert again.serialize() == (path, kwargs)
     assert kwargs == {"job_id": "s1", "ray_conn_id": "ray_x", "poll_interval": 3.0, "deadline": 1.8e9,
                       "pending_timeout": 30.0, "fetch_logs": False, "log_offset": 120, "max_transient_errors": 2,
-                      "owns_job": False}  # fmt: skip
+                      "owns_job": False, "retry_budget": 300.0}  # fmt: skip
 
 
 @pytest.fixture

@@ -53,10 +53,11 @@ def test_state_api_rows_are_read_from_their_envelope():
     assert state.rows_of(body) == [{"node_id": "n"}] and state.rows_of({}) == []
 
 
-def test_transient_errors_are_unreachable_and_gateway_answers_only():
+def test_transient_errors_are_unreachable_5xx_and_429_only():
     assert is_transient(RayClusterUnreachableError("a", "refused"))
     assert is_transient(RayAPIError("a", "bad gateway", 502)) and is_transient(RayAPIError("a", "x", 504))
-    assert not is_transient(RayAPIError("a", "boom", 500)) and not is_transient(RayJobNotFoundError("a", "j"))
+    assert is_transient(RayAPIError("a", "busy", 500)) and is_transient(RayAPIError("a", "slow down", 429))
+    assert not is_transient(RayJobNotFoundError("a", "j")) and not is_transient(RayAPIError("a", "bad", 400))
 
 
 async def test_the_jobs_last_word_marks_it_ending():

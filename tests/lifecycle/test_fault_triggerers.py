@@ -1,0 +1,109 @@
+"""Two triggerers (the usual HA setup) under a real Airflow (tests/lifecycle/conftest.py):
+the one running a deferred batch task's trigger is frozen (SIGSTOP) past the health-check
+threshold, its trigger moves to the other, and when it is thawed Airflow 3.3 cancels its copy
+"by user action" and calls on_kill. The job must not be stopped for that: it finishes, the
+task succeeds, and the output holds every row."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_raydatallm.examples import write_jsonl
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo, RayJobStatus
+
+pytestmark = pytest.mark.lifecycle
+DAG_ID, TASK_ID = "drill_deferred", "ask"
+TRIGGERERS = ("triggerer", "triggerer-2")
+
+
+@pytest.fixture(autouse=True)
+def _ray(ray_conn):
+    """The tests' own RayHook reads ray_default from the environment."""
+
+
+def _jobs(run_id: str) -> list[RayJobInfo]:
+    ours = {"airflow_dag_id": DAG_ID, "airflow_run_id": run_id}
+    return [j for j in RayHook().list_jobs() if all(j.metadata.get(k) == v for k, v in ours.items())]
+
+
+def _wait(what: str, found, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.5)
+    return value
+
+
+def _trigger_log(airflow, run_id: str, triggerer_job: int) -> str:
+    """What one triggerer wrote for this task's trigger (a file per triggerer job id)."""
+    folder = airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+    path = folder / f"attempt=1.log.trigger.{triggerer_job}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _assigned(airflow, run_id: str) -> int | None:
+    """The triggerer job the task's trigger is assigned to (Airflow's REST API)."""
+    return (airflow.ti(DAG_ID, run_id, TASK_ID).get("trigger") or {}).get("triggerer_id")
+
+
+def _running_copy(airflow, run_id: str) -> int | None:
+    """The triggerer job the trigger is assigned to, once that triggerer's copy has started."""
+    assigned = _assigned(airflow, run_id)
+    return assigned if assigned and " starting" in _trigger_log(airflow, run_id, assigned) else None
+
+
+def _taken_over(airflow, run_id: str, holder_job: int) -> int | None:
+    """Another triggerer job, once the trigger is assigned to it."""
+    assigned = _assigned(airflow, run_id)
+    return assigned if assigned not in (None, holder_job) else None
+
+
+def _triggerer_jobs(airflow) -> set[int]:
+    status, body = airflow.get("/api/v2/jobs?job_type=TriggererJob&job_state=running&limit=100")
+    assert status == 200, body
+    return {j["id"] for j in body["jobs"]}
+
+
+def test_a_trigger_moved_off_a_frozen_triggerer_never_stops_its_job(real_airflow, tmp_path: Path):
+    first = _wait("the session's triggerer is up", lambda: _triggerer_jobs(real_airflow), 180)
+    real_airflow.start_second_triggerer()
+    try:
+        second = _wait("the second triggerer starts", lambda: max(_triggerer_jobs(real_airflow) - first, default=0), 180)
+        # 90 s of work after the job's start-up: the trigger starts late on a loaded machine.
+        rows = [{"id": i, "item": f"question {i}", "delay": 6} for i in range(1, 16)]
+        conf = {"input": str(write_jsonl(tmp_path / "in.jsonl", rows)), "output": str(tmp_path / "out")}
+        run_id = real_airflow.trigger(DAG_ID, conf)
+        real_airflow.wait_ti(DAG_ID, run_id, TASK_ID, {"deferred"})
+        (job,) = _wait("the job runs", lambda: [j for j in _jobs(run_id) if j.status is RayJobStatus.RUNNING], 300)
+        # Freeze the triggerer the trigger is assigned to, once its copy runs.
+        holder_job = _wait("a triggerer runs the trigger", lambda: _running_copy(real_airflow, run_id), 180)
+        holder = "triggerer-2" if holder_job == second else "triggerer"
+        real_airflow.freeze(holder)
+        frozen_at = time.monotonic()
+        try:
+            moving = f"the trigger moves off the frozen {holder}"
+            taker = _wait(moving, lambda: _taken_over(real_airflow, run_id, holder_job), 180)
+            moved_after = time.monotonic() - frozen_at
+            time.sleep(3)  # the other triggerer starts its copy
+            assert RayHook().get_job_status(job.id) is RayJobStatus.RUNNING, "the job ended before the move: no drill"
+        finally:
+            real_airflow.thaw(holder)
+        ti = real_airflow.wait_ti(DAG_ID, run_id, TASK_ID, {"success", "failed"}, 600)
+        moved = f"its trigger moved (triggerer job {holder_job} -> {taker}) after {moved_after:.0f}s"
+        print(f"\ntwo triggerers: {holder} frozen, {moved}; task {ti['state']}")
+        # Thawed, the frozen copy was cancelled "by user action" and kept its hands off the job.
+        frozen_copy = _trigger_log(real_airflow, run_id, holder_job)
+        assert "Trigger cancelled by user action, invoking on_kill" in frozen_copy, real_airflow.diagnostics()
+        assert f"not stopping Ray job {job.id}: the task instance is still deferred on this job" in frozen_copy
+        assert ti["state"] == "success", real_airflow.task_log(DAG_ID, run_id, TASK_ID)[-4000:]
+        assert [(j.id, j.status) for j in _jobs(run_id)] == [(job.id, RayJobStatus.SUCCEEDED)]  # never stopped
+        assert sorted(pq.read_table(tmp_path / "out").column("id").to_pylist()) == list(range(1, 16))
+    finally:
+        for name in TRIGGERERS:
+            real_airflow.thaw(name)
+        real_airflow.kill("triggerer-2", signal.SIGTERM)
