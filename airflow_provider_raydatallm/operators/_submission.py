@@ -177,7 +177,7 @@ def first_try_of_series(try_number: int, max_tries: int | None, retries: int) ->
     """
     if max_tries is None:
         max_tries = try_number - 1 + retries
-    return max(1, max_tries)
+    return max(0, max_tries)  # 0 with retries=0 before the first clear: not clamped, a clear makes it 1
 
 
 def with_resume(identity: RunIdentity, max_tries: int | None, retries: int, spec_digest: str) -> RunIdentity:
