@@ -142,7 +142,8 @@ class ReadFailures:
             return f"{self.refused} reads in a row were refused: {err}" if self.refused >= REFUSED_READS else None
         self.refused = 0
         if waited >= budget or (cap is not None and self.count > cap):
-            return f"gave up after {self.count} failed polls in {waited:.0f}s (retry budget {budget:.0f}s); the last: {err}"
+            tried = f"{self.count} failed polls in {waited:.0f}s (retry budget {budget:.0f}s)"
+            return f"gave up after {tried}; the last: {err}"
         return None
 
     def delay(self) -> float:
@@ -187,8 +188,9 @@ class StopOutcome:
             return "The job was stopped (Ray reports it STOPPED): it commits nothing; the previous output stays."
         if self.ended:
             return f"The job had already ended {self.status}."
+        last = self.status or "unknown"
         return (
-            f"Ray took the request to stop the job but did not report it STOPPED (last seen {self.status or 'unknown'}): "
+            f"Ray took the request to stop the job but did not report it STOPPED (last seen {last}): "
             f"check it, and stop it by hand if it still runs: {stop_command(self.job_id, self.address)}."
         )
 

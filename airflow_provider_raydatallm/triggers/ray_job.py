@@ -13,7 +13,6 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_raydatallm.hooks.ray import RayHook
-from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY
 from airflow_provider_raydatallm.watch import (
     DEFAULT_RETRY_BUDGET,
     JobWatch,
@@ -26,6 +25,9 @@ from airflow_provider_raydatallm.watch import (
 # XCom of the deferred task instance holding how much of the job log its task log has:
 # a trigger started again (triggerer restart, another triggerer) carries on from there.
 LOG_OFFSET_XCOM_KEY = "ray_job_log_offset"
+# The operator's record of the job it follows (links.ray.XCOM_JOB_KEY; not imported here: the
+# links module pulls in airflow.sdk, too heavy to import on the triggerer's event loop).
+RECORD_XCOM_KEY = "ray_job"
 START_SPREAD_SECONDS = 1.0
 # on_kill asks Airflow about the task instance for at most this long; Airflow gives on_kill
 # 30 s in all ([triggerer] on_kill_timeout), the rest is for the stop and its confirmation.
@@ -66,7 +68,7 @@ def kill_verdict(job_id: str, state: str | None, recorded_job: str | None) -> Ki
     if state == "running":
         if recorded_job in (job_id, UNKNOWN):
             return KillVerdict(
-                False, "the task instance is running and follows this job (it resumed from the deferral, or reattached)"
+                False, "the task instance is running and follows this job (it resumed, or its try reattached)"
             )
         return KillVerdict(True, "the task instance runs a later try")
     if state == ABSENT:
@@ -132,6 +134,7 @@ class RayJobTrigger(BaseTrigger):
         if not float(retry_budget) >= 0:
             raise ValueError(f"RayJobTrigger for job {job_id}: retry_budget={retry_budget!r} must be >= 0")
         self.retry_budget = float(retry_budget)
+        self._killing: asyncio.Future[None] | None = None  # on_kill's work, shielded from Airflow's re-cancels
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -226,6 +229,13 @@ class RayJobTrigger(BaseTrigger):
         the task instance is still deferred on it (this copy only moved) or follows it again."""
         if not self.owns_job:
             return
+        # Airflow 3.3 cancels the trigger's task again at each sync with its triggerer (about
+        # once a second) while on_kill runs, which would cut the lookup or the stop short: they
+        # run shielded, to their end (bounded by the timeouts below).
+        self._killing = asyncio.ensure_future(self._stop_unless_watched())
+        await asyncio.shield(self._killing)
+
+    async def _stop_unless_watched(self) -> None:
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         try:
             verdict = await self._kill_verdict()
@@ -241,7 +251,8 @@ class RayJobTrigger(BaseTrigger):
                     self.log.info("Trigger cancelled, not stopping Ray job %s: %s", self.job_id, verdict.reason)
                 return
             self.log.info("Stopping Ray job %s: %s", self.job_id, verdict.reason)
-            outcome = await stop_and_wait(hook, self.job_id, self.log, ON_KILL_STOP_WAIT_SECONDS, ON_KILL_STOP_RETRY_SECONDS)
+            wait, retry_for = ON_KILL_STOP_WAIT_SECONDS, ON_KILL_STOP_RETRY_SECONDS
+            outcome = await stop_and_wait(hook, self.job_id, self.log, wait, retry_for)
             self.log.info("%s", outcome.describe())
         finally:
             await hook.aclose()
@@ -263,7 +274,7 @@ class RayJobTrigger(BaseTrigger):
                 from airflow.sdk.bases.xcom import BaseXCom
 
                 left = max(0.5, give_up_at - time.monotonic())
-                record = await asyncio.wait_for(BaseXCom.aget_one(key=XCOM_JOB_KEY, **target), left)
+                record = await asyncio.wait_for(BaseXCom.aget_one(key=RECORD_XCOM_KEY, **target), left)
                 recorded = record.get("submission_id") if isinstance(record, dict) else None
             except Exception as err:  # noqa: BLE001
                 self.log.warning("could not read the job of task instance %s: %r", _ti_name(ti), err)

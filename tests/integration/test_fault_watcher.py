@@ -60,7 +60,9 @@ class FaultProxy:
         if self._listener is None:
             self._listen(self.port)
 
-    def fail(self, status: int, count: int | None = None, seconds: float | None = None, methods: set[str] | None = None):
+    def fail(
+        self, status: int, count: int | None = None, seconds: float | None = None, methods: set[str] | None = None
+    ) -> None:
         with self._lock:
             self._fault = (status, count, time.monotonic() + seconds if seconds else None, methods)
 

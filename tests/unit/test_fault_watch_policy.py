@@ -5,6 +5,7 @@ job, and a job the watcher owns is stopped. Then what a cancelled trigger does t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -205,3 +206,25 @@ async def test_on_kill_asks_airflow_before_stopping(dashboard, monkeypatch, stat
     trigger.task_instance = _TI()
     await trigger.on_kill()
     assert asked == ["manual__1"] and _seen(dashboard, "POST", STOP) == stopped
+
+
+async def test_on_kill_finishes_the_stop_when_airflow_cancels_it_again(dashboard, monkeypatch):
+    """The triggerer cancels a trigger's task again at each sync (about once a second) while
+    its on_kill runs: the lookup and the stop must still go through."""
+
+    async def slow_task_state(ti):
+        await asyncio.sleep(0.3)  # a busy triggerer answering late
+        return "failed"
+
+    monkeypatch.setattr(ray_job, "_task_state", slow_task_state)
+    dashboard.answer("POST", STOP, 200, {"stopped": True})
+    dashboard.answer("GET", STATUS, 200, {**JOB, "status": "STOPPED"})
+    trigger = RayJobTrigger("s1", ray_conn_id="ray_fault")
+    trigger.task_instance = _TI()
+    on_kill = asyncio.ensure_future(trigger.on_kill())
+    await asyncio.sleep(0.1)
+    on_kill.cancel()  # what Airflow's next sync does
+    with pytest.raises(asyncio.CancelledError):
+        await on_kill
+    await asyncio.wait_for(trigger._killing, 10)
+    assert _seen(dashboard, "POST", STOP) == 1

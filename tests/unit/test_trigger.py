@@ -98,3 +98,10 @@ async def test_on_kill_stops_the_job_and_waits_until_ray_says_so(dashboard):
     assert [(s.method, s.path) for s in dashboard.seen] == [
         ("POST", "/api/jobs/s1/stop"), ("GET", "/api/jobs/s1"), ("GET", "/api/jobs/s1")
     ]  # fmt: skip
+
+
+def test_the_triggers_record_key_is_the_operators():
+    from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY
+    from airflow_provider_raydatallm.triggers.ray_job import RECORD_XCOM_KEY
+
+    assert RECORD_XCOM_KEY == XCOM_JOB_KEY
