@@ -9,6 +9,10 @@
   fits once per node: placement across nodes is exercised without GPUs.
 
 - ``up`` is idempotent: a head this script started and that still answers is reused.
+  ``up(profile, workers=False)`` starts the head alone; ``start_workers`` and
+  ``stop_workers`` add and remove the worker nodes later (the test suite starts them only
+  for the tests that place work across nodes: each node's raylet, log monitor and agents
+  take CPU from every other test on a 2-core machine).
 - ``down`` stops only the head this script started (it SIGTERMs the ``ray start --block``
   process recorded in the pid file, which drains and stops its own children); another
   Ray on the machine is left alone.
@@ -141,7 +145,7 @@ def connection(profile: Profile) -> dict:
     }
 
 
-def up(profile: Profile, timeout: float = 180.0) -> None:
+def up(profile: Profile, timeout: float = 180.0, workers: bool = True) -> None:
     if _pid(profile) and answers(profile):
         print(f"Ray head ({profile.name}) already running at {profile.address}")
         return
@@ -177,7 +181,8 @@ def up(profile: Profile, timeout: float = 180.0) -> None:
             sys.exit(f"ray start exited with code {process.returncode}; log tail:\n{tail}")
         if version := answers(profile):
             print(f"Ray {version} head ({profile.name}) up at {profile.address} in {time.monotonic() - started:.0f}s")
-            _start_workers(profile, env, started + timeout)
+            if workers:
+                _start_workers(profile, env, started + timeout)
             return
         time.sleep(1)
     down(profile)
@@ -240,6 +245,21 @@ def _start_workers(profile: Profile, env: dict[str, str], deadline: float) -> No
             time.sleep(1)
     if pids:
         print(f"{len(pids)} worker nodes joined the {profile.name} head")
+
+
+def start_workers(profile: Profile, timeout: float = 180.0) -> None:
+    """Add the profile's worker nodes to its running head (no-op when they are up)."""
+    if len(alive_nodes(profile)) >= 1 + len(profile.workers):
+        return
+    _start_workers(profile, _env(profile), time.monotonic() + timeout)
+
+
+def stop_workers(profile: Profile, timeout: float = 30.0) -> None:
+    """Stop the worker nodes this script started; the head stays up."""
+    _stop_workers(profile, timeout)
+    deadline = time.monotonic() + timeout
+    while len(alive_nodes(profile)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _stop_workers(profile: Profile, timeout: float) -> None:

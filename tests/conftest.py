@@ -38,12 +38,39 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """The session's real Ray head: yields its connection dict (host, port, token)."""
-    local_ray.up(TEST_PROFILE)
+    """The session's real Ray head: yields its connection dict (host, port, token). The
+    worker nodes join only for the tests that ask for ``worker_nodes``."""
+    local_ray.up(TEST_PROFILE, workers=False)
     try:
         yield local_ray.connection(TEST_PROFILE)
     finally:
         local_ray.down(TEST_PROFILE)
+
+
+def shut_serve_down() -> None:
+    """Shut Ray Serve down on the session's head when no application is left on it (what
+    ``serve shutdown`` does): its controller and proxy stop taking CPU from later tests.
+    Left-over applications are a failure of the test that made them, so they stay visible."""
+    import urllib.request
+
+    base, headers = TEST_PROFILE.address, {"Authorization": f"Bearer {local_ray.token(TEST_PROFILE)}"}
+    url = f"{base}/api/serve/applications/"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+        state = json.load(response)
+    if state.get("controller_info", {}).get("node_id") is None or state.get("applications"):
+        return
+    urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="DELETE"), timeout=120).close()
+
+
+@pytest.fixture(scope="module")
+def worker_nodes(ray_cluster):
+    """The test profile's two worker nodes (``accelerator_type:L4`` and one ``gpu_slot``
+    each), joined to the session's head for one test module and stopped after it."""
+    local_ray.start_workers(TEST_PROFILE)
+    try:
+        yield TEST_PROFILE.workers
+    finally:
+        local_ray.stop_workers(TEST_PROFILE)
 
 
 @pytest.fixture

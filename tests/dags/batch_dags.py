@@ -76,7 +76,7 @@ def always_fails(row: dict[str, Any]) -> dict[str, Any]:
 
 def slow(row: dict[str, Any]) -> dict[str, Any]:
     time.sleep(30)
-    return ask(row)
+    return echo_payload(row)
 
 
 def _dag(dag_id: str, **kwargs: Any) -> DAG:
@@ -102,8 +102,21 @@ with _dag("test_industries_deferred"):
         output_uri="{{ params.output }}/{{ ds }}", id_column="Customer Id", deferrable=True,
     )  # fmt: skip
 
+# Failure handling, kill and pre-flight do not depend on the engine: these run on the stand-in
+# OpenAI-compatible endpoint (tests/echo_server.py), so no vLLM engine starts for them.
+ECHO = {"type": "HttpRequestProcessorConfig", "batch_size": 4, "max_retries": 0}
+
+
+def echo_payload(row: dict[str, Any]) -> dict[str, Any]:
+    return {"payload": {"model": "echo", "messages": ask(row)["messages"]}}
+
+
+def _echo_batch(task_id: str = "classify", **kwargs: Any) -> RayLLMBatchOperator:
+    return _batch(task_id, processor_config=ECHO, http_conn_id="echo", **kwargs)
+
+
 with _dag("test_failing_preprocess"):
-    _batch(preprocess=always_fails, postprocess=postprocess)
+    _echo_batch(preprocess=always_fails)
 
 with _dag("test_continue_on_error"):
     _batch(
@@ -112,12 +125,15 @@ with _dag("test_continue_on_error"):
     )  # fmt: skip
 
 with _dag("test_every_row_fails_on_error"):
-    _batch(preprocess=always_fails, postprocess=postprocess, id_column="Index", should_continue_on_error=True,
-           max_error_ratio=1.0)  # fmt: skip
+    _echo_batch(
+        preprocess=always_fails, id_column="Index", should_continue_on_error=True, max_error_ratio=1.0,
+    )  # fmt: skip
 
 with _dag("test_killed_task"):
     # Airflow calls on_kill when a task hits its execution_timeout, as on SIGTERM.
-    _batch("slow", preprocess=slow, input_format="jsonl", poll_interval=1, execution_timeout=dt.timedelta(seconds=20))
+    _echo_batch(
+        "slow", preprocess=slow, input_format="jsonl", poll_interval=1, execution_timeout=dt.timedelta(seconds=20),
+    )  # fmt: skip
 
 # --- checks only the cluster can make, and callables that need a helper module -------------------
 
@@ -125,7 +141,7 @@ with _dag("test_missing_model"):
     _batch(processor_config=cpu_vllm_config(model_source="/nonexistent/models/SmolLM2"), preprocess=preprocess)
 
 with _dag("test_missing_id_column"):
-    _batch(preprocess=preprocess, id_column="Customer Number")
+    _echo_batch(preprocess=echo_payload, id_column="Customer Number")
 
 with _dag("test_helper_module"):
     _batch(

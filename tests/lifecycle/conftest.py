@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ECHO_KEY, ROOT, wait_until_answers
+from tests.conftest import ECHO_KEY, ROOT, shut_serve_down, wait_until_answers
 
 AIRFLOW = ROOT / ".venv" / "bin" / "airflow"
 DAGS = Path(__file__).parent / "dags"
@@ -186,6 +186,13 @@ class RealAirflow:
             time.sleep(1)
         raise AssertionError(f"{what} never reached {states}: {found}\n{self.diagnostics()}")
 
+    def warm_triggerer(self, timeout: float = 300) -> None:
+        """Run the warm_triggerer DAG: the triggerer builds its in-process execution API now
+        (tests/lifecycle/airflow_path/raydllm_warmup.py), not during the first drill."""
+        run_id = self.trigger("warm_triggerer", {})
+        ti = self.wait_ti("warm_triggerer", run_id, "warm", {"success", "failed"}, timeout)
+        assert ti["state"] == "success", self.diagnostics()
+
     def wait_ti(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 900) -> dict[str, Any]:
         return self._wait_state(f"{dag_id}.{task_id} in {run_id}", lambda: self.ti(dag_id, run_id, task_id), states, timeout)
 
@@ -216,7 +223,7 @@ class RealAirflow:
         return "\n".join(f"--- {c} ---\n{self.component_log(c)[-2500:]}" for c in COMPONENTS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
     home = tmp_path_factory.mktemp("real-airflow")
     port = _free_port()
@@ -268,6 +275,11 @@ def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
     for component in ("scheduler", "triggerer", "dag-processor"):
         airflow.start(component)
     try:
+        airflow.warm_triggerer()
         yield airflow
     finally:
-        airflow.stop_all()
+        airflow.stop_all()  # the drills are done: the system tests after them get the CPU
+        try:
+            shut_serve_down()
+        except OSError as err:  # the drills' results stand; the later tests only run slower
+            print(f"Serve was not shut down after the drills: {err}")

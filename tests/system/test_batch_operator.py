@@ -17,6 +17,7 @@ from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 pytestmark = pytest.mark.system
 
 QUESTIONS = ["What is the weather like today?", "Tell me a joke.", "Give me a motivational quote.", "What is 2+2?"]
+ROWS = 48  # several blocks at batch_size 32; a small model on 2 CPU cores takes ~1 s a row under load
 CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
            "Real Estate", "Other"]  # fmt: skip
 
@@ -52,22 +53,22 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd):
     assert f"[ray job {result['submission_id']}]" in logged and "MapBatches(vLLMEngineStageUDF)" in logged
 
 
-def test_seed003_industries_deferrable_200_rows_and_same_date_rerun(test_dags, tmp_path):
-    customers = write_customers_csv(tmp_path / "customers.csv", 200)
+def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):
+    customers = write_customers_csv(tmp_path / "customers.csv", ROWS)
     out = tmp_path / "industries"
     conf = {"input": str(customers), "output": str(out)}
     run = test_dags.run("test_industries_deferred", conf)
     assert test_dags.states(run) == {"classify": "success"}
     day = out / "2026-11-22"
     table = pq.read_table(day)
-    assert table.num_rows == 200
+    assert table.num_rows == ROWS
     assert set(table.column("inferred_industry").to_pylist()) <= set(CHOICES)
-    expected_ids = {r["Customer Id"] for r in customer_rows(200)}
+    expected_ids = {r["Customer Id"] for r in customer_rows(ROWS)}
     assert set(table.column("Customer Id").to_pylist()) == expected_ids
     first = test_dags.xcom(run, "classify")
     metrics = first["metrics"]
     assert metrics["rows_in"] == metrics["rows_out"] == table.num_rows and metrics["error_rows"] == 0
-    assert metrics["rows_per_second"] > 0 and metrics["output_tokens"] >= 200
+    assert metrics["rows_per_second"] > 0 and metrics["output_tokens"] >= ROWS
 
     # The same logical date again (dag.test makes a new run id, so a new job runs): the day's
     # output is replaced, not appended to.
@@ -75,7 +76,7 @@ def test_seed003_industries_deferrable_200_rows_and_same_date_rerun(test_dags, t
     again = test_dags.run("test_industries_deferred", conf)
     assert test_dags.states(again) == {"classify": "success"}
     assert test_dags.xcom(again, "classify")["submission_id"] != first["submission_id"]
-    assert pq.read_table(day).num_rows == 200 and len(_data_files(day)) == len(files)
+    assert pq.read_table(day).num_rows == ROWS and len(_data_files(day)) == len(files)
     assert set(_data_files(day)).isdisjoint(files)
     assert [p.name for p in out.iterdir()] == ["2026-11-22"]
 
@@ -180,9 +181,12 @@ def test_a_preprocess_using_a_helper_module_beside_the_dag_file_works_on_the_clu
     assert answers == sorted(f"echo: helper says: {q}" for q in QUESTIONS)
 
 
-def test_accelerator_type_l4_with_concurrency_2_puts_one_engine_on_each_worker_node(test_dags, tmp_path):
-    """The session's cluster is a head plus two worker nodes with ``accelerator_type:L4``
-    (scripts/local_ray.py, profile test): the vLLM replicas must land there, one per node.
+def test_accelerator_type_l4_with_concurrency_2_puts_one_engine_on_each_worker_node(
+    test_dags, tmp_path, worker_nodes
+):
+    """The session's head plus two worker nodes with ``accelerator_type:L4`` (the
+    ``worker_nodes`` fixture, scripts/local_ray.py profile test): the vLLM replicas must
+    land there, one per node.
     A replica is an actor with a worker process (pid); the state API's worker list says which
     node each process runs on. It is read while the job runs: a replica still starting when
     the work is done ends without ever being ALIVE, and its actor record then has no node."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, BaseOperator, Param, task
 
 from airflow_provider_raydatallm.examples import DEFAULT_MODEL_ID, cpu_serve_llm_config, cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
@@ -63,6 +63,21 @@ def _batch(task_id: str, **kwargs: Any) -> RayLLMBatchOperator:
 def _dag(dag_id: str, **kwargs: Any) -> DAG:
     return DAG(dag_id, schedule=None, start_date=START, params=PARAMS, catchup=False, **kwargs)
 
+
+class WarmUpTriggerer(BaseOperator):
+    """Defers once on a trigger that reads an XCom (tests/lifecycle/airflow_path/raydllm_warmup.py)."""
+
+    def execute(self, context: Any) -> None:
+        from raydllm_warmup import ExecutionApiWarmUpTrigger
+
+        self.defer(trigger=ExecutionApiWarmUpTrigger(), method_name="done")
+
+    def done(self, context: Any, event: Any = None) -> Any:
+        return event
+
+
+with DAG("warm_triggerer", schedule=None, start_date=START, catchup=False):
+    WarmUpTriggerer(task_id="warm")
 
 with _dag("drill_deferred", max_active_runs=4):
     _batch("ask", deferrable=True)
