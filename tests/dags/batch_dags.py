@@ -58,7 +58,7 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def every_fourth_fails(row: dict[str, Any]) -> dict[str, Any]:
-    # Every block of the run (24 rows in 3 partitions) holds failing rows beside good ones.
+    # Every block of the run (12 rows in 3 partitions) holds failing rows beside good ones.
     if int(row["Index"]) % 4 == 0:
         raise ValueError(f"refusing row {row['Index']} on purpose")
     return preprocess(row)
@@ -98,7 +98,7 @@ with _dag("test_questions_sync"):
 
 with _dag("test_industries_deferred"):
     _batch(
-        processor_config=cpu_vllm_config(batch_size=32), preprocess=preprocess, postprocess=postprocess,
+        processor_config=cpu_vllm_config(batch_size=8), preprocess=preprocess, postprocess=postprocess,
         output_uri="{{ params.output }}/{{ ds }}", id_column="Customer Id", deferrable=True,
     )  # fmt: skip
 

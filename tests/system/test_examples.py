@@ -115,24 +115,24 @@ def test_openai_endpoint_example_uses_the_connections_key_and_never_shows_it(exa
 
 def test_customer_industries_sample_then_scale_path(examples, tmp_path):
     conf = {"customers_csv": str(tmp_path / "customers.csv"), "output_root": str(tmp_path / "out"),
-            "row_limit": 30, "num_partitions": 2}  # fmt: skip
+            "row_limit": 12, "num_partitions": 2}  # fmt: skip
     run = examples.run("example_customer_industries", conf)
     assert examples.states(run) == {"ensure_customers": "success", "classify_industries": "success"}
     result = examples.xcom(run, "classify_industries")
     table = pq.read_table(result["output_uri"])
     choices = {"Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
                "Real Estate", "Other"}  # fmt: skip
-    assert table.num_rows == 30 and set(table.column("inferred_industry").to_pylist()) <= choices
-    assert result["metrics"]["num_partitions"] == 2 and result["metrics"]["rows_in"] == 30
-    assert result["metrics"]["output_tokens"] >= 30 and result["metrics"]["input_tokens"] > 0
+    assert table.num_rows == 12 and set(table.column("inferred_industry").to_pylist()) <= choices
+    assert result["metrics"]["num_partitions"] == 2 and result["metrics"]["rows_in"] == 12
+    assert result["metrics"]["output_tokens"] >= 12 and result["metrics"]["input_tokens"] > 0
 
 
 def test_date_reformat_counts_well_formed_answers(examples, tmp_path, capfd):
-    conf = {"customers_csv": str(tmp_path / "customers.csv"), "output_root": str(tmp_path / "out"), "row_limit": 10}
+    conf = {"customers_csv": str(tmp_path / "customers.csv"), "output_root": str(tmp_path / "out"), "row_limit": 6}
     run = examples.run("example_date_reformat", conf)
     assert examples.states(run) == {"ensure_customers": "success", "reformat_dates": "success", "check_dates": "success"}
     report = examples.xcom(run, "check_dates")
-    assert report["rows"] + report["errors"] == 10 and 0 <= report["mm_dd_yyyy_correct"] <= report["rows"]
+    assert report["rows"] + report["errors"] == 6 and 0 <= report["mm_dd_yyyy_correct"] <= report["rows"]
     # A 135M model: how many dates came back right is reported, not asserted.
     print(f"\nseed 004 date reformatting with the default model: {report}")
     result = examples.xcom(run, "reformat_dates")
