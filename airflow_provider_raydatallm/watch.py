@@ -35,6 +35,7 @@ from airflow_provider_raydatallm.exceptions import (
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.events import RayJobEvent
 from airflow_provider_raydatallm.job.metrics import ERROR_MARKER, RESULT_MARKER
+from airflow_provider_raydatallm.relay import LineRelay, choice
 
 # A busy dashboard answers 500 (an aiohttp handler timing out), an ingress 502/503/504, a
 # rate limiter 429, while the job itself runs on: retried for this long before giving up.
@@ -111,7 +112,7 @@ class WaitPolicy:
     poll_interval: float = 10.0
     deadline: float | None = None
     pending_timeout: float | None = None
-    fetch_logs: bool = True
+    fetch_logs: bool | str = True  # True, False or one of relay.LOG_CHOICES
     max_transient_errors: int | None = None
     owns_job: bool = True
     retry_budget: float = DEFAULT_RETRY_BUDGET
@@ -262,6 +263,8 @@ class JobWatch:
         self.offset = log_offset
         self.checkpoint = checkpoint
         self._partial = ""
+        self.relay = LineRelay(policy.fetch_logs)
+        self.following = choice(policy.fetch_logs) != "none"
         self._emit_lock = asyncio.Lock()
         self.ending = asyncio.Event()
 
@@ -287,7 +290,9 @@ class JobWatch:
                 await self.checkpoint(new_offset)
             last_yield = time.monotonic()
             for line in lines:
-                self.log.info("[ray job %s] %s", self.job_id, line)
+                relayed = self.relay(line)
+                if relayed is not None:
+                    self.log.log(relayed[0], "%s", relayed[1])
                 if time.monotonic() - last_yield > YIELD_EVERY_SECONDS:  # other triggers run meanwhile
                     await asyncio.sleep(0)
                     last_yield = time.monotonic()
@@ -353,7 +358,11 @@ class JobWatch:
         return RayJobEvent(status=status, job_id=self.job_id, job_status=job_status, message=message, log_offset=self.offset)
 
     async def run(self) -> RayJobEvent:
-        follower = asyncio.create_task(self._follow()) if self.policy.fetch_logs else None
+        follower = None
+        if self.following:
+            self.log.info("Ray job %s: its log follows as [ray...] lines (fetch_logs=%r; the whole log: "
+                          "the task's 'Ray job' link)", self.job_id, self.policy.fetch_logs)  # fmt: skip
+            follower = asyncio.create_task(self._follow())
         try:
             return await self._loop(follower)
         finally:
@@ -385,7 +394,7 @@ class JobWatch:
                               self.job_id, failures.count, info.status.value)  # fmt: skip
                 failures.reset()
             if info.status.is_terminal:
-                if policy.fetch_logs:
+                if self.following:
                     await self._drain(follower)
                 status = "success" if info.status is RayJobStatus.SUCCEEDED else "error"
                 return self._event(status, info.status.value, info.message or "")
@@ -463,7 +472,7 @@ class JobWatch:
         if outcome.ended and not (outcome.accepted and outcome.status == RayJobStatus.STOPPED.value):
             # It ended by itself while the watcher could not see it: that is its result.
             self.log.info("Ray job %s ended %s while its status could not be read", self.job_id, outcome.status)
-            if self.policy.fetch_logs:
+            if self.following:
                 await self._drain(follower)
             status = "success" if outcome.status == RayJobStatus.SUCCEEDED.value else "error"
             return self._event(status, outcome.status, "")

@@ -62,6 +62,24 @@ def headline(err: BaseException) -> str:
     return ray_line[:2000]
 
 
+class _Source(logging.Filter):
+    """Names where a record came from: ``raydllm`` for this job's own loggers, else the
+    library's top-level logger (``vllm``, ``ray``, ...), so another library's warning is
+    never mistaken for the provider's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".", 1)[0]
+        record.source = "raydllm" if top in ("raydllm", "airflow_provider_raydatallm") else top
+        return True
+
+
+def _log_to_stdout() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(source)s] %(message)s"))
+    handler.addFilter(_Source())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_provider_raydatallm.job")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -69,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--spec-module", help="name of the shipped package holding spec.json")
     parser.add_argument("--tag", default="manual", help="staging name of this attempt")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [raydllm] %(message)s")
+    _log_to_stdout()
+    # What Ray's driver relays from its workers, without colour codes (read at print time).
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         spec = JobSpec.model_validate_json(_spec_text(args))
     except Exception as err:

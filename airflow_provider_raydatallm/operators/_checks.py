@@ -50,6 +50,12 @@ class ArgumentChecker:
         if not isinstance(value, bool):
             self.fail(name, value, "must be True or False")
 
+    def log_choice(self, name: str, value: Any) -> None:
+        from airflow_provider_raydatallm.relay import LOG_CHOICES
+
+        if not isinstance(value, bool) and value not in LOG_CHOICES:
+            self.fail(name, value, f"must be True, False or one of {', '.join(map(repr, LOG_CHOICES))}")
+
     def name(self, name: str, value: Any, optional: bool = True) -> None:
         if value is None and optional:
             return
@@ -152,8 +158,9 @@ def check_constructed(op: Any) -> None:
     check.number("timeout", op.timeout)
     check.number("pending_timeout", op.pending_timeout)
     check.ratio("max_error_ratio", op.max_error_ratio)
-    for flag in ("should_continue_on_error", "overwrite", "deferrable", "wait_for_completion", "fetch_logs"):
+    for flag in ("should_continue_on_error", "overwrite", "deferrable", "wait_for_completion"):
         check.flag(flag, getattr(op, flag))
+    check.log_choice("fetch_logs", op.fetch_logs)
     check.callable_("preprocess", op.preprocess)
     check.callable_("postprocess", op.postprocess)
     check.name("ray_conn_id", op.ray_conn_id, optional=False)

@@ -83,7 +83,12 @@ class RayLLMBatchOperator(BaseOperator):
     :param pending_timeout: seconds the job may wait for resources no node of the cluster has
         (e.g. an ``accelerator_type`` it lacks) before it is stopped and the task fails; the
         wait is named in the task log within a minute. Default 900; None never stops it.
-    :param fetch_logs: copy the job's log into the task log while waiting.
+    :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
+        codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
+        characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
+        lines (start, progress, counts, commit) and every warning and error; ``"warnings"``
+        warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
+        the Ray dashboard (the task's "Ray job" link).
     :param resume: with ``id_column`` set, a retry of a try that failed midway processes only
         the rows that try did not write (its written rows stay staged until the commit);
         clearing the task, or changing its spec, starts from zero. Default True.
@@ -127,7 +132,7 @@ class RayLLMBatchOperator(BaseOperator):
         poll_interval: float = 10.0,
         timeout: float | timedelta | None = None,
         pending_timeout: float | timedelta | None = DEFAULT_PENDING_TIMEOUT,
-        fetch_logs: bool = True,
+        fetch_logs: bool | str = True,
         resume: bool = True,
         **kwargs: Any,
     ) -> None:

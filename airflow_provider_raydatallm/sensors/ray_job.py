@@ -32,7 +32,12 @@ class RayJobSensor(BaseSensorOperator):
         ``"{{ ti.xcom_pull(task_ids='submit')['submission_id'] }}"``.
     :param ray_conn_id: the ``ray`` connection.
     :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
-    :param fetch_logs: copy the job's log into the task log while waiting (deferrable mode).
+    :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
+        codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
+        characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
+        lines (start, progress, counts, commit) and every warning and error; ``"warnings"``
+        warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
+        the Ray dashboard (the task's "Ray job" link).
     """
 
     template_fields: Sequence[str] = ("job_id",)
@@ -45,7 +50,7 @@ class RayJobSensor(BaseSensorOperator):
         job_id: str,
         ray_conn_id: str = RayHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        fetch_logs: bool = True,
+        fetch_logs: bool | str = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,7 +61,7 @@ class RayJobSensor(BaseSensorOperator):
         check = ArgumentChecker(self.task_id)
         check.name("ray_conn_id", ray_conn_id, optional=False)
         check.flag("deferrable", deferrable)
-        check.flag("fetch_logs", fetch_logs)
+        check.log_choice("fetch_logs", fetch_logs)
 
     def _check_job_id(self) -> None:
         """The rendered job id: e.g. an XCom pull that found nothing renders to "None"."""

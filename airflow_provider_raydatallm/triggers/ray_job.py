@@ -96,7 +96,12 @@ class RayJobTrigger(BaseTrigger):
         ``execution_timeout`` applies too.
     :param pending_timeout: seconds the job may wait for resources no node has before it is
         stopped; None never stops it for that.
-    :param fetch_logs: copy the job's log lines into the task log as they come.
+    :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
+        codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
+        characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
+        lines (start, progress, counts, commit) and every warning and error; ``"warnings"``
+        warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
+        the Ray dashboard (the task's "Ray job" link).
     :param log_offset: characters of the job log the task log already has.
     :param max_transient_errors: also give up after this many failed status reads in a row
         (None: only ``retry_budget`` bounds them).
@@ -113,7 +118,7 @@ class RayJobTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         deadline: float | None = None,
         pending_timeout: float | None = None,
-        fetch_logs: bool = True,
+        fetch_logs: bool | str = True,
         log_offset: int = 0,
         max_transient_errors: int | None = None,
         owns_job: bool = True,

@@ -117,6 +117,8 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("id-column-empty", {"id_column": ""}, "init", "id_column=''"),
     ("continue-string", {"should_continue_on_error": "yes"}, "init", "should_continue_on_error='yes': must be True or False"),
     ("overwrite-int", {"overwrite": 1}, "init", "overwrite=1: must be True or False"),
+    ("fetch-logs-unknown", {"fetch_logs": "verbose"}, "init",
+     "fetch_logs='verbose': must be True, False or one of 'all', 'summary', 'warnings', 'none'"),
     ("deferrable-string", {"deferrable": "true"}, "init", "deferrable='true'"),
     ("preprocess-int", {"preprocess": 3}, "init", "preprocess=3: must be a function or a 'package.module:function'"),
     ("preprocess-bad-path", {"preprocess": "my module.fn"}, "init", "preprocess='my module.fn'"),

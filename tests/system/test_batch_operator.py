@@ -13,11 +13,13 @@ import pytest
 
 from airflow_provider_raydatallm.examples import customer_rows, write_customers_csv, write_jsonl
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.relay import MAX_LINE_CHARS
 
 pytestmark = pytest.mark.system
 
 QUESTIONS = ["What is the weather like today?", "Tell me a joke.", "Give me a motivational quote.", "What is 2+2?"]
 ROWS = 24  # three blocks at batch_size 8; a small model on 2 CPU cores takes ~1 s a row under load
+LOG_LINES_BOUND = 250  # relayed job-log lines of a 4-row run; measured: see test_seed000
 CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
            "Real Estate", "Other"]  # fmt: skip
 
@@ -50,7 +52,13 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd):
     link = test_dags.xcom(run, "answer", key="ray_job")
     assert link["dashboard_url"] == result["dashboard_url"]
     logged = capfd.readouterr().out
-    assert f"[ray job {result['submission_id']}]" in logged and "MapBatches(vLLMEngineStageUDF)" in logged
+    assert f"Ray job {result['submission_id']}: its log follows" in logged
+    # The job's log reads top to bottom: no colour codes, short lines, attributed, bounded.
+    relayed = [line[line.index("[ray"):] for line in logged.splitlines() if "[ray:" in line or "[ray] " in line]
+    assert any(line.startswith("[ray:vLLMEngineStageUDF pid=") for line in relayed), relayed[:20]
+    assert any(line.startswith("[ray:raydllm] ") for line in relayed), relayed[:20]
+    assert not any("\x1b" in line for line in relayed)
+    assert max(map(len, relayed)) <= MAX_LINE_CHARS + 100 and len(relayed) <= LOG_LINES_BOUND, len(relayed)
 
 
 def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):

@@ -13,7 +13,10 @@ class _Log:
         self.lines: list[str] = []
 
     def info(self, fmt, *args):
-        self.lines.append(args[1])
+        self.lines.append(fmt % args)
+
+    def log(self, level, fmt, *args):
+        self.lines.append((fmt % args).removeprefix("[ray] "))
 
 
 async def test_lines_are_written_whole_after_their_offset_is_saved():
