@@ -28,8 +28,10 @@ OUT_TOKENS = "__raydllm_out_tokens"
 INFERRED = "__raydllm_inferred"
 # JSON list of the keys the user's postprocess returned for the row: the output's columns.
 COLUMNS = "__raydllm_columns"
+# What the model answered for a row whose postprocess failed (kept for its error record).
+MODEL_OUTPUT = "__raydllm_model_output"
 RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
-INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, RAY_ERROR)
+INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, MODEL_OUTPUT, RAY_ERROR)
 # Columns a processor adds to a row it ran on; a row without any of them was not inferred.
 RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "vLLMEngineProcessorConfig": ("generated_text", "embeddings"),
@@ -40,11 +42,36 @@ RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
 NO_MESSAGE = "row marked failed by a ray.data.llm stage without a message"
 
 
+ERROR_COLUMNS = ("row_id", "stage", "error", "row", "model_output", "input_tokens", "output_tokens")
+
+
 def error_schema():
-    """The error output's columns: the same whatever failed."""
+    """The error output's columns, the same whatever failed: the row's id, the stage that
+    failed (preprocess, inference, postprocess), the error, the input row (JSON), and for a
+    row the model answered (its postprocess failed) the model's text and token counts."""
     import pyarrow as pa
 
-    return pa.schema([(name, pa.string()) for name in ("row_id", "stage", "error", "row")])
+    return pa.schema(
+        [(name, pa.string()) for name in ERROR_COLUMNS[:5]] + [(name, pa.int64()) for name in ERROR_COLUMNS[5:]]
+    )
+
+
+def model_output_of(row: dict[str, Any]) -> str | None:
+    """The model's answer in a processed row: ``generated_text`` (vLLM, SGLang, Serve), or
+    an OpenAI-compatible response's message (HTTP processor), else the response as JSON."""
+    text = row.get("generated_text")
+    if isinstance(text, str):
+        return text
+    response = row.get("http_response")
+    if response is None and isinstance(row.get("choices"), (list, tuple)):
+        response = {"choices": row["choices"]}  # a Serve LLM deployment's OpenAI response
+    if isinstance(response, dict):
+        try:
+            choice = response["choices"][0]
+            return str(choice.get("message", {}).get("content") or choice.get("text") or "")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return json.dumps(jsonable(response), default=str, ensure_ascii=False)
+    return None
 
 
 class RowError(RuntimeError):
@@ -116,7 +143,8 @@ class Postprocess:
             if not self.continue_on_error:
                 raise RowError(f"postprocess failed on row {rid}: {_describe(exc)}") from exc
             return {
-                ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", RAY_ERROR: "", ROW_JSON: row_json(row, self.columns)
+                ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", RAY_ERROR: "", ROW_JSON: row_json(row, self.columns),
+                MODEL_OUTPUT: model_output_of(row), **tokens,
             }  # fmt: skip
         inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
         returned = json.dumps([k for k in out if not str(k).startswith("__raydllm_") and k != RAY_ERROR])
@@ -153,7 +181,7 @@ def is_error(row: dict[str, Any]) -> bool:
 
 
 class ToErrorRecord:
-    """An error row in the error output's fixed schema: row_id, stage, error, row (JSON)."""
+    """An error row in the error output's fixed schema (:func:`error_schema`)."""
 
     def __init__(self, columns: list[str]):
         self.columns = columns
@@ -164,4 +192,10 @@ class ToErrorRecord:
             "inference", "", error
         )  # fmt: skip
         original = row.get(ROW_JSON) or row_json(row, self.columns)
-        return {"row_id": str(row.get(ROW_ID, "")), "stage": stage, "error": message, "row": original}
+        answered = stage == "postprocess" and row.get(MODEL_OUTPUT) is not None
+        return {
+            "row_id": str(row.get(ROW_ID, "")), "stage": stage, "error": message, "row": original,
+            "model_output": row.get(MODEL_OUTPUT) if answered else None,
+            "input_tokens": int(row.get(IN_TOKENS) or 0) if answered else None,
+            "output_tokens": int(row.get(OUT_TOKENS) or 0) if answered else None,
+        }  # fmt: skip

@@ -90,6 +90,9 @@ def _cluster_slots(config: Any) -> int:
     return int(resources.get("GPU" if uses_gpu else "CPU", 0))
 
 
+MODEL_OUTPUT_SHOWN = 200  # characters of the model's answer shown per failed row in a failure message
+
+
 class JobIntegrityError(RuntimeError):
     """The processed rows break the job's invariants; nothing is committed."""
 
@@ -118,7 +121,11 @@ def check_counts(
             "(they skipped inference or the postprocess): refusing to commit them as output"
         )
     if rows_in and error_rows and (rows_out == 0 or error_rows / rows_in > max_error_ratio):
-        shown = "; ".join(f"row {e['row_id']} ({e['stage']}): {e['error']}" for e in first_errors)
+        shown = "; ".join(
+            f"row {e['row_id']} ({e['stage']}): {e['error']}"
+            + (f" [the model answered {e['model_output'][:MODEL_OUTPUT_SHOWN]!r}]" if e.get("model_output") else "")
+            for e in first_errors
+        )
         why = "every row failed" if rows_out == 0 else f"more than max_error_ratio={max_error_ratio:g}"
         raise TooManyErrorRowsError(
             f"{error_rows} of {rows_in} rows failed ({why}); nothing was committed. First errors: {shown}"
@@ -212,6 +219,8 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
         check_counts(rows_in, counts, first_errors, spec.max_error_ratio, files)
+        if not files["errors"]:  # readers of an error output without rows still get its columns
+            files["errors"] += filter(None, [sink.write_empty_errors(outputs.errors.staging_uri, spec.output.format)])
     except BaseException:
         outputs.discard(spec.run.keep_progress)
         raise

@@ -90,6 +90,14 @@ def write_table(table: Any, uri: str, name: str, fmt: str) -> str:
     return name
 
 
+def write_empty_errors(uri: str, fmt: str) -> str | None:
+    """An error output without rows still has its columns: one empty file with the error
+    schema (Parquet and CSV; an empty JSON-lines file has nothing to carry them)."""
+    if fmt == "jsonl":
+        return None
+    return write_table(rows.error_schema().empty_table(), uri, f"block-empty.{EXTENSIONS[fmt]}", fmt)
+
+
 def record_block(ok_uri: str, name: str, ok_rows: list[dict[str, Any]], tally: dict[str, int]) -> None:
     """Record a written block of good rows (file, ids, counts) for a retry to skip; named
     after the block, so a write Ray runs twice leaves one record."""

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.job import rows
 from airflow_provider_raydatallm.job.commit import Manifest, OutputDir, committed_files
 from airflow_provider_raydatallm.job.spec import RunIdentity
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator, _jobs, _submission as sub
@@ -100,5 +101,10 @@ def test_a_ray_job_reads_and_writes_s3_and_a_rerun_replaces_its_version(
     assert _wait(third_id) is RayJobStatus.SUCCEEDED, RayHook().get_job_logs(third_id)[-3000:]
     third = json.loads(fs.cat_file("raydllm-test/job/out/_SUCCESS"))
     names = sorted(_listed(fs))
-    assert names == sorted(["_SUCCESS", "_errors/_SUCCESS", *third["files"]])
+    errors = json.loads(fs.cat_file("raydllm-test/job/out/_errors/_SUCCESS"))
+    assert names == sorted(["_SUCCESS", "_errors/_SUCCESS", *third["files"], *(f"_errors/{f}" for f in errors["files"])])
+    # No row failed: the error output is one empty file that still has the error columns.
+    (empty,) = errors["files"]
+    empty_errors = pq.read_table(f"raydllm-test/job/out/_errors/{empty}", filesystem=fs)
+    assert empty_errors.num_rows == errors["rows"] == 0 and empty_errors.column_names == list(rows.ERROR_COLUMNS)
     assert not set(third["files"]) & set(first["files"]) and third["rows"] == 6

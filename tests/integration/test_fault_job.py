@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.job import rows
 from airflow_provider_raydatallm.job.commit import committed_files
 from airflow_provider_raydatallm.job.spec import RunIdentity
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator, _jobs, _submission as sub
@@ -115,7 +116,7 @@ def test_the_output_has_the_postprocess_columns_with_a_failed_row_in_every_block
     for path in committed_files(str(out)):
         assert pq.read_schema(path).names == ["id", "answer"], path  # every file, not only the merged view
     errors = pq.read_table(committed_files(str(out / "_errors")))
-    assert errors.column_names == ["row_id", "stage", "error", "row"]
+    assert errors.column_names == list(rows.ERROR_COLUMNS)
     assert sorted(int(i) for i in errors.column("row_id").to_pylist()) == [4, 8, 12]
     assert sorted(table.column("id").to_pylist()) == [i for i in range(1, 13) if i % 4]  # 12 in = 9 out + 3 errors
 

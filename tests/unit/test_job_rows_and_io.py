@@ -45,12 +45,25 @@ def test_postprocess_carries_tokens_and_catches_errors():
     record = rows.ToErrorRecord(COLUMNS)(broken)
     assert record["stage"] == "postprocess" and record["error"].startswith("KeyError")
     assert json.loads(record["row"]) == {"Index": 1, "Company": "A"}
+    # What the model answered stays beside the input row: the thing needed to see what went wrong.
+    assert (record["model_output"], record["input_tokens"], record["output_tokens"]) == ("Retail", 30, 2)
+
+
+def test_the_model_output_of_each_processor_type_is_kept_for_a_failed_postprocess():
+    http = {"http_response": {"choices": [{"message": {"content": '{"category": "bil'}}], "usage": {}}}
+    serve = {"choices": [{"message": {"content": "positive"}}], "usage": {"prompt_tokens": 9, "completion_tokens": 1}}
+    assert rows.model_output_of(http) == '{"category": "bil' and rows.model_output_of(serve) == "positive"
+    assert rows.model_output_of({"http_response": {"error": "x"}}) == '{"error": "x"}'
+    assert rows.model_output_of({"Index": 1}) is None
+    record = rows.ToErrorRecord(COLUMNS)(rows.Postprocess(json.loads, COLUMNS, True)({rows.ROW_ID: "7", **serve}))
+    assert (record["model_output"], record["input_tokens"], record["output_tokens"]) == ("positive", 9, 1)
 
 
 def test_inference_errors_from_ray_become_records_with_the_original_row():
     row = {rows.ROW_ID: "9", "Index": 9, "Company": "Z", rows.RAY_ERROR: "engine exploded", "messages": []}
     assert rows.ToErrorRecord(COLUMNS)(row) == {
-        "row_id": "9", "stage": "inference", "error": "engine exploded", "row": '{"Index": 9, "Company": "Z"}'
+        "row_id": "9", "stage": "inference", "error": "engine exploded", "row": '{"Index": 9, "Company": "Z"}',
+        "model_output": None, "input_tokens": None, "output_tokens": None,
     }  # fmt: skip
 
 
@@ -102,6 +115,10 @@ def test_job_fails_when_too_many_or_all_rows_failed():
         check_counts(100, _counts(ok=89, errors=11), first, 0.1)
     with pytest.raises(TooManyErrorRowsError, match=r"every row failed.*row 3 \(preprocess\): ValueError: no"):
         check_counts(4, _counts(errors=4), first, 1.0)
+    cut = [{"row_id": "5", "stage": "postprocess", "error": "JSONDecodeError: x", "model_output": '{"a": ' + "9" * 500}]
+    with pytest.raises(TooManyErrorRowsError, match=r"row 5 \(postprocess\): JSONDecodeError: x \[the model answered '\{\"a\": 9+'\]") as err:
+        check_counts(4, _counts(errors=4), cut, 1.0)
+    assert len(str(err.value)) < 400
     check_counts(0, _counts(), [], 0.1)  # an empty input is not a failure of every row
 
 

@@ -38,7 +38,8 @@ def test_a_block_splits_into_output_and_error_files_and_a_tally(tmp_path, fmt):
         out = pq.read_table(ok_file)
         assert out.column_names == ["id", "text", "label"] and out.column("id").to_pylist() == [1, 3]
         assert pq.read_table(err_file).to_pylist() == [
-            {"row_id": "2", "stage": "preprocess", "error": "ValueError: no", "row": '{"id": 2, "text": "t2"}'}
+            {"row_id": "2", "stage": "preprocess", "error": "ValueError: no", "row": '{"id": 2, "text": "t2"}',
+             "model_output": None, "input_tokens": None, "output_tokens": None}
         ]
     elif fmt == "jsonl":
         assert [json.loads(line)["id"] for line in ok_file.read_text().splitlines()] == [1, 3]
@@ -86,8 +87,23 @@ def test_good_rows_keep_exactly_the_postprocess_columns_when_the_block_has_error
 def test_an_error_output_has_its_fixed_schema(tmp_path):
     sink.WriteBlock(str(tmp_path / "out"), str(tmp_path / "errors"), "parquet", COLUMNS)(_block())
     (err_file,) = list((tmp_path / "errors").glob("block-*"))
-    assert pq.read_schema(err_file).names == ["row_id", "stage", "error", "row"]
-    assert {str(t) for t in pq.read_schema(err_file).types} == {"string"}
+    schema = pq.read_schema(err_file)
+    assert schema.names == ["row_id", "stage", "error", "row", "model_output", "input_tokens", "output_tokens"]
+    assert [str(t) for t in schema.types] == ["string"] * 5 + ["int64"] * 2
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_an_error_output_without_rows_still_has_its_columns(tmp_path, fmt):
+    name = sink.write_empty_errors(str(tmp_path / "errors"), fmt)
+    path = tmp_path / "errors" / name
+    if fmt == "parquet":
+        table = pq.read_table(path)
+    else:
+        import pyarrow.csv as pacsv
+
+        table = pacsv.read_csv(path)
+    assert table.num_rows == 0 and table.column_names == list(rows.ERROR_COLUMNS)
+    assert sink.write_empty_errors(str(tmp_path / "errors"), "jsonl") is None
 
 
 def test_a_value_parquet_cannot_hold_fails_naming_the_column_and_row(tmp_path):
