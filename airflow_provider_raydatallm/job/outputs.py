@@ -9,7 +9,9 @@ The steps, each named for what it guarantees:
 3. ``progress``: what earlier tries of this task instance staged, resumed only onto the
    same input;
 4. ``commit``: the error output, then the output, each committing exactly the files the
-   blocks' tallies name (``commit.py``'s state machine); or ``discard`` when the job fails.
+   blocks' tallies name (``commit.py``'s state machine); or ``discard`` when the job fails
+   (after ``commit_failed_errors`` when it failed because too many rows failed: those rows
+   are what the user needs to see why).
 """
 
 from __future__ import annotations
@@ -109,6 +111,13 @@ class Outputs:
             )  # fmt: skip
         else:
             self.output.discard_staging()
+
+    def commit_failed_errors(self, files: list[str], rows: int, why: str) -> None:
+        """A run that failed because too many rows failed: its error rows are committed to
+        the error output (its manifest says ``failed_run``), the output stays untouched."""
+        identity = {"submission_id": self.spec.run.submission_id, "run": self.spec.run.model_dump()}
+        manifest = commit.Manifest(rows=rows, extra={"failed_run": True, "failure": why[:1000]}, **identity)
+        self.errors.commit(files, manifest, self.spec.output.overwrite)
 
     def commit(self, files: dict[str, list[str]], progress: resume.Progress, counts: dict[str, int], extra: dict) -> None:
         """Errors first: once the output's manifest names the new version, its errors are in place."""

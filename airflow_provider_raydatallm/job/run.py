@@ -98,16 +98,17 @@ class JobIntegrityError(RuntimeError):
 
 
 class TooManyErrorRowsError(RuntimeError):
-    """More rows failed than the task allows; nothing is committed."""
+    """More rows failed than the task allows: the output is not committed (the error rows
+    are, marked as from a failed run)."""
 
 
 def check_counts(
     rows_in: int, counts: dict[str, int], first_errors: list[dict[str, Any]], max_error_ratio: float,
-    files: dict[str, list[str]] | None = None,
+    files: dict[str, list[str]] | None = None, error_uri: str | None = None,
 ) -> None:  # fmt: skip
     """Fail the job, before anything is committed, when its rows do not add up, when a row
     counted as output never reached the processor, when two blocks wrote one file, or when
-    too many rows failed."""
+    too many rows failed (``error_uri``: where the job then commits the error rows)."""
     rows_out, error_rows = counts["ok"], counts["errors"]
     for kind, names in (files or {}).items():
         doubled = sorted({n for n in names if names.count(n) > 1})
@@ -128,7 +129,9 @@ def check_counts(
         )
         why = "every row failed" if rows_out == 0 else f"more than max_error_ratio={max_error_ratio:g}"
         raise TooManyErrorRowsError(
-            f"{error_rows} of {rows_in} rows failed ({why}); nothing was committed. First errors: {shown}"
+            f"{error_rows} of {rows_in} rows failed ({why}); the output was not committed"
+            + (f"; the error rows are, to {error_uri} (its _SUCCESS says failed_run)" if error_uri else "")
+            + f". First errors: {shown}"
         )
 
 
@@ -218,7 +221,11 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         counts, first_errors, files, stats_text = process(spec, config, user, ds, columns, outputs, rows_in == progress.rows)
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
-        check_counts(rows_in, counts, first_errors, spec.max_error_ratio, files)
+        try:
+            check_counts(rows_in, counts, first_errors, spec.max_error_ratio, files, spec.output.error_uri)
+        except TooManyErrorRowsError as err:
+            outputs.commit_failed_errors(files["errors"], counts["errors"], str(err))
+            raise
         if not files["errors"]:  # readers of an error output without rows still get its columns
             files["errors"] += filter(None, [sink.write_empty_errors(outputs.errors.staging_uri, spec.output.format)])
     except BaseException:

@@ -124,9 +124,18 @@ with _dag("test_continue_on_error"):
         num_partitions=3, should_continue_on_error=True, max_error_ratio=0.5,
     )  # fmt: skip
 
+def echo_industry(row: dict[str, Any]) -> dict[str, Any]:
+    return {"payload": {"model": "echo", "messages": preprocess(row)["messages"]}}
+
+
+def postprocess_always_fails(row: dict[str, Any]) -> dict[str, Any]:
+    raise ValueError("this postprocess wants JSON: " + row["http_response"]["choices"][0]["message"]["content"][:12])
+
+
 with _dag("test_every_row_fails_on_error"):
     _echo_batch(
-        preprocess=always_fails, id_column="Index", should_continue_on_error=True, max_error_ratio=1.0,
+        preprocess=echo_industry, postprocess=postprocess_always_fails, id_column="Index",
+        should_continue_on_error=True, max_error_ratio=1.0,
     )  # fmt: skip
 
 with _dag("test_killed_task"):

@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_raydatallm.examples import customer_rows, write_customers_csv, write_jsonl
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.job.commit import committed_files
 from airflow_provider_raydatallm.relay import MAX_LINE_CHARS
 
 pytestmark = pytest.mark.system
@@ -133,15 +134,30 @@ def test_failed_rows_in_every_block_leave_the_other_rows_inferred(test_dags, tmp
           f"out {metrics['output_tokens']}")  # fmt: skip
 
 
-def test_a_run_where_every_row_failed_fails_and_commits_nothing(test_dags, tmp_path, capfd):
+def test_a_run_where_every_row_failed_fails_and_commits_only_its_error_rows_with_the_models_text(
+    test_dags, tmp_path, capfd
+):
     customers = write_customers_csv(tmp_path / "c.csv", 8)
     out = tmp_path / "out"
     run = test_dags.run("test_every_row_fails_on_error", {"input": str(customers), "output": str(out)})
     assert test_dags.states(run) == {"classify": "failed"}
     logged = capfd.readouterr().out
-    assert "8 of 8 rows failed (every row failed); nothing was committed" in logged
-    assert "row 1 (preprocess): ValueError: this preprocess rejects every row" in logged
-    assert not out.exists()
+    assert "8 of 8 rows failed (every row failed); the output was not committed; the error rows are, to " in logged
+    assert "row 1 (postprocess): ValueError: this postprocess wants JSON: echo: What i" in logged
+    assert "[the model answered 'echo: " in logged
+    # The output is untouched (no version of it); its error output holds the failed run's rows.
+    assert not (out / "_SUCCESS").exists() and sorted(p.name for p in out.iterdir()) == ["_errors"]
+    manifest = json.loads((out / "_errors" / "_SUCCESS").read_text())
+    assert manifest["failed_run"] is True and manifest["rows"] == 8
+    errors = pq.read_table(committed_files(str(out / "_errors")))
+    assert sorted(errors.column("row_id").to_pylist(), key=int) == [str(i) for i in range(1, 9)]
+    assert set(errors.column("stage").to_pylist()) == {"postprocess"}
+    answers = errors.column("model_output").to_pylist()
+    assert all(a.startswith("echo: What industry is this company in: ") for a in answers), answers
+    assert all(n > 0 for n in errors.column("input_tokens").to_pylist() + errors.column("output_tokens").to_pylist())
+    companies = {r["Index"]: r["Company"] for r in customer_rows(8)}
+    for rid, row, answer in zip(errors.column("row_id").to_pylist(), errors.column("row").to_pylist(), answers):
+        assert json.loads(row)["Company"] == companies[int(rid)] and companies[int(rid)] in answer
 
 
 def test_on_kill_stops_the_ray_job(test_dags, tmp_path, ray_conn):
