@@ -1,6 +1,9 @@
-"""Helpers for the examples, tests and demos (stdlib only): deterministic data, local model.
+"""Helpers for the example DAGs, tests and demos (stdlib only): deterministic data.
 
-Nothing is downloaded: the seed's 2,000,000-row customers CSV and a day's social posts
+Not for production DAGs: what those need is public API elsewhere, ``run_day`` in
+``airflow_provider_raydatallm.macros`` and ``cpu_vllm_config`` in
+``airflow_provider_raydatallm.configs`` (re-exported here for the examples). Nothing is
+downloaded: the seed's 2,000,000-row customers CSV and a day's social posts
 are generated here, the same rows for the same arguments on every machine.
 """
 
@@ -11,6 +14,9 @@ import datetime as dt
 import json
 import random
 from pathlib import Path
+
+from airflow_provider_raydatallm.configs import cpu_vllm_config, default_model_path  # noqa: F401 (re-exported)
+from airflow_provider_raydatallm.macros import MACROS, run_day  # noqa: F401 (re-exported)
 
 CUSTOMER_COLUMNS = [
     "Index", "Customer Id", "First Name", "Last Name", "Company", "City", "Country",
@@ -105,35 +111,6 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
-
-
-def default_model_path() -> str:
-    """The default model: ``$RAYDLLM_MODEL``, else the directory ``make setup`` prepares."""
-    import os
-
-    return os.environ.get(
-        "RAYDLLM_MODEL", str(Path(__file__).resolve().parent.parent / ".cache" / "models" / "SmolLM2-135M-Instruct")
-    )
-
-
-def cpu_vllm_config(**overrides) -> dict:
-    """A vLLMEngineProcessorConfig (as a dict) that runs on a CPU-only Ray cluster.
-
-    On a GPU cluster drop ``placement_group_config`` and ``gpu_memory_utilization``, and set
-    ``accelerator_type``, ``concurrency`` and ``tensor_parallel_size`` for your hardware.
-    """
-    config = {
-        "type": "vLLMEngineProcessorConfig",
-        "model_source": default_model_path(),
-        # CPU vLLM reserves this share of NUMA node 0's memory; the 0.92 default refuses to start.
-        "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
-        # The default bundle asks for a GPU and would wait forever on a CPU-only cluster.
-        "placement_group_config": {"bundles": [{"CPU": 1}]},
-        "batch_size": 16,
-        "concurrency": 1,
-    }
-    config.update(overrides)
-    return config
 
 
 DEFAULT_MODEL_ID = "smollm2-135m"
@@ -273,14 +250,4 @@ def examples_dir(*parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def run_day(dag_run: object) -> str:
-    """The day a run is for, as YYYY-MM-DD: its logical date, or, for a run triggered with
-    ``logical_date: null`` (allowed in Airflow 3, where ``ds`` is then absent), the day of
-    its ``run_after``. Templates use it as ``{{ run_day(dag_run) }}``."""
-    when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after", None)
-    if when is None:
-        raise ValueError(f"run {getattr(dag_run, 'run_id', dag_run)!r} has neither a logical date nor run_after")
-    return when.strftime("%Y-%m-%d")
-
-
-EXAMPLE_MACROS = {"run_day": run_day}
+EXAMPLE_MACROS = MACROS

@@ -19,7 +19,9 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
+from airflow_provider_raydatallm.configs import cpu_vllm_config
+from airflow_provider_raydatallm.examples import examples_dir
+from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 QUESTIONS = [
@@ -64,7 +66,7 @@ def keep_answer(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_common_questions",
-    user_defined_macros=EXAMPLE_MACROS,
+    user_defined_macros=MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,

@@ -24,7 +24,9 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, cpu_vllm_config, examples_dir, run_day
+from airflow_provider_raydatallm.configs import cpu_vllm_config
+from airflow_provider_raydatallm.examples import examples_dir
+from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 # For better output token control, restrain generation to these choices
@@ -71,7 +73,7 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_customer_industries",
-    user_defined_macros=EXAMPLE_MACROS,
+    user_defined_macros=MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,

@@ -33,14 +33,9 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from airflow_provider_raydatallm.examples import (
-    EXAMPLE_MACROS,
-    SENTIMENT_LABELS as LABELS,
-    cpu_vllm_config,
-    examples_dir,
-    run_day,
-    sentiment_messages,
-)
+from airflow_provider_raydatallm.configs import cpu_vllm_config
+from airflow_provider_raydatallm.examples import SENTIMENT_LABELS as LABELS, examples_dir, sentiment_messages
+from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 SENTIMENT_PARQUET = Asset(name="daily_sentiment_parquet", uri="file:///raydllm/sentiment")
@@ -67,7 +62,7 @@ def sentiment_row(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_daily_sentiment",
-    user_defined_macros=EXAMPLE_MACROS,
+    user_defined_macros=MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,

@@ -20,7 +20,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import EXAMPLE_MACROS, examples_dir, run_day
+from airflow_provider_raydatallm.examples import examples_dir
+from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 PROMPTS = [
@@ -52,7 +53,7 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_openai_endpoint",
-    user_defined_macros=EXAMPLE_MACROS,
+    user_defined_macros=MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_raydatallm.examples import EXAMPLE_MACROS
+from airflow_provider_raydatallm.macros import MACROS
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 # [START howto_vision_config]
@@ -82,7 +82,7 @@ def vision_postprocess(row: dict) -> dict:
 
 with DAG(
     "example_vision",
-    user_defined_macros=EXAMPLE_MACROS,
+    user_defined_macros=MACROS,
     schedule=None,
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,

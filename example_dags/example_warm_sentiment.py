@@ -33,13 +33,12 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_provider_raydatallm.examples import (
     DEFAULT_MODEL_ID,
-    EXAMPLE_MACROS,
     SENTIMENT_LABELS as LABELS,
     cpu_serve_llm_config,
     examples_dir,
-    run_day,
     sentiment_messages,
 )
+from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
 
@@ -68,7 +67,7 @@ def sentiment_from_chat(row: dict[str, Any]) -> dict[str, Any]:
 
 with DAG(
     "example_warm_sentiment",
-    user_defined_macros=EXAMPLE_MACROS,
+    user_defined_macros=MACROS,
     schedule="@daily",
     start_date=dt.datetime(2026, 11, 1),
     catchup=False,
