@@ -173,16 +173,14 @@ def summarize_day(results: list[dict], labels: list[str], day: str, sql_conn_id:
     table ``daily_sentiment`` (day, label, count); returns the summary."""
     from collections import Counter
 
-    import pyarrow.parquet as pq
-
-    from airflow_provider_raydatallm.job.commit import committed_files
+    from airflow_provider_raydatallm.reading import read_committed
 
     counted: Counter[str] = Counter()
     rows_in = errors = 0
     for result in results:
         # Only the committed version: the files the output's _SUCCESS manifest names.
-        files = committed_files(result["output_uri"])
-        counted.update(pq.read_table(files, columns=["sentiment"]).column(0).to_pylist() if files else [])
+        table = read_committed(result["output_uri"])
+        counted.update(table.column("sentiment").to_pylist() if table.num_rows else [])
         rows_in += result["metrics"]["rows_in"]
         errors += result["metrics"]["error_rows"]
     rows = [(day, label, counted.get(label, 0)) for label in labels]

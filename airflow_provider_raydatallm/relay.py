@@ -2,16 +2,19 @@
 
 A line of a Ray job's log arrives as the driver printed it: colour codes, Ray's
 ``(MapWorker(MapBatches(vLLMEngineStageUDF)) pid=4411, ip=10.0.0.5)`` prefix for what a
-worker printed, vLLM's and Ray's own timestamps and levels, tracebacks. :class:`LineRelay`
-turns each line into ``(level, text)``: no colour codes, the level the line was logged at
-(a traceback is an error), one short prefix saying where it came from, and at most
-``MAX_LINE_CHARS`` characters (the whole line stays in the Ray job's log, one click away
-through the task's "Ray job" link). ``fetch_logs`` chooses how much is relayed
-(:data:`LOG_CHOICES`).
+worker printed, ``(raylet)`` and ``(autoscaler +1m3s)`` lines, vLLM's and Ray's own
+timestamps and levels, C++ log lines, Python warnings, tracebacks. :class:`LineRelay` turns
+each line into ``(level, text)``: no colour codes, the level the line was logged at (a
+traceback and Ray's wrapped errors are errors; raylet, autoscaler and Python warnings are
+warnings), one short prefix saying where it came from, and at most ``MAX_LINE_CHARS``
+characters (secrets Airflow knows are masked before the cut; the whole line stays in the
+Ray job's log, one click away through the task's "Ray job" link). ``fetch_logs`` chooses
+how much is relayed (:data:`LOG_CHOICES`).
 
-    [ray:raydllm] 40 of 60 rows (67%), 3.1 rows/s, about 6s left
+    [ray:raydllm] read 60 rows (ticket_id, subject, body) from ['s3://support/t.csv']; ...
     [ray:vLLMEngineStageUDF pid=4411] Automatically detected platform cpu.
     [ray:ray] Starting execution of Dataset dataset_3_0. Full logs are in ...
+    [ray:raylet] A worker died or was killed while executing a task by an unexpected system error.
     [ray] a line the job printed without a logger
 """
 
@@ -24,9 +27,10 @@ from typing import Any
 MAX_LINE_CHARS = 400
 PREFIX = "[ray"
 # fetch_logs: True and "all" relay every line; "summary" the provider's own lines (start,
-# progress, counts, commit) and every warning and error; "warnings" warnings and errors
-# only; False and "none" nothing.
+# what was read, the counts, the commit) and every warning and error; "warnings" warnings
+# and errors only; False and "none" nothing.
 LOG_CHOICES = ("all", "summary", "warnings", "none")
+PREFIX_SCAN_CHARS = 300  # a worker prefix is looked for this far into a line, no further
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _TIMESTAMP = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?\]?\s*")
@@ -35,7 +39,14 @@ _SHORT_DATE = re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d(?:[,.]\d+)?\s*")  # vLLM: "
 _VLLM_PLACE = re.compile(r"^\[[\w./-]+\.py:\d+\]\s*")  # vLLM: "[core.py:93] "
 _RAY_PLACE = re.compile(r"^[\w./-]+\.py:\d+ -- ")  # Ray's loggers: "streaming_executor.py:108 -- "
 _TAG = re.compile(r"^\[(raydllm|[\w.]+)\]\s")  # this provider's job: "[raydllm] "
-_ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)(:|$)")
+# Ray's C++ logs: "[2026-12-01 06:30:01,123 E 4411 4412] core_worker.cc:123: message"
+_CPP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ ([DIWEF]) \d+ \d+\]\s*")
+_CPP_LEVELS = {"D": logging.DEBUG, "I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+_PY_WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: ")  # warnings.warn without logging
+# An exception line: "ValueError: x", "ray.exceptions.RayTaskError(UserCodeException): ...".
+_ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)(\([\w.]*\))?(:|$)")
+_CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+_JOB_MARKERS = {"RAYDLLM_ERROR": logging.ERROR, "RAYDLLM_RESULT": logging.INFO}
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "WARN": logging.WARNING,
            "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL, "FATAL": logging.CRITICAL}  # fmt: skip
 
@@ -44,7 +55,7 @@ def choice(fetch_logs: Any) -> str:
     """``fetch_logs`` as one of :data:`LOG_CHOICES` (True is "all", False "none")."""
     if fetch_logs is True:
         return "all"
-    if fetch_logs is False or fetch_logs is None:
+    if fetch_logs is False:
         return "none"
     if isinstance(fetch_logs, str) and fetch_logs in LOG_CHOICES:
         return fetch_logs
@@ -55,31 +66,37 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text).replace("\r", "")
 
 
-def _worker_prefix(line: str) -> tuple[str, str, str] | None:
-    """Ray's ``(<name> pid=<pid>[, ip=<ip>])`` prefix: (name, pid, rest of the line)."""
+def _mask(text: str) -> str:
+    """Airflow's masking of the secrets it knows, applied before a line is cut (a cut could
+    leave a secret's start, which the masker, matching whole secrets, would let through)."""
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+    except Exception:  # another Airflow layout: the task log's own masking still applies
+        return text
+    return str(redact(text))
+
+
+def _parenthesized(line: str) -> tuple[str, str] | None:
+    """A leading ``(...)`` (nested parentheses allowed) and the rest of the line, which
+    keeps its indentation past the one space after the prefix."""
     if not line.startswith("("):
         return None
     depth = 0
-    for end, char in enumerate(line):
+    for end, char in enumerate(line[:PREFIX_SCAN_CHARS]):
         depth += (char == "(") - (char == ")")
         if depth == 0:
-            break
-    else:
-        return None
-    inside = line[1:end]
-    head, sep, pid = inside.rpartition("pid=")
-    if not sep:
-        return None
-    pid = pid.split(",", 1)[0].strip()
-    return head.strip(), pid, line[end + 1 :].lstrip()
+            rest = line[end + 1 :]
+            return line[1:end], rest[1:] if rest.startswith(" ") else rest
+    return None
 
 
 def short_name(name: str) -> str:
-    """``MapWorker(MapBatches(vLLMEngineStageUDF))`` -> ``vLLMEngineStageUDF``."""
-    inner = name
-    while "(" in inner and inner.endswith(")"):
-        inner = inner[inner.index("(") + 1 : -1]
-    return inner.strip() or name
+    """``MapWorker(MapBatches(vLLMEngineStageUDF))`` -> ``vLLMEngineStageUDF``; fused stages
+    ``MapWorker(MapBatches(A)->MapBatches(B))`` -> ``A->B``."""
+    inner = re.findall(r"\(([\w.]+)\)", name)
+    if inner:
+        return "->".join(inner)
+    return name.split("(", 1)[0].strip() or name
 
 
 class LineRelay:
@@ -99,10 +116,14 @@ class LineRelay:
         if not line.strip():
             return None
         source, level, message = self.parse(line)
+        if not message.strip():
+            return None
         if self.mode == "warnings" and level < logging.WARNING:
             return None
         if self.mode == "summary" and level < logging.WARNING and source != "raydllm":
             return None
+        if len(message) > self.max_chars:
+            message = _mask(message)
         if len(message) > self.max_chars:
             cut = len(message) - self.max_chars
             message = f"{message[: self.max_chars]} ... [{cut} more characters: the whole line is in the Ray job's log]"
@@ -111,13 +132,30 @@ class LineRelay:
     def parse(self, line: str) -> tuple[str, int, str]:
         """(source, level, message) of one line without colour codes."""
         source, level = "", None
-        worker = _worker_prefix(line)
-        if worker:
-            name, pid, line = worker
-            source = f"{short_name(name)} pid={pid}" if name else f"pid={pid}"
-            inner = _worker_prefix(line)  # vLLM's own "(EngineCore pid=...)" inside a Ray worker
-            if inner:
-                line = inner[2]
+        prefix = _parenthesized(line)
+        if prefix:
+            inside, rest = prefix
+            head, sep, pid = inside.rpartition("pid=")
+            if sep:
+                pid = pid.split(",", 1)[0].strip()
+                source, line = (f"{short_name(head)} pid={pid}" if head.strip() else f"pid={pid}"), rest
+                inner = _parenthesized(line)  # vLLM's own "(EngineCore_DP0 pid=...)" inside a Ray worker
+                if inner and "pid=" in inner[0]:
+                    line = inner[1]
+            elif inside == "raylet" or inside.startswith("autoscaler"):
+                # Ray's own warnings to the driver: OOM kills, dead workers, unschedulable demands.
+                source, level, line = inside.split(" ", 1)[0], logging.WARNING, rest
+                if rest.startswith(("Error:", "Fatal")):
+                    level = logging.ERROR
+        for marker, marker_level in _JOB_MARKERS.items():
+            if line.startswith(marker):
+                self._traceback[source] = False
+                return source or "raydllm", marker_level, line
+        cpp = _CPP.match(line)
+        if cpp:
+            return source or "ray", _CPP_LEVELS[cpp.group(1)], line[cpp.end() :]
+        if _PY_WARNING.match(line):
+            return source, logging.WARNING, line
         line = _TIMESTAMP.sub("", line, count=1)
         match = _LEVEL.match(line)
         if match:
@@ -133,22 +171,23 @@ class LineRelay:
             if tag:
                 line = line[tag.end() :]
                 source = source or tag.group(1)
-        key = source
         if level is None:
-            level = self._traceback_level(key, line)
+            level = self._traceback_level(source, line)
         else:
-            self._traceback[key] = False
+            self._traceback[source] = False
         return source, level, line
 
     def _traceback_level(self, key: str, line: str) -> int:
-        """Lines without a level: a traceback's lines (and the error closing it) are errors."""
-        if line.startswith("Traceback (most recent call last)"):
+        """Lines without a level: a traceback's lines and the exception closing it are errors."""
+        if line.startswith("Traceback (most recent call last)") or line.startswith(_CHAINED):
             self._traceback[key] = True
             return logging.ERROR
-        if self._traceback.get(key):
-            if line[:1].isspace() or line.startswith(("During handling", "The above exception")):
-                return logging.ERROR
-            if _ERROR_LINE.match(line):
-                return logging.ERROR  # the exception line closes the traceback, unless a chained one follows
-            self._traceback[key] = False
+        if _ERROR_LINE.match(line):
+            # An exception line; Ray's wrapped errors (RayTaskError(...): ...) go on with an
+            # indented traceback of their own, so indented lines after it stay errors.
+            self._traceback[key] = True
+            return logging.ERROR
+        if self._traceback.get(key) and line[:1].isspace():
+            return logging.ERROR
+        self._traceback[key] = False
         return logging.INFO

@@ -93,12 +93,10 @@ with DAG(
         """Count answers holding the input date as MM-DD-YYYY (reported, not enforced)."""
         import re
 
-        import pyarrow.parquet as pq
-
-        from airflow_provider_raydatallm.job.commit import committed_files
+        from airflow_provider_raydatallm.reading import read_committed
 
         # Only the committed version: the files the output's _SUCCESS manifest names.
-        rows = pq.read_table(committed_files(result["output_uri"]), columns=["Subscription Date", "resp"]).to_pylist()
+        rows = read_committed(result["output_uri"], columns=["Subscription Date", "resp"]).to_pylist()
         correct = 0
         for row in rows:
             day = row["Subscription Date"]

@@ -84,12 +84,10 @@ with DAG(
 
     @task
     def publish(summary: dict[str, Any]) -> int:
-        import pyarrow.parquet as pq
-
-        from airflow_provider_raydatallm.job.commit import committed_files
+        from airflow_provider_raydatallm.reading import read_committed
 
         # Only the committed version: the files the output's _SUCCESS manifest names.
-        replies = pq.read_table(committed_files(summary["output_uri"])).to_pylist()
+        replies = read_committed(summary["output_uri"]).to_pylist()
         for reply in replies:
             print(f"{reply['ticket']!r} -> {reply['reply'].strip()!r}")
         return len(replies)

@@ -50,6 +50,10 @@ WORK_DIR = "_raydllm"
 PROGRESS_DIR = "_blocks"  # inside a staging directory: block records, never committed
 OWNER_FIELDS = ("namespace", "dag_id", "task_id", "map_index")
 DERIVED_NAMESPACE_PREFIX = "af-"  # namespace.py's default
+# In the work area: the error rows of the last run that failed because too many rows failed,
+# kept for reading (never part of a committed version; a later success removes them).
+FAILED_RUN_DIR = "failed-run"
+FAILED_RUN_RECORD = "failed-run.json"
 OWNER_RECORD = "_owner.json"  # in a staging directory: the task whose rows it holds
 
 
@@ -316,6 +320,30 @@ class OutputDir:
         self.fs.rm(intent_path)  # DONE
         self.discard_staging()
         return removed
+
+    @property
+    def failed_run_path(self) -> str:
+        return self._abs(f"{WORK_DIR}/{FAILED_RUN_DIR}")
+
+    def keep_failed_run(self, blocks: list[str], record: dict[str, Any]) -> str:
+        """Move ``blocks`` from this job's staging into the work area's failed-run folder,
+        replacing what an earlier failed run of the directory's task kept there, with a
+        record (``failed-run.json``: the files, the rows, the failure). The committed
+        version and its ``_SUCCESS`` are not touched. Returns the folder's URI."""
+        target = self.failed_run_path
+        self.drop_failed_run()
+        self.fs.makedirs(target, exist_ok=True)
+        names = sorted(set(blocks))
+        for name in names:
+            self.fs.mv(f"{self.staging_path}/{name}", f"{target}/{name}")
+        body = {**record, "files": names, "kept_at": time.time(), "owner": self.owner}
+        put_whole(self.fs, f"{target}/{FAILED_RUN_RECORD}", json.dumps(body, indent=2, default=str).encode())
+        self.discard_staging()
+        return self.uri_of(f"{WORK_DIR}/{FAILED_RUN_DIR}")
+
+    def drop_failed_run(self) -> None:
+        if self.fs.exists(self.failed_run_path):
+            self.fs.rm(self.failed_run_path, recursive=True)
 
     def discard_staging(self) -> None:
         """Drop this job's staging (and an emptied work area, and a directory it created)."""

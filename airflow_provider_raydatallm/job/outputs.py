@@ -10,8 +10,8 @@ The steps, each named for what it guarantees:
    same input;
 4. ``commit``: the error output, then the output, each committing exactly the files the
    blocks' tallies name (``commit.py``'s state machine); or ``discard`` when the job fails
-   (after ``commit_failed_errors`` when it failed because too many rows failed: those rows
-   are what the user needs to see why).
+   (after ``keep_failed_errors`` when it failed because too many rows failed: those rows,
+   kept beside the committed version, are what the user needs to see why).
 """
 
 from __future__ import annotations
@@ -112,18 +112,20 @@ class Outputs:
         else:
             self.output.discard_staging()
 
-    def commit_failed_errors(self, files: list[str], rows: int, why: str) -> None:
-        """A run that failed because too many rows failed: its error rows are committed to
-        the error output (its manifest says ``failed_run``), the output stays untouched."""
-        identity = {"submission_id": self.spec.run.submission_id, "run": self.spec.run.model_dump()}
-        manifest = commit.Manifest(rows=rows, extra={"failed_run": True, "failure": why[:1000]}, **identity)
-        self.errors.commit(files, manifest, self.spec.output.overwrite)
+    def keep_failed_errors(self, files: list[str], rows: int, why: str) -> str:
+        """A run that failed because too many rows failed: its error rows are kept in the
+        error output's work area for reading (``_raydllm/failed-run/``), not committed: the
+        output and the error output keep their committed versions. Returns where they are."""
+        record = {"failed_run": True, "submission_id": self.spec.run.submission_id, "run": self.spec.run.model_dump(),
+                  "rows": rows, "failure": why[:2000], "format": self.spec.output.format}  # fmt: skip
+        return self.errors.keep_failed_run(files, record)
 
     def commit(self, files: dict[str, list[str]], progress: resume.Progress, counts: dict[str, int], extra: dict) -> None:
         """Errors first: once the output's manifest names the new version, its errors are in place."""
         identity = {"submission_id": self.spec.run.submission_id, "run": self.spec.run.model_dump()}
         overwrite = self.spec.output.overwrite
         self.errors.commit(files["errors"], commit.Manifest(rows=counts["errors"], **identity), overwrite)
+        self.errors.drop_failed_run()  # an earlier failed run's rows: this version supersedes them
         self.output.commit(
             files["ok"] + progress.files, commit.Manifest(rows=counts["ok"], extra=extra, **identity), overwrite
         )

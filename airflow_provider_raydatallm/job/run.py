@@ -98,17 +98,21 @@ class JobIntegrityError(RuntimeError):
 
 
 class TooManyErrorRowsError(RuntimeError):
-    """More rows failed than the task allows: the output is not committed (the error rows
-    are, marked as from a failed run)."""
+    """More rows failed than the task allows: nothing is committed (the error rows are
+    kept beside the error output for reading)."""
+
+    def __init__(self, summary: str, shown: str):
+        super().__init__(f"{summary}. First errors: {shown}")
+        self.summary, self.shown = summary, shown
 
 
 def check_counts(
     rows_in: int, counts: dict[str, int], first_errors: list[dict[str, Any]], max_error_ratio: float,
-    files: dict[str, list[str]] | None = None, error_uri: str | None = None,
+    files: dict[str, list[str]] | None = None,
 ) -> None:  # fmt: skip
     """Fail the job, before anything is committed, when its rows do not add up, when a row
     counted as output never reached the processor, when two blocks wrote one file, or when
-    too many rows failed (``error_uri``: where the job then commits the error rows)."""
+    too many rows failed."""
     rows_out, error_rows = counts["ok"], counts["errors"]
     for kind, names in (files or {}).items():
         doubled = sorted({n for n in names if names.count(n) > 1})
@@ -128,11 +132,20 @@ def check_counts(
             for e in first_errors
         )
         why = "every row failed" if rows_out == 0 else f"more than max_error_ratio={max_error_ratio:g}"
-        raise TooManyErrorRowsError(
-            f"{error_rows} of {rows_in} rows failed ({why}); the output was not committed"
-            + (f"; the error rows are, to {error_uri} (its _SUCCESS says failed_run)" if error_uri else "")
-            + f". First errors: {shown}"
-        )
+        raise TooManyErrorRowsError(f"{error_rows} of {rows_in} rows failed ({why}); nothing was committed", shown)
+
+
+def _with_failed_rows(err: TooManyErrorRowsError, outputs: Outputs, files: list[str], rows: int) -> TooManyErrorRowsError:
+    """The failure, saying where its error rows were kept for reading (best effort: when
+    they cannot be kept, the failure says so and stays the error)."""
+    try:
+        where = outputs.keep_failed_errors(files, rows, str(err))
+    except Exception as keep_err:  # noqa: BLE001 (the rows are a debugging aid; the failure is what matters)
+        log.warning("could not keep this run's %d error rows for reading: %s", rows, keep_err)
+        return TooManyErrorRowsError(f"{err.summary}; its error rows could not be kept ({keep_err})", err.shown)
+    log.info("this run's %d error rows are kept for reading in %s (not committed)", rows, where)
+    return TooManyErrorRowsError(f"{err.summary}; its {rows} error rows are in {where} (kept for reading, not "
+                                 "committed)", err.shown)  # fmt: skip
 
 
 def _skip_written(ds: Any, progress: resume.Progress, spec: JobSpec, columns: list[str], rows_in: int, outputs: Outputs) -> tuple[Any, int, resume.Progress]:
@@ -222,10 +235,9 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
         try:
-            check_counts(rows_in, counts, first_errors, spec.max_error_ratio, files, spec.output.error_uri)
+            check_counts(rows_in, counts, first_errors, spec.max_error_ratio, files)
         except TooManyErrorRowsError as err:
-            outputs.commit_failed_errors(files["errors"], counts["errors"], str(err))
-            raise
+            raise _with_failed_rows(err, outputs, files["errors"], counts["errors"]) from None
         if not files["errors"]:  # readers of an error output without rows still get its columns
             files["errors"] += filter(None, [sink.write_empty_errors(outputs.errors.staging_uri, spec.output.format)])
     except BaseException:

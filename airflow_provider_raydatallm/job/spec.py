@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPEC_VERSION = 1
-# With should_continue_on_error, a run fails (and commits nothing) when more than this share
+# With should_continue_on_error, a run fails (and commits nothing; its error rows are kept for
+# reading in the error output's work area) when more than this share
 # of its rows failed: a tenth of the rows failing says something is wrong with the input, the
 # prompt or the model, not with a few odd rows.
 DEFAULT_MAX_ERROR_RATIO = 0.1

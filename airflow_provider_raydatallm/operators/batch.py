@@ -64,8 +64,9 @@ class RayLLMBatchOperator(BaseOperator):
         this provider did not write; by default such a directory is refused before the job runs.
     :param should_continue_on_error: send failing rows to the error output instead of failing.
     :param max_error_ratio: with ``should_continue_on_error``, fail the task (committing
-        nothing) when more than this share of the rows failed; default 0.1. A run where every
-        row failed always fails. ``1.0`` accepts any number of failed rows short of all.
+        nothing; the failed rows are kept for reading in ``<error_output_uri>/_raydllm/failed-run/``)
+        when more than this share of the rows failed; default 0.1. A run where every row
+        failed always fails. ``1.0`` accepts any number of failed rows short of all.
     :param ray_conn_id: the ``ray`` connection.
     :param http_conn_id: for ``HttpRequestProcessorConfig``: a connection to an OpenAI-compatible
         endpoint (host = base URL, password = API key, extra ``path`` and ``headers``). The key
@@ -86,7 +87,7 @@ class RayLLMBatchOperator(BaseOperator):
     :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
         codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
         characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
-        lines (start, progress, counts, commit) and every warning and error; ``"warnings"``
+        lines (start, what was read, counts, commit) and every warning and error; ``"warnings"``
         warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
         the Ray dashboard (the task's "Ray job" link).
     :param resume: with ``id_column`` set, a retry of a try that failed midway processes only

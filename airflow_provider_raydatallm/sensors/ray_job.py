@@ -35,9 +35,9 @@ class RayJobSensor(BaseSensorOperator):
     :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
         codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
         characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
-        lines (start, progress, counts, commit) and every warning and error; ``"warnings"``
+        lines (start, what was read, counts, commit) and every warning and error; ``"warnings"``
         warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
-        the Ray dashboard (the task's "Ray job" link).
+        the Ray dashboard. Deferrable mode only: in poke mode the sensor reads the status alone.
     """
 
     template_fields: Sequence[str] = ("job_id",)

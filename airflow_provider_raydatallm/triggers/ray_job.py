@@ -13,6 +13,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_raydatallm.hooks.ray import RayHook
+from airflow_provider_raydatallm.relay import choice
 from airflow_provider_raydatallm.watch import (
     DEFAULT_RETRY_BUDGET,
     JobWatch,
@@ -99,7 +100,7 @@ class RayJobTrigger(BaseTrigger):
     :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
         codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
         characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
-        lines (start, progress, counts, commit) and every warning and error; ``"warnings"``
+        lines (start, what was read, counts, commit) and every warning and error; ``"warnings"``
         warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
         the Ray dashboard (the task's "Ray job" link).
     :param log_offset: characters of the job log the task log already has.
@@ -217,13 +218,14 @@ class RayJobTrigger(BaseTrigger):
         )  # fmt: skip
         try:
             offset = self.log_offset
-            if self.fetch_logs:
+            following = choice(self.fetch_logs) != "none"
+            if following:
                 saved = await self._saved_offset()
                 if saved > offset:
                     self.log.info("Carrying on with Ray job %s's log at character %d (what came before is above)",
                                   self.job_id, saved)  # fmt: skip
                     offset = saved
-            watch = JobWatch(hook, self.job_id, policy, self.log, offset, self._save_offset if self.fetch_logs else None)
+            watch = JobWatch(hook, self.job_id, policy, self.log, offset, self._save_offset if following else None)
             event = await watch.run()
             yield TriggerEvent(event.to_payload())
         finally:

@@ -108,3 +108,7 @@ def test_a_ray_job_reads_and_writes_s3_and_a_rerun_replaces_its_version(
     empty_errors = pq.read_table(f"raydllm-test/job/out/_errors/{empty}", filesystem=fs)
     assert empty_errors.num_rows == errors["rows"] == 0 and empty_errors.column_names == list(rows.ERROR_COLUMNS)
     assert not set(third["files"]) & set(first["files"]) and third["rows"] == 6
+    from airflow_provider_raydatallm.reading import read_committed  # what a downstream task reads
+
+    assert sorted(read_committed("s3://raydllm-test/job/out").column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
+    assert read_committed("s3://raydllm-test/job/out/_errors").num_rows == 0

@@ -13,7 +13,6 @@ import pytest
 
 from airflow_provider_raydatallm.examples import customer_rows, write_customers_csv, write_jsonl
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
-from airflow_provider_raydatallm.job.commit import committed_files
 from airflow_provider_raydatallm.relay import MAX_LINE_CHARS
 
 pytestmark = pytest.mark.system
@@ -134,7 +133,7 @@ def test_failed_rows_in_every_block_leave_the_other_rows_inferred(test_dags, tmp
           f"out {metrics['output_tokens']}")  # fmt: skip
 
 
-def test_a_run_where_every_row_failed_fails_and_commits_only_its_error_rows_with_the_models_text(
+def test_a_run_where_every_row_failed_commits_nothing_and_keeps_its_error_rows_with_the_models_text(
     test_dags, tmp_path, capfd
 ):
     customers = write_customers_csv(tmp_path / "c.csv", 8)
@@ -142,14 +141,18 @@ def test_a_run_where_every_row_failed_fails_and_commits_only_its_error_rows_with
     run = test_dags.run("test_every_row_fails_on_error", {"input": str(customers), "output": str(out)})
     assert test_dags.states(run) == {"classify": "failed"}
     logged = capfd.readouterr().out
-    assert "8 of 8 rows failed (every row failed); the output was not committed; the error rows are, to " in logged
+    kept = out / "_errors" / "_raydllm" / "failed-run"
+    assert f"8 of 8 rows failed (every row failed); nothing was committed; its 8 error rows are in {kept} " in logged
     assert "row 1 (postprocess): ValueError: this postprocess wants JSON: echo: What i" in logged
     assert "[the model answered 'echo: " in logged
-    # The output is untouched (no version of it); its error output holds the failed run's rows.
-    assert not (out / "_SUCCESS").exists() and sorted(p.name for p in out.iterdir()) == ["_errors"]
-    manifest = json.loads((out / "_errors" / "_SUCCESS").read_text())
-    assert manifest["failed_run"] is True and manifest["rows"] == 8
-    errors = pq.read_table(committed_files(str(out / "_errors")))
+    # No committed version anywhere: no _SUCCESS, no data file; the rows are kept for reading.
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        f"_errors/_raydllm/failed-run/{name}" for name in [*json.loads((kept / "failed-run.json").read_text())["files"],
+                                                         "failed-run.json"]
+    )  # fmt: skip
+    record = json.loads((kept / "failed-run.json").read_text())
+    assert record["failed_run"] is True and record["rows"] == 8 and "8 of 8 rows failed" in record["failure"]
+    errors = pq.read_table([str(kept / f) for f in record["files"]])
     assert sorted(errors.column("row_id").to_pylist(), key=int) == [str(i) for i in range(1, 9)]
     assert set(errors.column("stage").to_pylist()) == {"postprocess"}
     answers = errors.column("model_output").to_pylist()

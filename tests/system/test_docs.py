@@ -16,8 +16,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_provider_raydatallm.configs import default_model_path
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.commit import committed_files
+from airflow_provider_raydatallm.reading import read_committed
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.system
@@ -41,6 +43,26 @@ def test_the_page_marks_its_blocks_and_every_python_block_runs():
     assert len(fenced) == len(marked) and {m[2] for m in marked} == {"python", "csv", "bash"}, fenced
     for body in [_blocks("file")["ticket_triage.py"], *_blocks("python")]:
         exec(compile(body, str(PAGE), "exec"), {"__name__": "docs_block"})
+
+
+def test_the_pages_reading_functions_read_a_real_error_output_and_a_failed_runs_rows(tmp_path):
+    import pyarrow as pa
+
+    from airflow_provider_raydatallm.job import rows, sink
+    from airflow_provider_raydatallm.job.commit import Manifest, OutputDir
+
+    (body,) = [b for b in _blocks("python") if "def failed_run_rows" in b]
+    namespace: dict = {"__name__": "docs_reading"}
+    exec(compile(body, str(PAGE), "exec"), namespace)
+    uri, owner = f"file://{tmp_path}/out/_errors", {"dag_id": "ticket_triage", "task_id": "triage"}
+    record = {"row_id": "T-1", "stage": "postprocess", "error": "JSONDecodeError: Unterminated string", "row": "{}",
+              "model_output": '{"category": "bil', "input_tokens": 61, "output_tokens": 60}  # fmt: skip
+    table = pa.Table.from_pylist([record], schema=rows.error_schema())
+    day = OutputDir(uri, "job-a1", owner)
+    day.commit([sink.write_table(table, day.staging_uri, "block-1.parquet", "parquet")], Manifest(rows=1), False)
+    failed = OutputDir(uri, "job-a2", owner)
+    failed.keep_failed_run([sink.write_table(table, failed.staging_uri, "block-2.parquet", "parquet")], {"rows": 1})
+    assert namespace["error_rows"](uri) == namespace["failed_run_rows"](uri) == [record]
 
 
 def _structured_output_functions() -> dict:
@@ -107,6 +129,7 @@ def test_the_dag_written_from_the_page_runs_first_time_outside_the_repository(ra
         (folder / name).write_text(body)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(ray_cluster)
+    env["RAYDLLM_MODEL"] = default_model_path()  # as the page says: the model the cluster reads
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
     (commands,) = _blocks("bash")
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=folder, env=env, capture_output=True,
@@ -114,8 +137,7 @@ def test_the_dag_written_from_the_page_runs_first_time_outside_the_repository(ra
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
     day = folder / "triage" / "out" / "2026-11-30"
-    table = pq.read_table(committed_files(str(day)))
-    errors = pq.read_table(committed_files(str(day / "_errors")))
+    table, errors = read_committed(str(day)), read_committed(str(day / "_errors"))
     tickets = [line.split(",", 1)[0] for line in (folder / "tickets.csv").read_text().splitlines()[1:]]
     assert sorted(table.column("ticket_id").to_pylist() + errors.column("row_id").to_pylist()) == sorted(tickets)
     assert table.column_names == ["ticket_id", "category", "urgency"] and table.num_rows >= 5, errors.to_pylist()

@@ -188,3 +188,32 @@ def test_a_failed_attempt_removes_only_what_it_created(tmp_path):
     assert not (tmp_path / "new-out").exists()  # created by the attempt: gone
     assert mine.is_dir() and not list(mine.iterdir())  # the user's empty directory stays
 
+
+
+def test_a_failed_runs_error_rows_are_kept_beside_the_committed_version_and_dropped_by_the_next_success(tmp_path):
+    """Invariant: a run failing on max_error_ratio changes no committed version (output and
+    error output read back exactly as before), yet its error rows can be read; the next
+    successful commit removes them and leaves nothing of them behind."""
+    errors_uri = str(tmp_path / "out" / "_errors")
+    _commit(errors_uri, "job-a1", {"block-e1.jsonl": "old error"})  # a successful day: 1 error row
+    before = committed_files(errors_uri)
+    failed = OutputDir(errors_uri, "job-a2", OWNER)
+    failed.recover()
+    where = failed.keep_failed_run(_stage(failed, {"block-f1.jsonl": "f1", "block-f2.jsonl": "f2"}),
+                                   {"failed_run": True, "rows": 2, "failure": "2 of 2 rows failed"})  # fmt: skip
+    assert committed_files(errors_uri) == before and _data(tmp_path / "out" / "_errors") == ["old error"]
+    kept = tmp_path / "out" / "_errors" / "_raydllm" / "failed-run"
+    assert where == str(kept) and sorted(p.name for p in kept.iterdir()) == ["block-f1.jsonl", "block-f2.jsonl",
+                                                                              "failed-run.json"]  # fmt: skip
+    record = json.loads((kept / "failed-run.json").read_text())
+    assert record["failed_run"] is True and record["files"] == ["block-f1.jsonl", "block-f2.jsonl"]
+    assert record["owner"]["task_id"] == "t" and not (tmp_path / "out" / "_errors" / "_raydllm" / "staging").exists()
+    assert failed.foreign_files() == [] and failed.check_owned(False) == []  # not foreign to the task's next run
+
+    again = OutputDir(errors_uri, "job-a3", OWNER)  # another failed run replaces the kept rows
+    again.keep_failed_run(_stage(again, {"block-g1.jsonl": "g1"}), {"rows": 1})
+    assert sorted(p.name for p in kept.iterdir()) == ["block-g1.jsonl", "failed-run.json"]
+
+    success = _commit(errors_uri, "job-a4", {"block-e2.jsonl": "new error"})
+    success.drop_failed_run()
+    assert _data(tmp_path / "out" / "_errors") == ["new error"] and not kept.exists()

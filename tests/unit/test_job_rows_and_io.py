@@ -115,8 +115,9 @@ def test_job_fails_when_too_many_or_all_rows_failed():
         check_counts(100, _counts(ok=89, errors=11), first, 0.1)
     with pytest.raises(TooManyErrorRowsError, match=r"every row failed.*row 3 \(preprocess\): ValueError: no"):
         check_counts(4, _counts(errors=4), first, 1.0)
-    with pytest.raises(TooManyErrorRowsError, match=r"the output was not committed; the error rows are, to s3://b/e \("):
-        check_counts(4, _counts(errors=4), first, 1.0, error_uri="s3://b/e")
+    with pytest.raises(TooManyErrorRowsError, match=r"4 of 4 rows failed \(every row failed\); nothing was committed\. "
+                                                     r"First errors: row 3"):
+        check_counts(4, _counts(errors=4), first, 1.0)
     cut = [{"row_id": "5", "stage": "postprocess", "error": "JSONDecodeError: x", "model_output": '{"a": ' + "9" * 500}]
     with pytest.raises(TooManyErrorRowsError, match=r"row 5 \(postprocess\): JSONDecodeError: x \[the model answered '\{\"a\": 9+'\]") as err:
         check_counts(4, _counts(errors=4), cut, 1.0)
