@@ -84,6 +84,35 @@ def check_id_column(id_column: str | None, columns: list[str]) -> None:
         raise PreflightError(f"id_column {id_column!r} is not a column of the input; its columns are: {', '.join(columns)}")
 
 
+def check_types(types: bytes) -> None:
+    """Refuse, before inference, an input column whose values Ray Data cannot hand to the
+    callables and back: a map whose keys and values differ in type (Ray turns a map into a
+    list of [key, value] pairs, which then mixes types and cannot be stored)."""
+    if not types:
+        return
+    import pyarrow as pa
+
+    def mixed_maps(kind: Any, where: str) -> list[str]:
+        if pa.types.is_map(kind):
+            found = [where] if kind.key_type != kind.item_type else []
+            return found + mixed_maps(kind.item_type, f"{where} (its values)")
+        if pa.types.is_struct(kind):
+            return [m for i in range(kind.num_fields) for m in mixed_maps(kind.field(i).type, f"{where}.{kind.field(i).name}")]
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            return mixed_maps(kind.value_type, f"{where}[]")
+        return []
+
+    schema = pa.ipc.read_schema(pa.py_buffer(types))
+    for field in schema:
+        bad = mixed_maps(field.type, repr(field.name))
+        if bad:
+            raise PreflightError(
+                f"input column {bad[0]} is a {field.type}: Ray Data hands a map to the callables as a list of "
+                "[key, value] pairs, which cannot be stored when keys and values differ in type. Turn it into "
+                "a struct or a JSON string before this task, or drop it with input_columns."
+            )
+
+
 def run_all(spec: JobSpec, tag: str) -> None:
     check_input(spec.input.uris)
     check_model(spec.processor.type, spec.processor.kwargs)

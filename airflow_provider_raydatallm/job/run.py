@@ -60,21 +60,30 @@ def bound_memory() -> None:
 def _probe(table: Any) -> Any:
     import pyarrow as pa
 
-    return pa.table({"rows": [table.num_rows], "columns": [json.dumps(table.column_names)]})
+    return pa.table({"rows": [table.num_rows], "columns": [json.dumps(table.column_names)],
+                     "schema": [table.schema.remove_metadata().serialize().to_pybytes()]})  # fmt: skip
 
 
-def columns_and_rows(ds: Any, fmt: str) -> tuple[list[str], int]:
-    """The input's columns and row count. Parquet files say both in their footers; a text
-    input is read once, streaming, block by block: ``schema()`` would read a whole file to
-    give one row, and hold what it read."""
+def columns_and_rows(ds: Any, fmt: str) -> tuple[list[str], int, bytes]:
+    """The input's columns, row count and Arrow schema (serialized: the types the output's
+    pass-through columns are given back, ``sink.restore_types``). Parquet files say all in
+    their footers; a text input is read once, streaming, block by block: ``schema()`` would
+    read a whole file to give one row, and hold what it read."""
+    import pyarrow as pa
+
     if fmt == "parquet":
-        return list(ds.schema().names), ds.count()
+        schema = ds.schema()
+        arrow = getattr(schema, "base_schema", None)
+        types = arrow.serialize().to_pybytes() if isinstance(arrow, pa.Schema) else b""
+        return list(schema.names), ds.count(), types
     probes = ds.map_batches(_probe, batch_format="pyarrow", batch_size=None).take_all()
     columns = next((json.loads(p["columns"]) for p in probes if p["rows"]), None)
     if columns is None:  # no rows: the schema Ray infers for an empty read
         schema = ds.schema()
         columns = list(schema.names) if schema is not None else []
-    return columns, sum(int(p["rows"]) for p in probes)
+    schemas = [pa.ipc.read_schema(pa.py_buffer(p["schema"])) for p in probes if p["rows"]]
+    types = pa.unify_schemas(schemas, promote_options="permissive").serialize().to_pybytes() if schemas else b""
+    return columns, sum(int(p["rows"]) for p in probes), types
 
 
 def block_rows(rows: int, partitions: int) -> int:
@@ -171,13 +180,14 @@ def _skip_written(ds: Any, progress: resume.Progress, spec: JobSpec, columns: li
     return left, remaining, progress
 
 
-def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs) -> tuple[Any, list[str], int, int, resume.Progress]:
+def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs) -> tuple[Any, list[str], int, int, resume.Progress, bytes]:
     """The input, less what earlier tries wrote, cut into bounded blocks: (dataset, input
-    columns, rows in, partitions, progress)."""
+    columns, rows in, partitions, progress, the input's Arrow schema serialized)."""
     bound_memory()
     ds = io.read_input(spec.input)
-    columns, rows_in = columns_and_rows(ds, spec.input.format)
+    columns, rows_in, types = columns_and_rows(ds, spec.input.format)
     preflight.check_id_column(spec.input.id_column, columns)
+    preflight.check_types(types)
     to_process = rows_in
     if progress.rows:
         ds, to_process, progress = _skip_written(ds, progress, spec, columns, rows_in, outputs)
@@ -189,11 +199,12 @@ def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs
     )  # fmt: skip
     # Streaming repartition: blocks are cut as rows arrive, never the whole input at once
     # (repartition(n) is an all-to-all step that holds every row in the object store).
-    return ds.repartition(target_num_rows_per_block=rows_per_block), columns, rows_in, partitions, progress
+    return ds.repartition(target_num_rows_per_block=rows_per_block), columns, rows_in, partitions, progress, types
 
 
 def process(
-    spec: JobSpec, config: Any, user: tuple[Any, Any], ds: Any, columns: list[str], outputs: Outputs, empty: bool
+    spec: JobSpec, config: Any, user: tuple[Any, Any], ds: Any, columns: list[str], outputs: Outputs, empty: bool,
+    types: bytes = b"",
 ) -> tuple[dict, list, dict, str]:
     """One streaming pass: every block is written (good rows to the output's staging, error
     records to the error output's) as it leaves the processor; only tallies come back.
@@ -209,7 +220,7 @@ def process(
         postprocess=rows.Postprocess(postprocess, columns, go_on, rows.RESULT_COLUMNS.get(spec.processor.type, ())),
     )
     write = sink.WriteBlock(outputs.output.staging_uri, outputs.errors.staging_uri, spec.output.format, columns,
-                            record=outputs.resumable)  # fmt: skip
+                            record=outputs.resumable, input_types=types)  # fmt: skip
     # Materializing the tallies holds one small row per block, and keeps the pass's stats.
     tallies = processor(ds).map_batches(write, batch_format="pyarrow", batch_size=None).materialize()
     counts, first_errors, files = sink.totals(tallies.take_all())
@@ -230,8 +241,9 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     outputs.claim()  # before any actor or engine starts
     try:
         preflight.run_all(spec, tag)
-        ds, columns, rows_in, partitions, progress = read(spec, config, outputs.progress(), outputs)
-        counts, first_errors, files, stats_text = process(spec, config, user, ds, columns, outputs, rows_in == progress.rows)
+        ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
+        counts, first_errors, files, stats_text = process(spec, config, user, ds, columns, outputs,
+                                                          rows_in == progress.rows, types)  # fmt: skip
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
         try:

@@ -138,14 +138,82 @@ def storable(table: Any, row_ids: list[str], fmt: str) -> Any:
     return table
 
 
+def _drifted(have: Any, want: Any) -> bool:
+    """Whether ``have`` is what Ray's row conversion makes of an input column of type
+    ``want`` passed through the callables: a timestamp without its zone or in another unit,
+    a decimal of another precision, integers as floats (a block with nulls goes through
+    pandas), an all-null block's null type, or a nested type holding one of those."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_null(have):
+        return True
+    if t.is_timestamp(have) and (t.is_timestamp(want) or t.is_date(want)):
+        return True
+    if t.is_decimal(have) and t.is_decimal(want):
+        return True
+    if t.is_integer(want) and (t.is_floating(have) or t.is_integer(have)):
+        return True
+    if t.is_dictionary(want) and have == want.value_type:  # Ray decodes dictionary columns
+        return True
+    if t.is_map(want) and t.is_list(have):  # Ray hands maps over as lists of [key, value]
+        return True
+    nested = (t.is_list, t.is_large_list, t.is_struct, t.is_map)
+    return any(kind(have) and kind(want) for kind in nested)
+
+
+def _map_from_pairs(column: Any, want: Any) -> Any:
+    """A map column rebuilt from the lists of [key, value] pairs Ray made of it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pairs = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    inner = pairs.flatten()
+    keys = pc.cast(pc.list_element(inner, 0), want.key_type)
+    items = pc.cast(pc.list_element(inner, 1), want.item_type)
+    return pa.MapArray.from_arrays(pairs.offsets, keys, items, mask=pc.is_null(pairs) if pairs.null_count else None)
+
+
+def restore_types(table: Any, input_types: bytes) -> Any:
+    """Give a column the postprocess passed through (same name as an input column) its
+    input type back when Ray's conversion changed it (``_drifted``): a time-zone-aware
+    timestamp keeps its zone (Ray hands back naive UTC values), a decimal its precision,
+    an integer column with nulls stays integer. A column the postprocess changed on purpose
+    (another kind of value), or one the cast would change (an integer column holding 4.5),
+    is written as the postprocess returned it."""
+    if not input_types:
+        return table
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = pa.ipc.read_schema(pa.py_buffer(input_types))
+    for index, field in enumerate(table.schema):
+        if field.name not in schema.names:
+            continue
+        want = schema.field(field.name).type
+        if field.type == want or not _drifted(field.type, want):
+            continue
+        try:
+            if pa.types.is_map(want) and pa.types.is_list(field.type):
+                column = _map_from_pairs(table.column(index), want)
+            else:
+                column = pc.cast(table.column(index), want, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            continue
+        table = table.set_column(index, pa.field(field.name, want), column)
+    return table
+
+
 class WriteBlock:
     """Split one processed block into output rows and error records, write both, and
     return the block's tally."""
 
-    def __init__(self, ok_uri: str, error_uri: str, fmt: str, columns: list[str], record: bool = False):
-        """``record``: note each written block in ``_blocks/`` (resumable runs)."""
+    def __init__(self, ok_uri: str, error_uri: str, fmt: str, columns: list[str], record: bool = False,
+                 input_types: bytes = b""):  # fmt: skip
+        """``record``: note each written block in ``_blocks/`` (resumable runs);
+        ``input_types``: the input's Arrow schema, serialized (``restore_types``)."""
         self.ok_uri, self.error_uri, self.fmt, self.columns = ok_uri, error_uri, fmt, columns
-        self.record = record
+        self.record, self.input_types = record, input_types
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -165,6 +233,7 @@ class WriteBlock:
         if ok_rows:
             kept = table.filter(pa.array(good))
             kept = storable(kept.select(output_columns(kept)), [str(r.get(rows.ROW_ID)) for r in ok_rows], self.fmt)
+            kept = restore_types(kept, self.input_types)
             ok_file = write_table(kept, self.ok_uri, name, self.fmt)
             if self.record:
                 record_block(self.ok_uri, name, ok_rows, tally)
