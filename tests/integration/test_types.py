@@ -64,7 +64,7 @@ def _keep_all(row):  # passes every input column through, as most postprocesses 
     return {**{k: v for k, v in row.items() if k in COLUMNS}, "answer": row["http_response"]["choices"][0]["message"]["content"]}
 
 
-COLUMNS = SCHEMA.names
+COLUMNS = [*SCHEMA.names, "created_at", "amount"]  # the typed table's and the CSV's columns
 
 
 def _run(tmp_path, echo_endpoint, source, fmt: str) -> tuple[RayJobStatus, str, str]:
