@@ -45,6 +45,16 @@ def test_the_page_marks_its_blocks_and_every_python_block_runs():
         exec(compile(body, str(PAGE), "exec"), {"__name__": "docs_block"})
 
 
+def test_the_complete_example_of_operators_md_parses_into_a_dag():
+    text = (ROOT / "docs" / "operators.md").read_text()
+    body = re.search(r"## A complete example.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {"__name__": "docs_operators"}
+    exec(compile(body, "docs/operators.md", "exec"), namespace)  # the operator checks its arguments here
+    op = namespace["preprocess"]({"Company": "Acme Law LLP"})
+    assert op["sampling_params"]["structured_outputs"]["choice"] == namespace["CHOICES"]
+    assert namespace["postprocess"]({"generated_text": "Retail", "Company": "A"})["inferred_industry"] == "Retail"
+
+
 def test_the_pages_reading_functions_read_a_real_error_output_and_a_failed_runs_rows(tmp_path):
     import pyarrow as pa
 
