@@ -58,6 +58,13 @@ POLL_JITTER = 0.1
 STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 
 
+# The job's own lines go to the task log through this short-named logger (Airflow shows a
+# record's logger name beside it; the operator's or trigger's is ~90 characters). In the
+# triggerer a record reaches the task's log by the trigger it was logged under, whatever
+# the logger; on a worker every logger goes to the task log.
+RELAYED = logging.getLogger("ray.job")
+
+
 def is_transient(err: Exception) -> bool:
     """A failed read worth repeating: nothing answered, 429, any 5xx (500 included), or an
     answer that is not Ray's JSON (a proxy's error page). Not 401/403/404 or other 4xx."""
@@ -292,7 +299,7 @@ class JobWatch:
             for line in lines:
                 relayed = self.relay(line)
                 if relayed is not None:
-                    self.log.log(relayed[0], "%s", relayed[1])
+                    RELAYED.log(relayed[0], "%s", relayed[1])
                 if time.monotonic() - last_yield > YIELD_EVERY_SECONDS:  # other triggers run meanwhile
                     await asyncio.sleep(0)
                     last_yield = time.monotonic()

@@ -3,6 +3,8 @@ can carry on from; which pending demands no node can meet; what counts as transi
 
 from __future__ import annotations
 
+import logging
+
 from airflow_provider_raydatallm.exceptions import RayAPIError, RayClusterUnreachableError, RayJobNotFoundError
 from airflow_provider_raydatallm.hooks import _state_api as state
 from airflow_provider_raydatallm.watch import JobWatch, WaitPolicy, is_transient
@@ -15,22 +17,23 @@ class _Log:
     def info(self, fmt, *args):
         self.lines.append(fmt % args)
 
-    def log(self, level, fmt, *args):
-        self.lines.append((fmt % args).removeprefix("[ray] "))
 
 
-async def test_lines_are_written_whole_after_their_offset_is_saved():
+async def test_lines_are_written_whole_after_their_offset_is_saved(caplog):
     saved: list[tuple[int, int]] = []
-    log = _Log()
+    caplog.set_level(logging.INFO, logger="ray.job")
+
+    def relayed() -> list[str]:
+        return [r.getMessage().removeprefix("[ray] ") for r in caplog.records if r.name == "ray.job"]
 
     async def checkpoint(offset: int) -> None:
-        saved.append((offset, len(log.lines)))  # saved before the lines it covers are written
+        saved.append((offset, len(relayed())))  # saved before the lines it covers are written
 
-    watch = JobWatch(None, "j", WaitPolicy(), log, log_offset=10, checkpoint=checkpoint)
+    watch = JobWatch(None, "j", WaitPolicy(), _Log(), log_offset=10, checkpoint=checkpoint)
     await watch._emit("a\nb\npar")
     await watch._emit("tial\n")
     await watch._emit("end", final=True)
-    assert log.lines == ["a", "b", "partial", "end"]
+    assert relayed() == ["a", "b", "partial", "end"]
     assert saved == [(14, 0), (22, 2), (25, 3)] and watch.offset == 25
 
 
