@@ -126,7 +126,7 @@ class LineRelay:
             message = _mask(message)
         if len(message) > self.max_chars:
             cut = len(message) - self.max_chars
-            message = f"{message[: self.max_chars]} ... [{cut} more characters: the whole line is in the Ray job's log]"
+            message = f"{message[: self.max_chars]} ... [+{cut} characters: the whole line is in the Ray job's log]"
         return level, f"{PREFIX}:{source}] {message}" if source else f"{PREFIX}] {message}"
 
     def parse(self, line: str) -> tuple[str, int, str]:

@@ -98,7 +98,7 @@ with _dag("test_questions_sync"):
 
 with _dag("test_industries_deferred"):
     _batch(
-        processor_config=cpu_vllm_config(batch_size=8), preprocess=preprocess, postprocess=postprocess,
+        processor_config=cpu_vllm_config(batch_size=4), preprocess=preprocess, postprocess=postprocess,
         output_uri="{{ params.output }}/{{ ds }}", id_column="Customer Id", deferrable=True,
     )  # fmt: skip
 

@@ -109,7 +109,7 @@ class RealAirflow:
                 pass
         for component, proc in list(self.procs.items()):
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)  # the drills are over: a slow graceful exit buys nothing
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
             self.procs.pop(component, None)

@@ -18,8 +18,8 @@ from airflow_provider_raydatallm.relay import MAX_LINE_CHARS
 pytestmark = pytest.mark.system
 
 QUESTIONS = ["What is the weather like today?", "Tell me a joke.", "Give me a motivational quote.", "What is 2+2?"]
-ROWS = 24  # three blocks at batch_size 8; a small model on 2 CPU cores takes ~1 s a row under load
-LOG_LINES_BOUND = 250  # relayed job-log lines of a 4-row run (201 measured on 2026-12-01)
+ROWS = 12  # three blocks at batch_size 4; a small model on 2 CPU cores takes ~1 s a row under load
+LOG_LINES_BOUND = 250  # relayed job-log lines of a 4-row run (197-201 measured on 2026-12-01)
 CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
            "Real Estate", "Other"]  # fmt: skip
 
@@ -59,7 +59,8 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd):
     assert any(line.startswith("[ray:vLLMEngineStageUDF pid=") for line in relayed), relayed[:20]
     assert any(line.startswith("[ray:raydllm] ") for line in relayed), relayed[:20]
     assert not any("\x1b" in line for line in relayed)
-    assert max(map(len, relayed)) <= MAX_LINE_CHARS + 100 and len(relayed) <= LOG_LINES_BOUND, len(relayed)
+    # At most MAX_LINE_CHARS of a line, plus its source prefix and the note on where the rest is.
+    assert max(map(len, relayed)) <= MAX_LINE_CHARS + 120 and len(relayed) <= LOG_LINES_BOUND, len(relayed)
 
 
 def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):

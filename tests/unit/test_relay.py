@@ -54,7 +54,7 @@ def test_every_line_loses_its_colour_codes_timestamps_and_ray_prefix_and_keeps_i
 def test_a_long_line_is_cut_saying_where_the_whole_line_is():
     (level, text), = _relay(lines=["x" * 5000])
     assert level == logging.INFO and len(text) < MAX_LINE_CHARS + 100
-    assert text.endswith("... [4600 more characters: the whole line is in the Ray job's log]")
+    assert text.endswith("... [+4600 characters: the whole line is in the Ray job's log]")
 
 
 def test_summary_keeps_the_providers_lines_and_every_warning_and_error():
