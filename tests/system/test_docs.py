@@ -13,12 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_raydatallm.configs import default_model_path
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
-from airflow_provider_raydatallm.job.commit import committed_files
 from airflow_provider_raydatallm.reading import read_committed
 from tests.conftest import ROOT
 
@@ -104,7 +102,7 @@ def test_the_structured_output_examples_constrain_the_real_engine(ray_conn, tmp_
         return functions[row["function"]](row)
 
     def answer(row):
-        return {"function": row["function"], "answer": row["generated_text"]}
+        return {"function": row["function"], "answer": row["generated_text"], "keys": sorted(row)}
 
     source = tmp_path / "rows.jsonl"
     text = "Win a free cruise now, click here"
@@ -121,7 +119,14 @@ def test_the_structured_output_examples_constrain_the_real_engine(ray_conn, tmp_
         assert time.monotonic() < deadline, RayHook().get_job_logs(job_id)[-3000:]
         time.sleep(2)
     assert status is RayJobStatus.SUCCEEDED, RayHook().get_job_logs(job_id)[-3000:]
-    answers = {r["function"]: r["answer"] for r in pq.read_table(committed_files(str(tmp_path / "out"))).to_pylist()}
+    table = read_committed(str(tmp_path / "out"))
+    answers = {r["function"]: r["answer"] for r in table.to_pylist()}
+    # What the page says the postprocess gets from the vLLM processor: the input row, the
+    # preprocess's keys and the engine's.
+    (documented,) = re.findall(r"\| `vLLMEngineProcessorConfig` \|[^|]*\|([^|]*)\|", PAGE.read_text())
+    promised = set(re.findall(r"`(\w+)`", documented))
+    for keys in table.column("keys").to_pylist():
+        assert promised | {"function", "text", "date", "messages", "sampling_params"} <= set(keys), keys
     print(f"\nstructured outputs from the default model: {answers}")
     assert answers["pick_a_label"] in ("positive", "negative", "neutral")
     parsed = json.loads(answers["fill_a_json_schema"])
