@@ -59,10 +59,10 @@ STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 
 
 # The job's own lines go to the task log through this short-named logger (Airflow shows a
-# record's logger name beside it; the operator's or trigger's is ~90 characters). In the
-# triggerer a record reaches the task's log by the trigger it was logged under, whatever
-# the logger; on a worker every logger goes to the task log.
-RELAYED = logging.getLogger("ray.job")
+# record's logger name beside it; the operator's or trigger's is ~90 characters). Under
+# "airflow.task" it reaches the task log wherever the task runs: a worker, the triggerer (by
+# the trigger it was logged under) and dag.test().
+RELAYED = logging.getLogger("airflow.task.ray")
 
 
 def is_transient(err: Exception) -> bool:

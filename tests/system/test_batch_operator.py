@@ -19,7 +19,7 @@ pytestmark = pytest.mark.system
 
 QUESTIONS = ["What is the weather like today?", "Tell me a joke.", "Give me a motivational quote.", "What is 2+2?"]
 ROWS = 12  # three blocks at batch_size 4; a small model on 2 CPU cores takes ~1 s a row under load
-LOG_LINES_BOUND = 250  # relayed job-log lines of a 4-row run (197-201 measured on 2026-12-01)
+LOG_LINES_BOUND = 220  # relayed job-log lines of a 4-row run, progress aside (~200 measured on 2026-12-01)
 CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
            "Real Estate", "Other"]  # fmt: skip
 
@@ -54,13 +54,15 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd):
     logged = capfd.readouterr().out
     assert f"Ray job {result['submission_id']}: its log follows" in logged
     # The job's log reads top to bottom: no colour codes, short lines, attributed, bounded.
-    relayed = [line[line.index("[ray"):].split(" [ray.job] loc=", 1)[0] for line in logged.splitlines()
-               if " [ray.job] loc=" in line]  # the message, without Airflow's timestamp and logger
+    relayed = [line[line.index("[ray"):].split(" [airflow.task.ray]", 1)[0] for line in logged.splitlines()
+               if "[airflow.task.ray]" in line and "[ray" in line]  # the message, without Airflow's parts
     assert any(line.startswith("[ray:vLLMEngineStageUDF pid=") for line in relayed), relayed[:20]
     assert any(line.startswith("[ray:raydllm] ") for line in relayed), relayed[:20]
     assert not any("\x1b" in line for line in relayed)
     # At most MAX_LINE_CHARS of a line, plus its source prefix and the note on where the rest is.
-    assert max(map(len, relayed)) <= MAX_LINE_CHARS + 120 and len(relayed) <= LOG_LINES_BOUND, len(relayed)
+    assert max(map(len, relayed)) <= MAX_LINE_CHARS + 120
+    # Bounded: Ray Data's progress comes once a minute (a dozen lines), the rest is fixed.
+    assert len(relayed) <= LOG_LINES_BOUND + 12 * metrics["wall_seconds"] / 60, len(relayed)
 
 
 def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):

@@ -162,4 +162,6 @@ def test_the_dag_written_from_the_page_runs_first_time_outside_the_repository(ra
     counted = re.search(r"Done\. Returned value was: (\{'tickets': \d+, 'urgent': \d+, 'failed': \d+\})", log)
     assert counted, log[-3000:]
     assert eval(counted.group(1))["tickets"] == table.num_rows  # noqa: S307 (a dict literal Airflow printed)
-    assert "\x1b[" not in "\n".join(line for line in log.splitlines() if "[ray" in line)
+    relayed = [line for line in log.splitlines() if "[ray:" in line or "[ray] " in line]
+    assert any("[ray:raydllm] committed" in line for line in relayed), log[-3000:]  # the job's log is in the output
+    assert "\x1b[" not in "\n".join(relayed)

@@ -21,10 +21,10 @@ class _Log:
 
 async def test_lines_are_written_whole_after_their_offset_is_saved(caplog):
     saved: list[tuple[int, int]] = []
-    caplog.set_level(logging.INFO, logger="ray.job")
+    caplog.set_level(logging.INFO, logger="airflow.task.ray")
 
     def relayed() -> list[str]:
-        return [r.getMessage().removeprefix("[ray] ") for r in caplog.records if r.name == "ray.job"]
+        return [r.getMessage().removeprefix("[ray] ") for r in caplog.records if r.name == "airflow.task.ray"]
 
     async def checkpoint(offset: int) -> None:
         saved.append((offset, len(relayed())))  # saved before the lines it covers are written
