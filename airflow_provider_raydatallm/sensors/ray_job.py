@@ -32,12 +32,9 @@ class RayJobSensor(BaseSensorOperator):
         ``"{{ ti.xcom_pull(task_ids='submit')['submission_id'] }}"``.
     :param ray_conn_id: the ``ray`` connection.
     :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
-    :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
-        codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
-        characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
-        lines (start, what was read, counts, commit) and every warning and error; ``"warnings"``
-        warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
-        the Ray dashboard. Deferrable mode only: in poke mode the sensor reads the status alone.
+    :param fetch_logs: how much of the job's log to copy into the task log, as
+        ``RayLLMBatchOperator``'s ``fetch_logs``. Deferrable mode only: in poke mode the
+        sensor reads the status alone.
     """
 
     template_fields: Sequence[str] = ("job_id",)

@@ -97,12 +97,8 @@ class RayJobTrigger(BaseTrigger):
         ``execution_timeout`` applies too.
     :param pending_timeout: seconds the job may wait for resources no node has before it is
         stopped; None never stops it for that.
-    :param fetch_logs: copy the job's log into the task log while waiting, cleaned up (no colour
-        codes, each line at its level with a short ``[ray:<source>]`` prefix, lines over 400
-        characters cut): ``True`` or ``"all"`` every line; ``"summary"`` the provider's own
-        lines (start, what was read, counts, commit) and every warning and error; ``"warnings"``
-        warnings and errors only; ``False`` or ``"none"`` nothing. The whole log stays on
-        the Ray dashboard (the task's "Ray job" link).
+    :param fetch_logs: how much of the job's log to copy into the task log, as
+        ``RayLLMBatchOperator``'s ``fetch_logs`` (``relay.LOG_CHOICES``).
     :param log_offset: characters of the job log the task log already has.
     :param max_transient_errors: also give up after this many failed status reads in a row
         (None: only ``retry_budget`` bounds them).
