@@ -1,7 +1,9 @@
-"""Processor configs for CPU-only Ray clusters (a laptop, CI, this repository's local head).
+"""Processor and Serve configs for CPU-only Ray clusters (a laptop, CI, this repository's
+local head).
 
-On GPUs write the ``vLLMEngineProcessorConfig`` out yourself (docs/operators.md): the
-defaults here exist only because vLLM's own defaults do not start on a CPU.
+On GPUs write the ``vLLMEngineProcessorConfig`` or ``LLMConfig`` out yourself
+(docs/operators.md, docs/serve.md): the defaults here exist only because vLLM's own
+defaults do not start on a CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 MODEL_ENV = "RAYDLLM_MODEL"
+# The model id the Serve config below registers the default model under (OpenAI "model").
+DEFAULT_MODEL_ID = "smollm2-135m"
 
 
 def default_model_path() -> str:
@@ -43,6 +47,33 @@ def cpu_vllm_config(**overrides: Any) -> dict[str, Any]:
         "placement_group_config": {"bundles": [{"CPU": 1}]},
         "batch_size": 16,
         "concurrency": 1,
+    }
+    config.update(overrides)
+    return config
+
+
+def cpu_serve_llm_config(model_id: str = DEFAULT_MODEL_ID, **overrides: Any) -> dict[str, Any]:
+    """A Ray Serve ``LLMConfig``, as the dict ``RayServeLLMDeployOperator(llm_configs=...)``
+    takes, that runs on a CPU-only Ray cluster. The defaults, each replaced by a keyword of
+    the same name (a whole top-level key at a time):
+
+    - ``model_loading_config``: ``{"model_id": model_id, "model_source": default_model_path()}``
+      (``model_id``, ``"smollm2-135m"`` by default, is the name requests use as ``model``)
+    - ``engine_kwargs``: ``{"max_model_len": 1024, "gpu_memory_utilization": 0.3,
+      "enforce_eager": True}`` (as in :func:`cpu_vllm_config`)
+    - ``placement_group_config``: ``{"bundles": [{"CPU": 1}]}``
+    - ``deployment_config``: ``{"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}``
+
+    On a GPU cluster set ``model_loading_config.model_source`` (a hub id or s3:// path),
+    ``accelerator_type`` and ``engine_kwargs.tensor_parallel_size``; drop
+    ``placement_group_config`` and ``gpu_memory_utilization``; size ``autoscaling_config``
+    (docs/serve.md).
+    """
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": model_id, "model_source": default_model_path()},
+        "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
+        "placement_group_config": {"bundles": [{"CPU": 1}]},
+        "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
     }
     config.update(overrides)
     return config

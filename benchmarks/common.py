@@ -24,6 +24,7 @@ RAY_PYTHON = ROOT / ".venv-ray" / "bin" / "python"
 WORK = ROOT / ".cache" / "bench"
 DOC = ROOT / "docs" / "benchmarks.md"
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "example_dags"))  # demo_helpers: the examples' demo data
 
 import local_ray  # noqa: E402
 

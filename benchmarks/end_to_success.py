@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     common.dag_environment()
-    from airflow_provider_raydatallm.examples import write_customers_csv
+    from demo_helpers import write_customers_csv
 
     csv = common.WORK / "input" / f"customers-{ROWS}.csv"
     if not csv.exists():

@@ -31,7 +31,7 @@ PARTITIONS = 4
 
 
 def script_run(csv: Path, rows: int, out: Path) -> float:
-    from airflow_provider_raydatallm.examples import default_model_path
+    from airflow_provider_raydatallm.configs import default_model_path
 
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(common.PROFILE.state_dir / "auth_token")}
     cmd = [str(common.RAY_PYTHON.parent / "ray"), "job", "submit", "--address", common.PROFILE.address,
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     common.dag_environment()
-    from airflow_provider_raydatallm.examples import write_customers_csv
+    from demo_helpers import write_customers_csv
 
     csv = common.WORK / "input" / f"customers-{args.rows}.csv"
     if not csv.exists():

@@ -45,7 +45,7 @@ def _hook():
 
 
 def customers(rows: int) -> Path:
-    from airflow_provider_raydatallm.examples import write_customers_csv
+    from demo_helpers import write_customers_csv
 
     path = common.WORK / "input" / f"customers-{rows}.csv"
     if not path.exists():

@@ -20,9 +20,11 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_raydatallm.configs import cpu_vllm_config
-from airflow_provider_raydatallm.examples import examples_dir
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+# The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
+from demo_helpers import examples_dir
 
 QUESTIONS = [
     "What is the weather like today?",
@@ -77,7 +79,7 @@ with DAG(
 
     @task
     def export_batches(**context: Any) -> dict[str, str]:
-        from airflow_provider_raydatallm.examples import write_jsonl
+        from demo_helpers import write_jsonl
 
         root = f"{context['params']['output_root']}/{run_day(context['dag_run'])}"
         return {

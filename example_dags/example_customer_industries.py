@@ -25,9 +25,11 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_raydatallm.configs import cpu_vllm_config
-from airflow_provider_raydatallm.examples import examples_dir
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+# The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
+from demo_helpers import examples_dir
 
 # For better output token control, restrain generation to these choices
 CHOICES = [
@@ -90,7 +92,7 @@ with DAG(
 
     @task
     def ensure_customers(**context: Any) -> str:
-        from airflow_provider_raydatallm.examples import ensure_customers_csv
+        from demo_helpers import ensure_customers_csv
 
         params = context["params"]
         return ensure_customers_csv(params["customers_csv"], params["row_limit"], params["generate_demo_customers"])

@@ -34,9 +34,11 @@ from typing import Any
 from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_provider_raydatallm.configs import cpu_vllm_config
-from airflow_provider_raydatallm.examples import SENTIMENT_LABELS as LABELS, examples_dir, sentiment_messages
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+# The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
+from demo_helpers import SENTIMENT_LABELS as LABELS, examples_dir, sentiment_messages
 
 SENTIMENT_PARQUET = Asset(name="daily_sentiment_parquet", uri="file:///raydllm/sentiment")
 SENTIMENT_TABLE = Asset(name="daily_sentiment_table", uri="sqlite:///raydllm/daily_sentiment")
@@ -82,7 +84,7 @@ with DAG(
     @task
     def partition_posts(**context: Any) -> list[dict[str, str]]:
         """Split the day's posts into ``num_partitions`` files: one mapped task each."""
-        from airflow_provider_raydatallm.examples import partition_day
+        from demo_helpers import partition_day
 
         p = context["params"]
         return partition_day(p["posts_root"], p["output_root"], run_day(context["dag_run"]), p["num_partitions"],
@@ -105,7 +107,7 @@ with DAG(
     @task(outlets=[SENTIMENT_TABLE])
     def write_summary(results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
         """Count labels over the day's partitions and replace the day's rows in SQL."""
-        from airflow_provider_raydatallm.examples import summarize_day
+        from demo_helpers import summarize_day
 
         p = context["params"]
         summary = summarize_day(results, LABELS, run_day(context["dag_run"]), p["sql_conn_id"], p["output_root"])

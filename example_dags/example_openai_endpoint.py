@@ -20,9 +20,11 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import examples_dir
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+# The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
+from demo_helpers import examples_dir
 
 PROMPTS = [
     "Hand me a haiku.",
@@ -64,7 +66,7 @@ with DAG(
 
     @task
     def export_prompts(**context: Any) -> str:
-        from airflow_provider_raydatallm.examples import write_jsonl
+        from demo_helpers import write_jsonl
 
         path = f"{context['params']['output_root']}/{run_day(context['dag_run'])}/input/prompts.jsonl"
         return str(write_jsonl(path, [{"item": p} for p in PROMPTS]))

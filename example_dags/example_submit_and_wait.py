@@ -19,10 +19,12 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_raydatallm.configs import cpu_vllm_config
-from airflow_provider_raydatallm.examples import examples_dir
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.sensors import RayJobSensor
+
+# The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
+from demo_helpers import examples_dir
 
 TICKETS = [
     "My order arrived damaged, what should I do?",
@@ -58,7 +60,7 @@ with DAG(
 
     @task
     def export_tickets(**context: Any) -> str:
-        from airflow_provider_raydatallm.examples import write_jsonl
+        from demo_helpers import write_jsonl
 
         path = f"{context['params']['output_root']}/{run_day(context['dag_run'])}/input/tickets.jsonl"
         return str(write_jsonl(path, [{"ticket": t} for t in TICKETS]))

@@ -31,16 +31,13 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_raydatallm.examples import (
-    DEFAULT_MODEL_ID,
-    SENTIMENT_LABELS as LABELS,
-    cpu_serve_llm_config,
-    examples_dir,
-    sentiment_messages,
-)
+from airflow_provider_raydatallm.configs import DEFAULT_MODEL_ID, cpu_serve_llm_config
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
+
+# The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
+from demo_helpers import SENTIMENT_LABELS as LABELS, examples_dir, sentiment_messages
 
 
 # [START howto_serve_callables]
@@ -97,7 +94,7 @@ with DAG(
     @task
     def partition_posts(**context: Any) -> list[dict[str, str]]:
         """Split the day's posts into ``num_partitions`` files: one mapped task each."""
-        from airflow_provider_raydatallm.examples import partition_day
+        from demo_helpers import partition_day
 
         p = context["params"]
         return partition_day(p["posts_root"], p["output_root"], run_day(context["dag_run"]), p["num_partitions"],
@@ -126,7 +123,7 @@ with DAG(
     @task
     def write_summary(results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
         """Count labels over the day's partitions and replace the day's rows in SQL."""
-        from airflow_provider_raydatallm.examples import summarize_day
+        from demo_helpers import summarize_day
 
         p = context["params"]
         summary = summarize_day(results, LABELS, run_day(context["dag_run"]), p["sql_conn_id"], p["output_root"])

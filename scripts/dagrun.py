@@ -38,6 +38,8 @@ def run(dag_file: Path, dag_id: str, conf: dict[str, Any], log_path: Path, logic
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
+    if str(dag_file.parent) not in sys.path:  # as Airflow puts a DAG bundle's folder on sys.path
+        sys.path.append(str(dag_file.parent))
     dag = DagBag(dag_folder=str(dag_file)).dags[dag_id]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

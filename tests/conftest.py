@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 sys.path.insert(0, str(ROOT / "scripts"))
+# The example DAGs' demo data (example_dags/demo_helpers.py), as Airflow puts a DAGs folder on sys.path.
+sys.path.insert(0, str(ROOT / "example_dags"))
 import local_ray  # noqa: E402  (stdlib-only script shared with the Makefile)
 
 TEST_PROFILE = local_ray.PROFILES["test"]

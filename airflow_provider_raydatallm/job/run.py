@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, io, preflight, resume, rows, sink
+from airflow_provider_raydatallm.job import callables, io, preflight, progress as progress_log, resume, rows, sink
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, first_error_records, split_wall, stage_seconds
 from airflow_provider_raydatallm.job.outputs import Outputs
 from airflow_provider_raydatallm.job.processor import build_config, build_processor, max_concurrency
@@ -204,11 +204,12 @@ def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs
 
 def process(
     spec: JobSpec, config: Any, user: tuple[Any, Any], ds: Any, columns: list[str], outputs: Outputs, empty: bool,
-    types: bytes = b"",
+    types: bytes = b"", total: int = 0, done_before: int = 0,
 ) -> tuple[dict, list, dict, str]:
     """One streaming pass: every block is written (good rows to the output's staging, error
-    records to the error output's) as it leaves the processor; only tallies come back.
-    Returns (counts, first error records, files written per output, stats text)."""
+    records to the error output's) as it leaves the processor; only tallies come back, and
+    a progress line counts them (``total`` rows in, ``done_before`` written by earlier
+    tries). Returns (counts, first error records, files written per output, stats text)."""
     if empty:  # an earlier try wrote every row: nothing to run
         counts, first_errors, files = sink.totals([])
         return counts, first_errors, files, ""
@@ -221,10 +222,17 @@ def process(
     )
     write = sink.WriteBlock(outputs.output.staging_uri, outputs.errors.staging_uri, spec.output.format, columns,
                             record=outputs.resumable, input_types=types)  # fmt: skip
-    # Materializing the tallies holds one small row per block, and keeps the pass's stats.
-    tallies = processor(ds).map_batches(write, batch_format="pyarrow", batch_size=None).materialize()
-    counts, first_errors, files = sink.totals(tallies.take_all())
-    return counts, first_errors, files, tallies.stats()
+    pipeline = processor(ds).map_batches(write, batch_format="pyarrow", batch_size=None)
+    # The tallies (one small row per written block) come back as blocks are written: the
+    # progress line counts them as they come, and the pass keeps its stats.
+    tallies: list[dict[str, Any]] = []
+    with progress_log.ProgressLog(total, done_before) as shown:
+        for batch in pipeline.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            for tally in batch.to_pylist():
+                tallies.append(tally)
+                shown.block(int(tally["ok"]), int(tally["errors"]))
+    counts, first_errors, files = sink.totals(tallies)
+    return counts, first_errors, files, pipeline.stats()
 
 
 def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobResult:
@@ -243,7 +251,7 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         preflight.run_all(spec, tag)
         ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
         counts, first_errors, files, stats_text = process(spec, config, user, ds, columns, outputs,
-                                                          rows_in == progress.rows, types)  # fmt: skip
+                                                          rows_in == progress.rows, types, rows_in, progress.rows)  # fmt: skip
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.configs import cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from benchmarks import pipeline
 

@@ -13,7 +13,7 @@ from airflow.sdk import DAG, Param
 
 import helpers_mod  # beside this file, as a user's helper module would be
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config
+from airflow_provider_raydatallm.configs import cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -94,7 +94,9 @@ def _batch(task_id: str = "classify", **kwargs: Any) -> RayLLMBatchOperator:
 
 
 with _dag("test_questions_sync"):
-    _batch("answer", preprocess=ask, postprocess=lambda row: dict(answer=row["generated_text"], **row), input_format="jsonl")
+    # A progress line every 10 s instead of 30 s, so a short run shows the cadence.
+    _batch("answer", preprocess=ask, postprocess=lambda row: dict(answer=row["generated_text"], **row), input_format="jsonl",
+           runtime_env={"env_vars": {"RAYDLLM_PROGRESS_SECONDS": "10"}})  # fmt: skip
 
 with _dag("test_industries_deferred"):
     _batch(

@@ -8,11 +8,19 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_raydatallm.examples import DEFAULT_MODEL_ID, SENTIMENT_LABELS, cpu_serve_llm_config, sentiment_messages
+from airflow_provider_raydatallm.configs import DEFAULT_MODEL_ID, cpu_serve_llm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+SENTIMENT_LABELS = ["positive", "negative", "neutral"]
+
+
+def sentiment_messages(text: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": f"You classify the sentiment of social media posts. Answer with one word: {', '.join(SENTIMENT_LABELS)}."},
+        {"role": "user", "content": text},
+    ]
 
 
 def http_sentiment(row: dict[str, Any]) -> dict[str, Any]:

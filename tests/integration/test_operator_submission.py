@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from airflow_provider_raydatallm.examples import cpu_vllm_config, write_customers_csv
+from demo_helpers import write_customers_csv
+
+from airflow_provider_raydatallm.configs import cpu_vllm_config
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from airflow_provider_raydatallm.job.spec import RunIdentity
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator, _jobs

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_raydatallm.examples import write_jsonl
+from demo_helpers import write_jsonl
+
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo, RayJobStatus
 
 pytestmark = pytest.mark.lifecycle

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from airflow_provider_raydatallm.examples import write_jsonl
+from demo_helpers import write_jsonl
+
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from tests.conftest import ROOT
 from tests.lifecycle.conftest import PASSWORDS

@@ -12,8 +12,10 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_raydatallm.examples import customer_rows, write_customers_csv, write_jsonl
+from demo_helpers import customer_rows, write_customers_csv, write_jsonl
+
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.job import progress
 from airflow_provider_raydatallm.relay import MAX_LINE_CHARS
 
 pytestmark = pytest.mark.system
@@ -64,8 +66,16 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd, caplog):
     assert not any("\x1b" in line for line in relayed)
     # At most MAX_LINE_CHARS of a line, plus its source prefix and the note on where the rest is.
     assert max(map(len, relayed)) <= MAX_LINE_CHARS + 120
-    # Bounded: Ray Data's progress comes once a minute (a dozen lines), the rest is fixed.
-    assert len(relayed) <= LOG_LINES_BOUND + 12 * metrics["wall_seconds"] / 60, len(relayed)
+    # Bounded: Ray Data's progress comes once a minute (a dozen lines), the job's own progress
+    # line every 10 s here (6 a minute), the rest is fixed.
+    assert len(relayed) <= LOG_LINES_BOUND + 18 * metrics["wall_seconds"] / 60, len(relayed)
+    # The job's progress: a line per interval while the engine starts and the rows go through,
+    # then the final count, all parsed back to the figures the run reports.
+    shown = [progress.parse(line) for line in relayed if line.startswith("[ray:raydllm] progress: ")]
+    shown = [figures for figures in shown if figures]
+    assert shown and shown[-1]["finished"] and (shown[-1]["done"], shown[-1]["total"]) == (4, 4), relayed
+    ticks = [figures["elapsed_seconds"] for figures in shown[:-1]]
+    assert ticks == sorted(ticks) and len(ticks) >= min(3, int(metrics["wall_seconds"] // 10) - 3), (ticks, metrics["wall_seconds"])
 
 
 def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):

@@ -23,13 +23,13 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.system
 
 PAGE = ROOT / "docs" / "your-own-dag.md"
-BLOCK = re.compile(r"<!-- (file|run): (\S+) -->\n```(\w+)\n(.*?)```", re.S)
+BLOCK = re.compile(r"<!-- (file|run|output): (\S+) -->\n```(\w+)\n(.*?)```", re.S)
 
 
 def _blocks(kind: str) -> dict[str, str] | list[str]:
     found = [(what, name, body) for what, name, _, body in BLOCK.findall(PAGE.read_text())]
-    if kind == "file":
-        return {name: body for what, name, body in found if what == "file"}
+    if kind in ("file", "output"):
+        return {name: body for what, name, body in found if what == kind}
     return [body for what, name, body in found if what == "run" and name == kind]
 
 
@@ -38,9 +38,31 @@ def test_the_page_marks_its_blocks_and_every_python_block_runs():
     fenced = re.findall(r"```(\w*)\n", text)[::2]  # opening fences (closing ones alternate)
     marked = BLOCK.findall(text)
     # Every fenced block is one of the page's files or commands: none is left unrun.
-    assert len(fenced) == len(marked) and {m[2] for m in marked} == {"python", "csv", "bash"}, fenced
+    assert len(fenced) == len(marked) and {m[2] for m in marked} == {"python", "csv", "bash", "text"}, fenced
     for body in [_blocks("file")["ticket_triage.py"], *_blocks("python")]:
         exec(compile(body, str(PAGE), "exec"), {"__name__": "docs_block"})
+
+
+def test_the_pages_progress_lines_are_what_the_job_logs():
+    """The page's progress lines, made again by the job's own ProgressLog on the timeline
+    they describe (60 rows in six blocks, the first out at 41 s, one failed row)."""
+    from airflow_provider_raydatallm.job import progress
+
+    now = [0.0]
+    lines: list[str] = []
+    shown = progress.ProgressLog(60, every=30, emit=lines.append, clock=lambda: now[0])
+    now[0] = 30
+    lines.append(shown.line())
+    for at, ok, failed in ((41, 10, 0), (45, 9, 1), (49, 10, 0), (53, 10, 0)):
+        now[0] = at
+        shown.block(ok, failed)
+    now[0] = 60
+    lines.append(shown.line())
+    shown.block(10, 0)
+    shown.block(10, 0)
+    now[0] = 69
+    lines.append(shown.final_line())
+    assert _blocks("output")["progress"].splitlines() == [f"[ray:raydllm] {line}" for line in lines]
 
 
 def test_the_complete_example_of_operators_md_parses_into_a_dag():

@@ -69,7 +69,7 @@ def openai_server(tmp_path_factory):
     import socket
     import subprocess
 
-    from airflow_provider_raydatallm.examples import default_model_path
+    from airflow_provider_raydatallm.configs import default_model_path
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,9 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_raydatallm.examples import DEFAULT_MODEL_ID, social_posts, write_jsonl
+from demo_helpers import social_posts, write_jsonl
+
+from airflow_provider_raydatallm.configs import DEFAULT_MODEL_ID
 from airflow_provider_raydatallm.hooks.ray import RayHook
 from tests.system.conftest import ROOT, DagRunner
 

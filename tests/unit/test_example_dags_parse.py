@@ -28,6 +28,7 @@ def refuse(name):
 BaseHook.get_connection = classmethod(lambda cls, *a, **k: refuse("connection lookup")())
 sqlalchemy.engine.Engine.connect = refuse("database query")
 path = sys.argv[1]
+sys.path.append(str(__import__("pathlib").Path(path).parent))  # as Airflow adds a DAG bundle's folder
 started = time.perf_counter()
 spec = importlib.util.spec_from_file_location("example_under_test", path)
 module = importlib.util.module_from_spec(spec)

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk import DAG, BaseOperator, Param, task
 
-from airflow_provider_raydatallm.examples import DEFAULT_MODEL_ID, cpu_serve_llm_config, cpu_vllm_config
+from airflow_provider_raydatallm.configs import DEFAULT_MODEL_ID, cpu_serve_llm_config, cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
 

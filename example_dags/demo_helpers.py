@@ -1,10 +1,14 @@
-"""Helpers for the example DAGs, tests and demos (stdlib only): deterministic data.
+"""What the example DAGs beside this file share: deterministic demo data, the sentiment
+prompt, the SQL summary and where the examples keep their files. Demo code, not part of the
+provider (it is not installed with it): a DAG of your own needs none of it (the date macro
+is ``airflow_provider_raydatallm.macros.run_day``, the CPU configs are in
+``airflow_provider_raydatallm.configs``, readers in ``airflow_provider_raydatallm.reading``).
 
-Not for production DAGs: what those need is public API elsewhere, ``run_day`` in
-``airflow_provider_raydatallm.macros`` and ``cpu_vllm_config`` in
-``airflow_provider_raydatallm.configs`` (re-exported here for the examples). Nothing is
-downloaded: the seed's 2,000,000-row customers CSV and a day's social posts
-are generated here, the same rows for the same arguments on every machine.
+Airflow puts the DAGs folder on ``sys.path``, so the examples import this as
+``demo_helpers``; the provider ships it to the cluster by value with the example's
+callables, as it does any module beside a DAG file. Nothing is downloaded: the
+2,000,000-row customers CSV of the industries use case and a day's social posts are
+generated here, the same rows for the same arguments on every machine.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ import json
 import random
 from pathlib import Path
 
-from airflow_provider_raydatallm.configs import cpu_vllm_config, default_model_path  # noqa: F401 (re-exported)
-from airflow_provider_raydatallm.macros import MACROS, run_day  # noqa: F401 (re-exported)
 
 CUSTOMER_COLUMNS = [
     "Index", "Customer Id", "First Name", "Last Name", "Company", "City", "Country",
@@ -54,7 +56,7 @@ _THINGS = ["phone", "laptop", "coffee maker", "headphones", "app", "bike", "came
 
 
 def customer_rows(count: int, seed: int = 0):
-    """Yield ``count`` customers in the seed's schema (its CSV has up to 2,000,000)."""
+    """Yield ``count`` customers in the use case's schema (its CSV has up to 2,000,000)."""
     if not 0 < count <= MAX_CUSTOMERS:
         raise ValueError(f"count must be between 1 and {MAX_CUSTOMERS}, got {count}")
     rng = random.Random(seed)
@@ -113,7 +115,6 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     return path
 
 
-DEFAULT_MODEL_ID = "smollm2-135m"
 SENTIMENT_LABELS = ["positive", "negative", "neutral"]
 
 
@@ -123,24 +124,6 @@ def sentiment_messages(text: str, labels: list[str] = SENTIMENT_LABELS) -> list[
         {"role": "system", "content": f"You classify the sentiment of social media posts. Answer with one word: {', '.join(labels)}."},
         {"role": "user", "content": text},
     ]
-
-
-def cpu_serve_llm_config(model_id: str = DEFAULT_MODEL_ID, **overrides) -> dict:
-    """A Ray Serve ``LLMConfig`` (as a dict) for the default model on a CPU-only cluster: one
-    replica, the same engine settings as :func:`cpu_vllm_config`.
-
-    On a GPU cluster set ``model_loading_config.model_source`` (a hub id or s3:// path),
-    ``accelerator_type`` and ``engine_kwargs.tensor_parallel_size``; drop
-    ``placement_group_config`` and ``gpu_memory_utilization``; size ``autoscaling_config``.
-    """
-    config = {
-        "model_loading_config": {"model_id": model_id, "model_source": default_model_path()},
-        "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
-        "placement_group_config": {"bundles": [{"CPU": 1}]},
-        "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
-    }
-    config.update(overrides)
-    return config
 
 
 def partition_day(posts_root: str, output_root: str, day: str, num_partitions: int, generate: bool,
@@ -227,7 +210,7 @@ def replace_day_rows(hook, table: str, day: str, rows: list[tuple]) -> None:
 
 def ensure_customers_csv(path: str, rows: int, generate: bool) -> str:
     """The customers CSV at ``path``; with ``generate``, a deterministic one of ``rows`` rows
-    is written there when it is missing (the examples' stand-in for the seed's download)."""
+    is written there when it is missing (the examples' stand-in for the use case's download)."""
     target = Path(path)
     if not target.exists():
         if not generate:
@@ -247,5 +230,3 @@ def examples_dir(*parts: str) -> str:
     base = os.environ.get(EXAMPLES_DIR_ENV) or str(Path.home() / "raydllm-examples")
     return "/".join([base.rstrip("/"), *parts])
 
-
-EXAMPLE_MACROS = MACROS
