@@ -16,7 +16,7 @@ MODEL_DIR := .cache/models/SmolLM2-135M-Instruct
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: help setup browser venv venv-ray model ray-up ray-down demo demo-questions test test-unit bench bench-2m clean
+.PHONY: help setup browser venv venv-ray model ray-up ray-down airflow airflow-down demo demo-questions test test-unit bench bench-2m clean
 
 help:
 	@echo "make demo      set up, start the local Ray head, run the daily sentiment DAG, print its result"
@@ -27,6 +27,8 @@ help:
 	@echo "make bench-2m  the seed's 2M-row customers file through the provider's job, with a plot"
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
+	@echo "make airflow   a real local Airflow 3 (UI http://127.0.0.1:8080) with this provider, the example DAGs and"
+	@echo "               ray_default on the local head; prints the login. make airflow-down stops it"
 
 setup: venv venv-ray model browser
 
@@ -71,6 +73,15 @@ ray-up: venv-ray
 ray-down:
 	$(PYTHON) scripts/local_ray.py down --profile dev
 
+# A real local Airflow (API server, scheduler, triggerer, DAG processor; LocalExecutor, SQLite
+# in .cache/airflow) with the example DAGs and ray_default on the `make ray-up` head.
+# AIRFLOW_ARGS: e.g. --port 8090 (scripts/local_airflow.py --help).
+airflow: setup ray-up
+	.venv/bin/python scripts/local_airflow.py up $(AIRFLOW_ARGS)
+
+airflow-down:
+	$(PYTHON) scripts/local_airflow.py down $(AIRFLOW_ARGS)
+
 demo: setup ray-up
 	.venv/bin/python scripts/demo.py
 
@@ -102,5 +113,5 @@ bench: setup ray-up bench-deps
 bench-2m: setup ray-up bench-deps
 	.venv/bin/python benchmarks/scale.py --sizes 2000000 --kinds provider --plot --section "Scale: 2M rows"
 
-clean: ray-down
+clean: airflow-down ray-down
 	rm -rf .venv .venv-ray .cache

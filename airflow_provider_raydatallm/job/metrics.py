@@ -54,6 +54,9 @@ class JobResult(BaseModel):
     metrics: JobMetrics
     # The first few error rows (row_id, stage, error), as in the error output, for the UI.
     first_errors: list[dict[str, str]] = Field(default_factory=list)
+    # The model names an OpenAI-compatible endpoint reported in its answers (HTTP processor,
+    # Serve); empty for engine stages, whose model is the config's.
+    models: list[str] = Field(default_factory=list)
 
     def to_log_line(self) -> str:
         return RESULT_MARKER + self.model_dump_json()

@@ -30,8 +30,10 @@ INFERRED = "__raydllm_inferred"
 COLUMNS = "__raydllm_columns"
 # What the model answered for a row whose postprocess failed (kept for its error record).
 MODEL_OUTPUT = "__raydllm_model_output"
+# The model an endpoint says answered the row (HTTP processor, Serve): for the job's report.
+MODEL_NAME = "__raydllm_model"
 RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
-INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, MODEL_OUTPUT, RAY_ERROR)
+INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, MODEL_OUTPUT, MODEL_NAME, RAY_ERROR)
 # Columns a processor adds to a row it ran on; a row without any of them was not inferred.
 RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "vLLMEngineProcessorConfig": ("generated_text", "embeddings"),
@@ -149,7 +151,16 @@ class Postprocess:
         inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
         returned = json.dumps([k for k in out if not str(k).startswith("__raydllm_") and k != RAY_ERROR])
         out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, COLUMNS: returned, **tokens})
+        out[MODEL_NAME] = model_name_of(row)
         return out
+
+
+def model_name_of(row: dict[str, Any]) -> str:
+    """The model an OpenAI-compatible answer names (``http_response.model``, or a Serve
+    deployment's ``model``), "" when the row has none (vLLM and SGLang stages)."""
+    response = row.get("http_response")
+    name = response.get("model") if isinstance(response, dict) else row.get("model") if "choices" in row else None
+    return name if isinstance(name, str) else ""
 
 
 def token_counts(row: dict[str, Any]) -> dict[str, int]:

@@ -205,14 +205,15 @@ def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs
 def process(
     spec: JobSpec, config: Any, user: tuple[Any, Any], ds: Any, columns: list[str], outputs: Outputs, empty: bool,
     types: bytes = b"", total: int = 0, done_before: int = 0,
-) -> tuple[dict, list, dict, str]:
+) -> tuple[dict, list, dict, str, list[str]]:
     """One streaming pass: every block is written (good rows to the output's staging, error
     records to the error output's) as it leaves the processor; only tallies come back, and
     a progress line counts them (``total`` rows in, ``done_before`` written by earlier
-    tries). Returns (counts, first error records, files written per output, stats text)."""
+    tries). Returns (counts, first error records, files written per output, stats text, the
+    model names an endpoint reported)."""
     if empty:  # an earlier try wrote every row: nothing to run
         counts, first_errors, files = sink.totals([])
-        return counts, first_errors, files, ""
+        return counts, first_errors, files, "", []
     preprocess, postprocess = user
     go_on = spec.should_continue_on_error
     processor = build_processor(
@@ -232,7 +233,7 @@ def process(
                 tallies.append(tally)
                 shown.block(int(tally["ok"]), int(tally["errors"]))
     counts, first_errors, files = sink.totals(tallies)
-    return counts, first_errors, files, pipeline.stats()
+    return counts, first_errors, files, pipeline.stats(), sink.models(tallies)
 
 
 def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobResult:
@@ -250,7 +251,7 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     try:
         preflight.run_all(spec, tag)
         ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
-        counts, first_errors, files, stats_text = process(spec, config, user, ds, columns, outputs,
+        counts, first_errors, files, stats_text, models = process(spec, config, user, ds, columns, outputs,
                                                           rows_in == progress.rows, types, rows_in, progress.rows)  # fmt: skip
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
@@ -269,7 +270,7 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
              spec.output.error_uri)  # fmt: skip
     return JobResult(
         output_uri=spec.output.uri, error_output_uri=spec.output.error_uri, output_format=spec.output.format,
-        metrics=metrics, first_errors=first_error_records(first_errors),
+        metrics=metrics, first_errors=first_error_records(first_errors), models=models,
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from airflow_provider_raydatallm.job import commit, rows
 
 EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl", "csv": "csv"}
 FIRST_ERRORS = 5
+MAX_MODELS = 5  # model names kept for the report
 COUNTS = ("ok", "errors", "not_inferred", "input_tokens", "output_tokens")
 # Arrow extension types of Ray's that only Ray reads back.
 RAY_PICKLE_TYPES = ("ray.data.arrow_pickled_object",)
@@ -246,8 +247,18 @@ class WriteBlock:
                 "ok_file": [ok_file],
                 "error_file": [error_file],
                 "first_errors": [json.dumps(errors[:FIRST_ERRORS], default=str)],
+                "models": [json.dumps(sorted({str(r.get(rows.MODEL_NAME) or "") for r in ok_rows} - {""})[:MAX_MODELS])],
             }
         )
+
+
+def models(tallies: list[dict[str, Any]]) -> list[str]:
+    """The model names the endpoint reported across the blocks (HTTP processor, Serve), at
+    most MAX_MODELS."""
+    found: set[str] = set()
+    for tally in tallies:
+        found.update(json.loads(tally.get("models") or "[]"))
+    return sorted(found)[:MAX_MODELS]
 
 
 def totals(tallies: list[dict[str, Any]]) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, list[str]]]:

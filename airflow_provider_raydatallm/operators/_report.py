@@ -82,12 +82,24 @@ def asset_extra(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def reported_model(record: dict[str, Any], result: JobResult | None) -> str | None:
+    """The model as people read it: for an endpoint (``http:<url>``), the model names its
+    answers gave and the endpoint's host (``smollm2-135m @ 10.0.0.5:8000``); else the label
+    recorded at submission."""
+    model = record.get("model")
+    if isinstance(model, str) and model.startswith("http:") and "://" in model:
+        host = urlsplit(model[len("http:") :]).netloc
+        names = ", ".join(result.models) if result and result.models else "endpoint"
+        return f"{names} @ {host}"
+    return model
+
+
 def result_value(job_id: str | None, submission_id: str, record: dict[str, Any], result: JobResult | None) -> dict[str, Any]:
     """The task's XCom return value."""
     return {
         "job_id": job_id,
         "submission_id": submission_id,
-        "model": record.get("model"),
+        "model": reported_model(record, result),
         "input_uris": record.get("input_uris", []),
         "output_uri": result.output_uri if result else record.get("output_uri"),
         "error_output_uri": result.error_output_uri if result else record.get("error_output_uri"),

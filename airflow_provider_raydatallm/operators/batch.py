@@ -67,7 +67,8 @@ class RayLLMBatchOperator(BaseOperator):
         nothing; the failed rows are kept for reading in ``<error_output_uri>/_raydllm/failed-run/``)
         when more than this share of the rows failed; default 0.1. A run where every row
         failed always fails. ``1.0`` accepts any number of failed rows short of all.
-    :param ray_conn_id: the ``ray`` connection.
+    :param ray_conn_id: the ``ray`` connection (templated). The UI plugin takes it from the
+        DAG's definition (or the task's rendered fields), never from XCom.
     :param http_conn_id: for ``HttpRequestProcessorConfig``: a connection to an OpenAI-compatible
         endpoint (host = base URL, password = API key, extra ``path`` and ``headers``). The key
         reaches the job as an environment variable (Ray redacts those), never the DAG file,
@@ -97,7 +98,7 @@ class RayLLMBatchOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "processor_config", "input_uri", "input_format", "input_columns", "limit", "num_partitions",
-        "output_uri", "output_format", "error_output_uri", "runtime_env", "job_metadata",
+        "output_uri", "output_format", "error_output_uri", "runtime_env", "job_metadata", "ray_conn_id",
     )  # fmt: skip
     template_fields_renderers = {"processor_config": "json", "runtime_env": "json", "job_metadata": "json"}
     operator_extra_links = (RayJobLink(),)

@@ -1,7 +1,9 @@
 """The plugin's FastAPI app, mounted by the Airflow API server under ``/raydatallm``.
 
 Every route needs a signed-in Airflow user (the UI's session cookie or a bearer token) and
-answers only with DAGs the auth manager lets that user read.
+answers only with DAGs the auth manager lets that user read; a task's error rows (they hold
+row data) only to users who may read the task's XCom. The Ray connection is the task's own
+(its DAG's definition), never one named in XCom (see ``data``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse((STATIC / name).read_text(), headers={"Cache-Control": "no-store"})
 
 
-def _may_read(user: Any, dag_id: str) -> bool:
-    return get_auth_manager().is_authorized_dag(
-        method="GET", access_entity=DagAccessEntity.TASK_INSTANCE, details=DagDetails(id=dag_id), user=user
-    )
+def _may_read(user: Any, dag_id: str, entity: DagAccessEntity = DagAccessEntity.TASK_INSTANCE) -> bool:
+    return get_auth_manager().is_authorized_dag(method="GET", access_entity=entity, details=DagDetails(id=dag_id), user=user)
 
 
 def _map_index(value: str) -> int:
@@ -73,6 +73,7 @@ def create_app() -> FastAPI:
         """Batch task instances of the DAGs the user may read, and per DAG a series by run."""
         readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET", session=session)
         rows = data.batch_runs(session, readable, dag_id=dag_id or None, state=state or None, since=since, until=until)
+        data.running_progress(session, rows)
         return {
             "runs": rows,
             "series": data.run_series(rows),
@@ -95,15 +96,29 @@ def create_app() -> FastAPI:
         ti = data.task_instance(session, dag_id, run_id, task_id, _map_index(map_index))
         if ti is None:
             raise HTTPException(404, f"no task instance {dag_id}.{task_id} in run {run_id}")
-        record = ti["record"] if isinstance(ti["record"], dict) else None
-        answer: dict[str, Any] = {"task_instance": ti, "job": None, "ray_error": None}
-        if record and record.get("submission_id"):
-            answer["job"] = {"submission_id": record["submission_id"], "dashboard_url": record.get("dashboard_url")}
-            try:
-                answer["job"].update(data.live_job(record.get("ray_conn_id") or "ray_default", record["submission_id"]))
-            except Exception as err:  # the page still shows what Airflow knows
-                log.warning("Ray job %s: %s", record["submission_id"], type(err).__name__)
-                answer["ray_error"] = f"{type(err).__name__}: {err}"
+        record = ti.pop("record")
+        record = record if isinstance(record, dict) else None
+        conn_id = ti.pop("ray_conn_id")
+        errors_hidden = False
+        if isinstance(ti["result"], dict) and not _may_read(user, dag_id, DagAccessEntity.XCOM):
+            # Error rows hold the rows' data: only for those who may read the task's XCom.
+            errors_hidden = bool(ti["result"].get("first_errors"))
+            ti["result"] = {k: v for k, v in ti["result"].items() if k != "first_errors"}
+        answer: dict[str, Any] = {"task_instance": ti, "job": None, "ray_error": None, "errors_hidden": errors_hidden}
+        if record and isinstance(record.get("submission_id"), str) and record["submission_id"]:
+            answer["job"] = {"submission_id": record["submission_id"], "dashboard_url": data.safe_link(record.get("dashboard_url"))}
+            if conn_id is None:
+                answer["ray_error"] = "the task's Ray connection is not known from its DAG's definition"
+            else:
+                try:
+                    answer["job"].update(data.live_job(conn_id, record["submission_id"], ti))
+                except data.NotThisTasksJob as err:
+                    log.warning("task %s.%s in %s: %s", dag_id, task_id, run_id, err)
+                    answer["job"] = None
+                    answer["ray_error"] = f"{err}: not shown"
+                except Exception as err:  # the page still shows what Airflow knows
+                    log.warning("Ray job %s: %s", record["submission_id"], type(err).__name__)
+                    answer["ray_error"] = f"{type(err).__name__}: {err}"
         answer["live"] = bool(answer["job"] and answer["job"].get("status") in RUNNING)
         return answer
 

@@ -1,25 +1,41 @@
 """What the plugin's pages show, read on the API server: task instances of the batch operator
-and their XCom from the metadata DB, and (for a running job) the Ray dashboard's job and
-Ray Data progress, fetched here with the connection's token so no browser needs it."""
+and their XCom from the metadata DB, and (for a running job) the Ray dashboard's job, its
+Ray Data stages and the job's own progress line, fetched here with the connection's token
+so no browser needs it.
+
+Nothing read from XCom decides where the server connects or what it links to: XCom can be
+written by anyone allowed to edit a DAG's XCom. The Ray connection is the task's own
+``ray_conn_id`` from the DAG's serialized definition (its rendered value when templated);
+a job is shown only when its metadata names the task instance asking; links are http(s)
+only."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy import and_, select
 
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance as TI
 from airflow.models.xcom import XComModel
-from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY
+from airflow_provider_raydatallm.job import progress as job_progress
+from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, dashboard_url
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+log = logging.getLogger(__name__)
 OPERATORS = ("RayLLMBatchOperator",)
+DEFAULT_CONN_ID = "ray_default"  # RayHook.default_conn_name, without importing the hook here
+# How far back in the job's log the latest progress line is looked for (the job logs one
+# every 30 s by default; a chatty log between two of them is cut here, not the answer).
+PROGRESS_LOG_LINES = 2000
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 MAX_ROWS = 1000
 METRIC_KEYS = (
     "rows_in", "rows_out", "error_rows", "input_tokens", "output_tokens", "rows_per_second",
@@ -30,6 +46,32 @@ METRIC_KEYS = (
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
+
+def safe_link(url: Any) -> str | None:
+    """``url`` when it is an absolute http(s) URL, else None (a ``javascript:`` or ``data:``
+    URL written into XCom never becomes a link)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return url.strip() if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
+def model_label(model: Any) -> str | None:
+    """The model as a person reads it: ``http:http://host:8000/v1/chat/completions`` (an
+    HTTP processor's endpoint) becomes ``host:8000``; a ``name@http://host/...`` the name and
+    the host; anything else as it is."""
+    if not isinstance(model, str) or not model:
+        return None
+    name, _, url = model.rpartition("@") if "@http" in model else ("", "", model)
+    if url.startswith("http:http") or url.startswith("http:") and "://" in url[5:]:
+        url = url[5:]
+    if "://" in url:
+        host = urlsplit(url).netloc or url
+        return f"{name} @ {host}" if name else host
+    return model
 
 def ti_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """The task instance's page in the Airflow UI (relative to the UI's base)."""
@@ -102,12 +144,13 @@ def batch_runs(
                 "run_after": _iso(run_after),
                 "start_date": _iso(ti.start_date),
                 "end_date": _iso(ti.end_date),
-                "model": result.get("model") or record.get("model"),
+                "model": model_label(result.get("model") or record.get("model")),
                 **{k: metrics.get(k) for k in METRIC_KEYS},
                 "output_uri": result.get("output_uri") or record.get("output_uri"),
                 "submission_id": result.get("submission_id") or record.get("submission_id"),
-                "dashboard_url": record.get("dashboard_url"),
+                "dashboard_url": safe_link(record.get("dashboard_url")),
                 "ti_path": ti_path(ti.dag_id, ti.run_id, ti.task_id, ti.map_index),
+                "progress": None,  # running tasks: the job's latest progress (running_progress)
             }
         )
     return rows
@@ -158,6 +201,9 @@ def task_instance(session: Session, dag_id: str, run_id: str, task_id: str, map_
         return None
     xcoms = _xcoms(session, [ti])
     key = (dag_id, run_id, task_id, map_index)
+    result = xcoms.get((*key, "return_value"))
+    if isinstance(result, dict):
+        result = {**result, "model": model_label(result.get("model"))}
     return {
         "dag_id": dag_id,
         "run_id": run_id,
@@ -169,10 +215,40 @@ def task_instance(session: Session, dag_id: str, run_id: str, task_id: str, map_
         "is_batch": ti.operator in OPERATORS,
         "start_date": _iso(ti.start_date),
         "end_date": _iso(ti.end_date),
-        "result": xcoms.get((*key, "return_value")),
+        "result": result,
         "record": xcoms.get((*key, XCOM_JOB_KEY)),
         "ti_path": ti_path(dag_id, run_id, task_id, map_index),
+        "ray_conn_id": ray_conn_id_of(session, ti) if ti.operator in OPERATORS else None,
     }
+
+
+def ray_conn_id_of(session: Session, ti: Any) -> str | None:
+    """The task's ``ray_conn_id`` as its DAG defines it: the serialized DAG of the version
+    the task instance ran (the latest when it has none), its rendered value when the field
+    is templated. None when the definition cannot be found."""
+    from airflow.models.dag_version import DagVersion
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.serialized_dag import SerializedDagModel
+
+    dag = None
+    version = session.get(DagVersion, ti.dag_version_id) if getattr(ti, "dag_version_id", None) else None
+    if version is not None and version.serialized_dag is not None:
+        dag = version.serialized_dag.dag
+    if dag is None:
+        dag = SerializedDagModel.get_dag(ti.dag_id, session=session)
+    if dag is None or not dag.has_task(ti.task_id):
+        return None
+    conn_id = getattr(dag.get_task(ti.task_id), "ray_conn_id", None) or DEFAULT_CONN_ID
+    if "{{" in conn_id or "{%" in conn_id:
+        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session) or {}
+        conn_id = rendered.get("ray_conn_id")
+        if not isinstance(conn_id, str) or "{{" in conn_id or "{%" in conn_id:
+            return None  # not rendered yet: nothing to connect to
+    return conn_id
+
+
+class NotThisTasksJob(LookupError):
+    """The Ray job named in a task's XCom was not submitted for that task instance."""
 
 
 def _stage(op: dict[str, Any]) -> dict[str, Any]:
@@ -189,8 +265,35 @@ def _stage(op: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def live_job(ray_conn_id: str, submission_id: str) -> dict[str, Any]:
-    """The job's status and, per Ray Data dataset of the job, each stage's progress."""
+def _belongs_to(job: dict[str, Any], ti: dict[str, Any]) -> bool:
+    """The job's metadata (set by the operator at submission) names this task instance."""
+    meta = job.get("metadata") or {}
+    return (
+        meta.get("airflow_dag_id") == ti["dag_id"] and meta.get("airflow_run_id") == ti["run_id"]
+        and meta.get("airflow_task_id") == ti["task_id"] and str(meta.get("airflow_map_index")) == str(ti["map_index"])
+    )  # fmt: skip
+
+
+def latest_progress(log_text: str, now: datetime | None = None) -> dict[str, Any] | None:
+    """The figures of the job's last progress line (``job/progress.py``), with ``logged_at``
+    (the line's time, UTC) and ``age_seconds`` when the line carries its time."""
+    for line in reversed(log_text.splitlines()):
+        if job_progress.PREFIX not in line:
+            continue
+        figures = job_progress.parse(line)
+        if figures is None:
+            continue
+        stamp = _LOG_TIME.match(line.strip())
+        if stamp:
+            logged = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            figures["logged_at"] = logged.isoformat()
+            figures["age_seconds"] = max(0, int(((now or datetime.now(timezone.utc)) - logged).total_seconds()))
+        return figures
+    return None
+
+
+def _client(ray_conn_id: str) -> tuple[Any, Any]:
+    """An httpx client for the connection's dashboard, and the connection's config."""
     import httpx
 
     from airflow.models.connection import Connection
@@ -198,10 +301,67 @@ def live_job(ray_conn_id: str, submission_id: str) -> dict[str, Any]:
 
     conn = Connection.get_connection_from_secrets(ray_conn_id)
     config = config_from_connection(conn.host, conn.port, conn.schema, conn.password, conn.extra_dejson)
-    with httpx.Client(**config.client_kwargs(max_timeout=10.0)) as client:
-        info = client.get(f"/api/jobs/{quote(submission_id, safe='')}")
-        info.raise_for_status()
-        job = info.json()
+    return httpx.Client(**config.client_kwargs(max_timeout=10.0)), config
+
+
+def _job_info(client: Any, ray_conn_id: str, submission_id: str, ti: dict[str, Any]) -> dict[str, Any]:
+    info = client.get(f"/api/jobs/{quote(submission_id, safe='')}")
+    info.raise_for_status()
+    job = info.json()
+    if not _belongs_to(job, ti):
+        raise NotThisTasksJob(f"Ray job {submission_id} on {ray_conn_id!r} was not submitted for this task instance")
+    return job
+
+
+def _progress_from_log(client: Any, submission_id: str) -> dict[str, Any] | None:
+    import httpx
+
+    try:
+        logs = client.get("/api/v0/logs/file", params={"submission_id": submission_id, "lines": PROGRESS_LOG_LINES,
+                                                        "filter_ansi_code": "true"})  # fmt: skip
+    except httpx.HTTPError as err:  # the rest of the answer stands without it
+        log.info("Ray job %s: no progress from its log (%s)", submission_id, type(err).__name__)
+        return None
+    return latest_progress(logs.text) if logs.status_code == 200 else None
+
+
+def running_progress(session: Session, rows: list[dict[str, Any]], limit: int = 10) -> None:
+    """Adds ``progress`` (the job's latest progress line, :func:`latest_progress`) to the
+    rows of running or deferred batch tasks, at most ``limit`` of them, asking each task's
+    own Ray connection about the job its XCom names (and only if the job is that task's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = []
+    for row in rows:
+        if row["state"] in ("running", "deferred") and row.get("submission_id") and len(wanted) < limit:
+            ti = session.scalar(select(TI).where(TI.dag_id == row["dag_id"], TI.run_id == row["run_id"],
+                                                 TI.task_id == row["task_id"], TI.map_index == row["map_index"]))  # fmt: skip
+            conn_id = ray_conn_id_of(session, ti) if ti is not None else None
+            if conn_id:
+                wanted.append((row, conn_id))
+
+    def fetch(item: tuple[dict[str, Any], str]) -> None:
+        row, conn_id = item
+        try:
+            client, _ = _client(conn_id)
+            with client:
+                _job_info(client, conn_id, row["submission_id"], row)
+                row["progress"] = _progress_from_log(client, row["submission_id"])
+        except Exception as err:  # noqa: BLE001 (a row without progress; the page stands)
+            log.info("no progress for %s.%s in %s: %s", row["dag_id"], row["task_id"], row["run_id"], type(err).__name__)
+
+    if wanted:
+        with ThreadPoolExecutor(max_workers=min(4, len(wanted))) as pool:
+            list(pool.map(fetch, wanted))
+
+
+def live_job(ray_conn_id: str, submission_id: str, ti: dict[str, Any]) -> dict[str, Any]:
+    """The job's status, its latest progress and, per Ray Data dataset of the job, each
+    stage's progress. Raises NotThisTasksJob when the job's metadata names another task
+    instance than ``ti`` (dag_id, run_id, task_id, map_index)."""
+    client, config = _client(ray_conn_id)
+    with client:
+        job = _job_info(client, ray_conn_id, submission_id, ti)
         datasets: list[dict[str, Any]] = []
         if job.get("job_id"):
             data = client.get(f"/api/data/datasets/{quote(job['job_id'], safe='')}")
@@ -216,6 +376,7 @@ def live_job(ray_conn_id: str, submission_id: str) -> dict[str, Any]:
                             "stages": [_stage(op) for op in ds.get("operators", [])],
                         }
                     )
+        figures = _progress_from_log(client, submission_id)
     return {
         "status": job.get("status"),
         "submission_id": job.get("submission_id") or submission_id,
@@ -223,5 +384,7 @@ def live_job(ray_conn_id: str, submission_id: str) -> dict[str, Any]:
         "message": job.get("message"),
         "start_time": job.get("start_time"),
         "end_time": job.get("end_time"),
+        "dashboard_url": safe_link(dashboard_url(config.link_base_url, submission_id)),
+        "progress": figures,
         "datasets": datasets,
     }

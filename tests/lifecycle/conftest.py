@@ -1,9 +1,11 @@
-"""A real Airflow for the lifecycle drills: api-server, scheduler, triggerer and
-dag-processor as separate processes (LocalExecutor, SQLite), beside the session's real Ray
-head. dag.test() never kills, clears or defers for real; this does.
+"""A real Airflow for the lifecycle drills and the browser tests: api-server, scheduler,
+triggerer and dag-processor as separate processes (LocalExecutor, SQLite), beside the
+session's real Ray head. dag.test() never kills, clears or defers for real; this does.
 
-One Airflow per test session (started on first use). The drills drive it through the
-REST API (v2) and read task logs from its log folder.
+It is started by ``scripts/local_airflow.py``, the code ``make airflow`` runs, with the
+example DAGs, plus the drills' DAGs, users and connections. One Airflow per test session
+(started on first use). The drills drive it through the REST API (v2) and read task logs
+from its log folder.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,13 +24,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ECHO_KEY, ROOT, shut_serve_down, wait_until_answers
+import local_airflow  # scripts/, on sys.path through tests/conftest.py
+from airflow_provider_raydatallm.configs import default_model_path
+from tests.conftest import ECHO_KEY, shut_serve_down
 
-AIRFLOW = ROOT / ".venv" / "bin" / "airflow"
 DAGS = Path(__file__).parent / "dags"
-COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
-# Users of the test Airflow (SimpleAuthManager with DAG-level rules, see airflow_path/raydllm_test_auth.py).
-PASSWORDS = {"admin": "admin-pass-0", "outsider": "outsider-pass-0"}
+COMPONENTS = local_airflow.COMPONENTS
+# Users of the test Airflow (SimpleAuthManager with DAG-level rules, see airflow_path/raydllm_test_auth.py):
+# outsider may not read the hidden DAGs; noxcom may read every task instance but no XCom.
+ROLES = {"admin": "admin", "outsider": "viewer", "noxcom": "viewer"}
+PASSWORDS = {"admin": "admin-pass-0", "outsider": "outsider-pass-0", "noxcom": "noxcom-pass-0"}
+NO_XCOM_USER = "noxcom"
+DECOY_SECRET = "decoy-secret-never-sent-0"
 HIDDEN_DAGS = ("raydllm_ui_hidden",)
 
 
@@ -57,24 +63,22 @@ def _process_tree(root: int) -> list[int]:
 
 
 class RealAirflow:
-    """The running Airflow: its processes, its REST API, its logs."""
+    """The running Airflow: its processes (by pid), its REST API, its logs."""
 
-    def __init__(self, home: Path, port: int, env: dict[str, str]):
-        self.home, self.port, self.env = home, port, env
-        self.base = f"http://127.0.0.1:{port}"
-        self.procs: dict[str, subprocess.Popen] = {}
+    def __init__(self, settings: local_airflow.Settings, pids: dict[str, int]):
+        self.settings = settings
+        self.home, self.port = settings.home, settings.port
+        self.env = local_airflow.environment(settings)
+        self.base = settings.base
+        self.procs: dict[str, int] = dict(pids)
         self._token = ""
 
     # -- processes --------------------------------------------------------------------------
 
     def start(self, component: str, name: str | None = None, env: dict[str, str] | None = None) -> None:
         """Start a component; ``name`` tells a second one of a kind apart (its log is ``<name>.out``)."""
-        name = name or component
-        out = open(self.home / f"{name}.out", "ab")  # noqa: SIM115 (lives as long as the process)
-        self.procs[name] = subprocess.Popen(
-            [str(AIRFLOW), *component.split()], env={**self.env, **(env or {})}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home,
-        )  # fmt: skip
+        proc = local_airflow.start_component(self.settings, self.env, component, name, env)
+        self.procs[name or component] = proc.pid
 
     def start_second_triggerer(self, name: str = "triggerer-2") -> None:
         """Another triggerer beside the first (the usual HA setup), serving its logs on its own port."""
@@ -83,35 +87,32 @@ class RealAirflow:
     def freeze(self, name: str) -> None:
         """SIGSTOP a component and every process under it (a triggerer runs its triggers in a
         child of its own process group): it misses its heartbeats, as under load."""
-        for pid in _process_tree(self.procs[name].pid):
+        for pid in _process_tree(self.procs[name]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
 
     def thaw(self, name: str) -> None:
-        for pid in _process_tree(self.procs[name].pid):
+        for pid in _process_tree(self.procs[name]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
 
     def kill(self, component: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(component)
+        pid = self.procs.pop(component)
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             pass
-        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while local_airflow._alive(pid):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{component} (pid {pid}) did not exit within 60 s of signal {sig}")
+            time.sleep(0.2)
 
     def stop_all(self) -> None:
         for component in list(self.procs):
             self.thaw(component)  # a frozen one cannot exit
-            try:
-                os.killpg(self.procs[component].pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for component, proc in list(self.procs.items()):
-            try:
-                proc.wait(timeout=10)  # the drills are over: a slow graceful exit buys nothing
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        for component, pid in list(self.procs.items()):
+            local_airflow.stop_pid(pid, timeout=10)  # the drills are over: a slow graceful exit buys nothing
             self.procs.pop(component, None)
 
     def component_log(self, component: str) -> str:
@@ -217,7 +218,8 @@ class RealAirflow:
         """Everything written for the task instance (worker and triggerer files), one try or all."""
         folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
         pattern = f"attempt={try_number}.log*" if try_number else "attempt=*.log*"
-        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob(pattern)))
+        # A mapped task's tries are one folder further down (map_index=N/).
+        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.rglob(pattern)))
 
     def diagnostics(self) -> str:
         return "\n".join(f"--- {c} ---\n{self.component_log(c)[-2500:]}" for c in COMPONENTS)
@@ -226,56 +228,43 @@ class RealAirflow:
 @pytest.fixture(scope="package")
 def real_airflow(ray_cluster, echo_endpoint, tmp_path_factory):
     home = tmp_path_factory.mktemp("real-airflow")
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "raydllm_sqlite.CONNECT_ARGS",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "raydllm_sqlite.CONNECT_ARGS_ASYNC",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+    # What make airflow starts (scripts/local_airflow.py), with the drills' DAGs beside the
+    # examples, their users (DAG-level rules), the stand-in endpoint and lineage to a file.
+    extra = {
         "AIRFLOW__CORE__AUTH_MANAGER": "raydllm_test_auth.DagRestrictedAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:{role}" for user, role in ROLES.items()),
         "RAYDLLM_TEST_HIDDEN_DAGS": ",".join(HIDDEN_DAGS),
+        "RAYDLLM_TEST_NO_XCOM_USERS": NO_XCOM_USER,
         # OpenLineage events of the DAGs that opt in (enable_lineage), to a file the tests read.
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(home / "openlineage.jsonl"), "append": True}),
         "AIRFLOW__OPENLINEAGE__SELECTIVE_ENABLE": "True",
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "raydllm-tests",
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
-            "name": "raydllm_lifecycle", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-            "kwargs": {"path": str(DAGS)}}]),  # fmt: skip
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+        # The drills' DAGs run as soon as they are triggered; no DAG runs on its schedule
+        # (the scheduled examples would each start a run of their own).
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "5",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
-        "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(ray_cluster),
         "AIRFLOW_CONN_ECHO": json.dumps({"conn_type": "http", "host": echo_endpoint, "password": ECHO_KEY}),
-        # Only the test auth manager: the repository root would add its build-time egg-info
-        # as a second copy of the provider's distribution (and its plugin entry point).
+        # A connection the drills' tasks never use: the plugin must never be pointed at it.
+        "AIRFLOW_CONN_RAY_DECOY": json.dumps({"conn_type": "ray", "host": "127.0.0.1", "port": 9, "password": DECOY_SECRET}),
+        # The example DAGs' files (the sentiment example triggered from the UI) under the test's folder.
+        "RAYDLLM_EXAMPLES_DIR": str(home / "examples"),
+        "RAYDLLM_MODEL": default_model_path(),
         "PYTHONPATH": str(Path(__file__).parent / "airflow_path"),
-    }
+    }  # fmt: skip
+    settings = local_airflow.Settings(home=home, port=_free_port(), ray_profile="test", dags=[DAGS], extra_env=extra)
     (home / "passwords.json").write_text(json.dumps(PASSWORDS))
-    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, cwd=home)
-    airflow = RealAirflow(home, port, env)
-    airflow.start("api-server")
+    started = time.monotonic()
     try:
-        wait_until_answers(f"{airflow.base}/api/v2/monitor/health", 180, why=airflow.diagnostics)
-    except AssertionError:
-        airflow.stop_all()
+        pids = local_airflow.up(settings)
+    except RuntimeError:
+        local_airflow.down(settings)
         raise
-    for component in ("scheduler", "triggerer", "dag-processor"):
-        airflow.start(component)
+    print(f"real Airflow up in {time.monotonic() - started:.0f} s at {settings.base}")
+    airflow = RealAirflow(settings, pids)
     try:
         airflow.warm_triggerer()
         yield airflow

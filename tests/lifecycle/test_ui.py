@@ -21,7 +21,7 @@ from demo_helpers import write_jsonl
 
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from tests.conftest import ROOT
-from tests.lifecycle.conftest import PASSWORDS
+from tests.lifecycle.conftest import DECOY_SECRET, NO_XCOM_USER, PASSWORDS
 
 pytestmark = [pytest.mark.lifecycle, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -219,13 +219,25 @@ def test_runs_page_and_ray_job_tab_in_a_browser(real_airflow, finished):
         assert _column(frame, "rows_in") == sorted(shown), "a second click sorts ascending"
         page.screenshot(path=str(SHOTS / "llm-batch-runs.png"))
 
-        # The Ray job tab of the running task: its stage progress moves while we watch.
+        # The runs page names the running task's progress (the job's own count, no Prometheus here).
         job = _wait_running_job("raydllm_ui", slow)
+        page.goto(f"{real_airflow.base}/plugin/llm-batch-runs")
+        frame = _plugin_frame(page, "LLM batch runs")
+        cell = frame.locator(f"tr[data-dag='raydllm_ui'][data-run='{slow}'] td[data-col='progress']")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and " / 16 rows" not in (cell.all_inner_texts() or [""])[0]:
+            time.sleep(1)
+        assert " / 16 rows" in cell.inner_text(), cell.inner_text()
+
+        # The Ray job tab of the running task: rows done rise with a rate and a time left,
+        # and the stage progress moves, while we watch.
         page.goto(f"{real_airflow.base}/dags/raydllm_ui/runs/{slow}/tasks/ask/plugin/ray-job")
         frame = _plugin_frame(page, "Ray job")
         assert frame.locator("#submission-id .v").inner_text() == job
-        seen = _watch_progress(frame, timeout=240)
+        seen, rows, etas = _watch_progress(frame, timeout=240)
         assert len(seen) >= 2 and seen == sorted(seen) and 0 < seen[-1] < 4, f"inference progress did not advance: {seen}"
+        assert len(rows) >= 2 and rows == sorted(set(rows)) and any(0 < r < 16 for r in rows), f"rows done did not rise: {rows}"
+        assert any(eta.startswith("about ") for eta in etas), f"no time left shown while running: {etas}"
         page.screenshot(path=str(SHOTS / "ray-job-tab-running.png"))
 
         ti = real_airflow.wait_ti("raydllm_ui", slow, "ask", {"success", "failed"}, timeout=600)
@@ -266,10 +278,14 @@ def _wait_running_job(dag_id: str, run_id: str, timeout: float = 300) -> str:
     raise AssertionError(f"no running Ray job for {dag_id} {run_id}")
 
 
-def _watch_progress(frame, timeout: float) -> list[int]:
-    """Blocks done by the inference stage (the fused preprocess + HTTP request stage), each
-    time the tab shows a new figure, until it has moved twice or the job ended."""
+def _watch_progress(frame, timeout: float) -> tuple[list[int], list[int], list[str]]:
+    """What the tab shows while the job runs, each time it changes: blocks done by the
+    inference stage (the fused preprocess + HTTP request stage), rows done by the job's
+    own count, and the time left; until both have moved twice and a time left was shown,
+    or the job ended."""
     seen: list[int] = []
+    rows: list[int] = []
+    etas: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         cells = frame.locator("tr[data-stage*='HttpRequest'] td[data-col='blocks']").all_text_contents()
@@ -277,9 +293,96 @@ def _watch_progress(frame, timeout: float) -> list[int]:
             done = int(cells[0].split("/")[0])
             if not seen or done != seen[-1]:
                 seen.append(done)
-            if len(seen) >= 3:
-                break
+        shown = frame.locator("#p-rows .v").all_text_contents()
+        if shown:
+            done = int(shown[0].split("/")[0].replace(",", ""))
+            if not rows or done != rows[-1]:
+                rows.append(done)
+            eta = frame.locator("#p-eta .v").all_text_contents()
+            if eta and (not etas or eta[0] != etas[-1]):
+                etas.append(eta[0])
+        if len(seen) >= 3 and len(rows) >= 3 and any(e.startswith("about ") for e in etas):
+            break
         if frame.locator("body[data-live='false']").count() and seen:
             break
         time.sleep(0.5)
-    return seen
+    return seen, rows, etas
+
+
+def test_plugin_trusts_nothing_it_reads_from_xcom(real_airflow, finished):
+    """The connection comes from the task's definition, a job is shown only to the task
+    instance it was submitted for, links are http(s) only, and error rows only for users
+    who may read the task's XCom. Each checked with a user who may and one who may not."""
+    runs = finished["runs"]
+    ui = urlencode({"dag_id": "raydllm_ui", "run_id": runs["raydllm_ui"], "task_id": "ask", "map_index": -1})
+    # Error rows hold row data: admin reads them, noxcom (task instances yes, XCom no) does not.
+    status, body = real_airflow.get(f"/raydatallm/api/ray-job?{ui}", "admin")
+    assert status == 200 and [e["row_id"] for e in body["task_instance"]["result"]["first_errors"]] == ["3", "6"], body
+    assert body["errors_hidden"] is False and body["job"]["status"] == "SUCCEEDED"
+    status, body = real_airflow.get(f"/raydatallm/api/ray-job?{ui}", NO_XCOM_USER)
+    assert status == 200 and "first_errors" not in body["task_instance"]["result"] and body["errors_hidden"] is True, body
+    assert body["task_instance"]["result"]["metrics"]["error_rows"] == 2  # the counts stay visible
+    assert "marked to fail" not in json.dumps(body)
+
+    # Forged XCom on the hidden DAG's task: another connection (a decoy whose password the
+    # server must never send), a javascript: link, and then another task's job.
+    dag, run = "raydllm_ui_hidden", runs["raydllm_ui_hidden"]
+    hidden = urlencode({"dag_id": dag, "run_id": run, "task_id": "ask", "map_index": -1})
+    path = f"/api/v2/dags/{dag}/dagRuns/{run}/taskInstances/ask/xcomEntries/ray_job"
+    own = real_airflow.xcom(dag, run, "ask", "ray_job")
+    forged = {**own, "ray_conn_id": "ray_decoy", "dashboard_url": "javascript:alert(document.cookie)"}
+    real_airflow._request("PATCH", path, {"value": forged, "map_index": -1})
+    status, body = real_airflow.get(f"/raydatallm/api/ray-job?{hidden}", "admin")
+    # ray_decoy points at a closed port: the job's status came through the task's own ray_default.
+    assert status == 200 and body["ray_error"] is None and body["job"]["status"] == "SUCCEEDED", body
+    assert body["job"]["dashboard_url"].startswith("http://127.0.0.1:") and body["job"]["dashboard_url"].endswith(own["submission_id"])
+    status, listing = real_airflow.get(f"/raydatallm/api/runs?dag_id={dag}", "admin")
+    assert [r["dashboard_url"] for r in listing["runs"] if r["run_id"] == run] == [None], listing["runs"]
+    assert DECOY_SECRET not in json.dumps(body) + json.dumps(listing)
+
+    other = real_airflow.xcom("raydllm_ui", runs["raydllm_ui"], "ask", "ray_job")["submission_id"]
+    real_airflow._request("PATCH", path, {"value": {**own, "submission_id": other}, "map_index": -1})
+    status, body = real_airflow.get(f"/raydatallm/api/ray-job?{hidden}", "admin")
+    assert status == 200 and body["job"] is None, body
+    assert "was not submitted for this task instance" in body["ray_error"] and "'ray_default'" in body["ray_error"]
+    real_airflow._request("PATCH", path, {"value": own, "map_index": -1})
+
+
+def test_trigger_button_runs_the_daily_sentiment_example_and_the_runs_page_lists_it(real_airflow):
+    """What a newcomer does after `make airflow` (this Airflow is started by the same
+    script): press Trigger on the sentiment example in the UI (no logical date), wait for
+    the run to succeed, and find its partition tasks on the "LLM batch runs" page."""
+    dag = "example_daily_sentiment"
+    real_airflow.wait_for_dag(dag)
+    before = {r["dag_run_id"] for r in real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns")["dag_runs"]}
+    pw, browser = _browser()
+    try:
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        _login(page, real_airflow.base, "admin")
+        page.goto(f"{real_airflow.base}/dags/{dag}")
+        page.get_by_role("button", name="Trigger", exact=True).first.click()
+        page.get_by_role("dialog").get_by_role("button", name="Trigger", exact=True).click()
+        deadline, run_id = time.monotonic() + 60, None
+        while time.monotonic() < deadline and run_id is None:
+            runs = real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns")["dag_runs"]
+            run_id = next((r["dag_run_id"] for r in runs if r["dag_run_id"] not in before), None)
+            time.sleep(1)
+        assert run_id, "pressing Trigger made no run"
+        run = real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}")
+        assert run["run_type"] == "manual" and run["logical_date"] is None, run
+        run = real_airflow.wait_run(dag, run_id, {"success", "failed"}, timeout=900)
+        logs = "" if run["state"] == "success" else real_airflow.task_log(dag, run_id, "classify")[-5000:]
+        assert run["state"] == "success", logs
+
+        page.goto(f"{real_airflow.base}/plugin/llm-batch-runs")
+        frame = _plugin_frame(page, "LLM batch runs")
+        rows = frame.locator(f"tr[data-dag='{dag}'][data-run='{run_id}']")
+        rows.first.wait_for(timeout=30_000)
+        assert rows.count() == 2  # the example's two partitions, one mapped task each
+        for i in range(2):
+            assert rows.nth(i).locator("td[data-col='state']").inner_text().strip() == "success"
+        assert sum(int(rows.nth(i).locator("td[data-col='rows_in']").inner_text().replace(",", "")) for i in range(2)) == 40
+        page.screenshot(path=str(SHOTS / "llm-batch-runs-example.png"))
+    finally:
+        browser.close()
+        pw.stop()

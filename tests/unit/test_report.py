@@ -57,3 +57,22 @@ def test_openlineage_datasets_follow_the_naming_convention():
     assert lineage.outputs[0].outputFacets["outputStatistics"].rowCount == 2
     facet = lineage.run_facets["rayDataLLM"]
     assert facet.model == "/models/q" and facet.rowsIn == 3 and facet.errorRows == 1
+
+
+def test_an_endpoints_model_is_reported_by_name_and_host():
+    from airflow_provider_raydatallm.job import rows, sink
+
+    # The names come from the endpoint's answers, block by block, through the tallies.
+    answered = {"http_response": {"model": "smollm2-135m", "choices": [{"message": {"content": "hi"}}]}}
+    assert rows.model_name_of(answered) == "smollm2-135m"
+    assert rows.model_name_of({"generated_text": "hi"}) == ""  # an engine stage: the config names the model
+    assert rows.MODEL_NAME in rows.INTERNAL_COLUMNS  # never an output column
+    tallies = [{"models": '["smollm2-135m"]'}, {"models": '["smollm2-135m", "qwen"]'}, {"models": "[]"}]
+    assert sink.models(tallies) == ["qwen", "smollm2-135m"]
+
+    spec = _spec(type="HttpRequestProcessorConfig", kwargs={"url": "http://10.0.0.5:8000/v1/chat/completions"})
+    record = _report.submission_record(spec, "raydllm-2", "http://ray/#/jobs/raydllm-2", "ray_default")
+    m = JobMetrics(rows_in=1, rows_out=1, error_rows=0, wall_seconds=1.0)
+    result = JobResult(output_uri="/o", error_output_uri="/o/_errors", output_format="parquet", metrics=m, models=["smollm2-135m"])
+    assert _report.result_value(None, "raydllm-2", record, result)["model"] == "smollm2-135m @ 10.0.0.5:8000"
+    assert _report.result_value(None, "raydllm-2", record, None)["model"] == "endpoint @ 10.0.0.5:8000"

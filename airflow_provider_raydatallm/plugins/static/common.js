@@ -16,6 +16,27 @@ const RDL = {
     if (a >= 1) return v.toFixed(1);
     return Number(v.toPrecision(2)).toString();
   },
+  duration(seconds) {
+    // 52s, 1m 02s, 2h 05m (as the job's progress line says it)
+    if (seconds === null || seconds === undefined) return "";
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s}s`;
+    const m = Math.floor(s / 60), r = s % 60;
+    if (m < 60) return `${m}m ${String(r).padStart(2, "0")}s`;
+    return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+  },
+  // One line for a job's progress figures: "40 / 60 rows (66%) · 1.6 rows/s · about 13s left".
+  progressText(p) {
+    if (!p) return "";
+    const pct = p.total ? Math.floor((100 * p.done) / p.total) : 100;
+    const parts = [`${RDL.num(p.done)} / ${RDL.num(p.total)} rows (${pct}%)`];
+    if (p.failed) parts.push(`${RDL.num(p.failed)} failed`);
+    if (p.rows_per_second) parts.push(`${RDL.rate(p.rows_per_second)} rows/s`);
+    if (p.finished) parts.push("done");
+    else if (p.eta_seconds !== null && p.eta_seconds !== undefined) parts.push(`about ${RDL.duration(p.eta_seconds)} left`);
+    else parts.push(p.done ? "rate not known yet" : "starting");
+    return parts.join(" · ");
+  },
   when(iso) {
     if (!iso) return "";
     const d = new Date(iso);

@@ -31,6 +31,27 @@ function progressTable(datasets, live) {
   return box;
 }
 
+function progressView(p, live) {
+  // The job's own count (its progress line, every 30 s by default): rows written so far of
+  // rows in, the rate since the first block came out, and the time left at that rate.
+  const box = RDL.el("div", { id: "job-progress" });
+  box.append(RDL.el("h2", {}, "Inference progress"));
+  const frac = p.total ? Math.min(1, p.done / p.total) : 1;
+  const eta = p.finished ? "done" : (p.eta_seconds === null || p.eta_seconds === undefined
+    ? (p.done ? "rate not known yet" : "starting") : `about ${RDL.duration(p.eta_seconds)}`);
+  box.append(RDL.el("div", { class: "cards" },
+    card("rows done / rows in", `${RDL.num(p.done)} / ${RDL.num(p.total)}`, "p-rows"),
+    card("failed rows", RDL.num(p.failed), "p-failed"),
+    card("rows/s", p.rows_per_second ? RDL.rate(p.rows_per_second) : "–", "p-rate"),
+    card("time left", eta, "p-eta")));
+  box.append(RDL.el("div", { class: "bar wide" }, RDL.el("div", { style: `width:${(frac * 100).toFixed(1)}%` })));
+  const age = p.age_seconds === undefined ? "" : `, ${RDL.duration(p.age_seconds)} ago`;
+  box.append(RDL.el("div", { class: "muted small", id: "p-asof" },
+    `As of the job's last progress line (elapsed ${RDL.duration(p.elapsed_seconds)}${age})` +
+    (live ? "; a row counts once its block is written." : ".")));
+  return box;
+}
+
 function datasetTable(ds) {
   const box = RDL.el("div", { class: "dataset" });
   const table = RDL.el("table", { class: "stages", "data-dataset": ds.dataset });
@@ -51,7 +72,7 @@ function datasetTable(ds) {
   return box;
 }
 
-function resultView(result) {
+function resultView(result, errorsHidden) {
   const box = RDL.el("div", { id: "metrics" });
   const m = result.metrics;
   if (!m) return box;
@@ -66,6 +87,8 @@ function resultView(result) {
   box.append(RDL.el("div", { class: "small" }, "Output: ", RDL.el("code", {}, result.output_uri || ""),
     "  ·  Error rows: ", RDL.el("code", {}, result.error_output_uri || "")));
   const errors = result.first_errors || [];
+  if (errorsHidden) box.append(RDL.el("p", { class: "muted small", id: "errors-hidden" },
+    "Error rows are not shown: they hold the rows' data, and you may not read this task's XCom."));
   if (errors.length) {
     box.append(RDL.el("h2", {}, `First error rows (${errors.length} of ${RDL.num(m.error_rows)})`));
     const t = RDL.el("table", { id: "first-errors" });
@@ -110,8 +133,10 @@ async function load() {
     if (job.message && status !== "SUCCEEDED") notice.append(RDL.el("p", { class: "small muted" }, job.message));
   }
   if (data.ray_error) notice.append(RDL.el("p", { class: "error" }, `Ray cluster: ${data.ray_error}`));
-  document.getElementById("progress").replaceChildren(job && job.datasets ? progressTable(job.datasets, data.live) : "");
-  document.getElementById("result").replaceChildren(ti.result ? resultView(ti.result) : "");
+  document.getElementById("progress").replaceChildren(
+    ...(job && job.progress ? [progressView(job.progress, data.live)] : []),
+    job && job.datasets ? progressTable(job.datasets, data.live) : "");
+  document.getElementById("result").replaceChildren(ti.result ? resultView(ti.result, data.errors_hidden) : "");
   document.body.dataset.loaded = "true";
   document.body.dataset.live = data.live ? "true" : "false";
   clearTimeout(timer);

@@ -6,6 +6,7 @@ const COLUMNS = [
   { key: "map_index", label: "Map index", num: true, fmt: (v) => (v >= 0 ? v : "") },
   { key: "state", label: "State", render: (r) => RDL.el("span", { class: `state ${r.state || "none"}` }, r.state || "none") },
   { key: "model", label: "Model" },
+  { key: "progress", label: "Progress", sortable: false, render: (r) => (r.progress ? RDL.progressText(r.progress) : "") },
   { key: "rows_in", label: "Rows in", num: true },
   { key: "rows_out", label: "Rows out", num: true },
   { key: "error_rows", label: "Error rows", num: true },
@@ -102,6 +103,10 @@ function chart(dagId, points) {
       const t = document.createElementNS(ns, "title");
       t.textContent = `${p.run_id}\n${RDL.when(p.run_after)}\n${RDL.rate(p.rows_per_second)} rows/s, ${(p.error_rate * 100).toFixed(1)}% error rows, ${p.rows_in} rows in ${p.tasks} task(s)`;
       c.append(t);
+      if (n === 1) {  // a single run: say its value beside its dot
+        const label = cls === "rate" ? `${RDL.rate(p.rows_per_second)} rows/s` : `${(p.error_rate * 100).toFixed(1)}% errors`;
+        add("text", { x: x(i) + 8, y: ys(p) + (cls === "rate" ? -6 : 14), class: `${cls}-value` }, label);
+      }
     });
   };
   path((p) => yRate(p.rows_per_second), "#2b6cb0", "rate");
@@ -157,5 +162,10 @@ async function load() {
 }
 
 document.getElementById("filters").addEventListener("submit", (e) => { e.preventDefault(); load(); });
-load();
-setInterval(load, 30000);
+// Every 30 s; every 5 s while a task of the page runs (its progress moves).
+async function refresh() {
+  await load();
+  const running = rows.some((r) => ["running", "deferred", "queued", "scheduled"].includes(r.state));
+  setTimeout(refresh, running ? 5000 : 30000);
+}
+refresh();

@@ -1,7 +1,8 @@
-"""The test Airflow's auth manager: Airflow's SimpleAuthManager, plus DAG-level read rules for
-one user, as a real deployment gets them from FAB or Keycloak. ``outsider`` (a viewer) may
-not read the DAGs named in RAYDLLM_TEST_HIDDEN_DAGS; everyone else is as SimpleAuthManager
-says. The plugin must take its answer from the auth manager, whichever it is."""
+"""The test Airflow's auth manager: Airflow's SimpleAuthManager, plus DAG-level read rules,
+as a real deployment gets them from FAB or Keycloak. ``outsider`` (a viewer) may not read
+the DAGs named in RAYDLLM_TEST_HIDDEN_DAGS; the users named in RAYDLLM_TEST_NO_XCOM_USERS
+may read task instances but no XCom; everyone else is as SimpleAuthManager says. The plugin
+must take its answer from the auth manager, whichever it is."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class DagRestrictedAuthManager(SimpleAuthManager):
 
     def is_authorized_dag(self, *, method, user, access_entity=None, details=None) -> bool:
         if self._hides(user, details.id if details else None):
+            return False
+        no_xcom = {u for u in os.environ.get("RAYDLLM_TEST_NO_XCOM_USERS", "").split(",") if u}
+        if getattr(user, "username", None) in no_xcom and access_entity is not None and access_entity.name == "XCOM":
             return False
         return super().is_authorized_dag(method=method, user=user, access_entity=access_entity, details=details)
 

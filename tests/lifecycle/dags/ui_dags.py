@@ -45,5 +45,7 @@ for dag_id in ("raydllm_ui", "raydllm_ui_hidden"):
             input_uri="{{ params.input }}", input_format="jsonl", id_column="id", output_uri="{{ params.output }}",
             num_partitions="{{ params.partitions }}", should_continue_on_error=True, max_error_ratio=0.5,
             deferrable=True, poll_interval=2, outlets=[ANSWERS],
+            # A progress line every 2 s (30 s by default): the browser test watches it move.
+            runtime_env={"env_vars": {"RAYDLLM_PROGRESS_SECONDS": "2"}},
         )  # fmt: skip
     enable_lineage(dag)
