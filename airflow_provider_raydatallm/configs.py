@@ -19,10 +19,18 @@ DEFAULT_MODEL_ID = "smollm2-135m"
 
 def default_model_path() -> str:
     """``$RAYDLLM_MODEL``, else the SmolLM2-135M-Instruct directory ``make setup`` prepares
-    in a checkout of this repository (``.cache/models/SmolLM2-135M-Instruct``)."""
-    return os.environ.get(
-        MODEL_ENV, str(Path(__file__).resolve().parent.parent / ".cache" / "models" / "SmolLM2-135M-Instruct")
-    )
+    in a checkout of this repository (``.cache/models/SmolLM2-135M-Instruct``). Installed
+    from a wheel, with ``RAYDLLM_MODEL`` unset, there is no default: ValueError (at DAG
+    parse, not when the job fails on the cluster)."""
+    if os.environ.get(MODEL_ENV):
+        return os.environ[MODEL_ENV]
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "pyproject.toml").exists():
+        raise ValueError(
+            f"no model to run: set the environment variable {MODEL_ENV} (a path on the Ray nodes or a Hugging Face "
+            "id) or pass model_source=... (the default model exists only in a checkout of this repository)"
+        )
+    return str(checkout / ".cache" / "models" / "SmolLM2-135M-Instruct")
 
 
 def cpu_vllm_config(**overrides: Any) -> dict[str, Any]:
@@ -42,7 +50,7 @@ def cpu_vllm_config(**overrides: Any) -> dict[str, Any]:
     """
     config: dict[str, Any] = {
         "type": "vLLMEngineProcessorConfig",
-        "model_source": default_model_path(),
+        "model_source": overrides["model_source"] if "model_source" in overrides else default_model_path(),
         "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
         "placement_group_config": {"bundles": [{"CPU": 1}]},
         "batch_size": 16,
@@ -70,7 +78,8 @@ def cpu_serve_llm_config(model_id: str = DEFAULT_MODEL_ID, **overrides: Any) -> 
     (docs/serve.md).
     """
     config: dict[str, Any] = {
-        "model_loading_config": {"model_id": model_id, "model_source": default_model_path()},
+        "model_loading_config": overrides.get("model_loading_config")
+        or {"model_id": model_id, "model_source": default_model_path()},
         "engine_kwargs": {"max_model_len": 1024, "gpu_memory_utilization": 0.3, "enforce_eager": True},
         "placement_group_config": {"bundles": [{"CPU": 1}]},
         "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},

@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stdout()
     # What Ray's driver relays from its workers, without colour codes (read at print time).
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    # Ray Data's progress (a block of lines per operator) once a minute, not every 10 s: a
-    # steady cadence in the task log whose length does not grow six lines a minute per stage.
-    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
+    # Ray Data's progress (a block of lines per operator) every 10 minutes, not every 10 s:
+    # the job's own progress line (job/progress.py) gives the figures at a steady cadence, so
+    # the task log of a long job does not grow by a block of lines a minute per stage.
+    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "600")
     try:
         spec = JobSpec.model_validate_json(_spec_text(args))
     except Exception as err:

@@ -48,10 +48,12 @@ _PROVIDER = __name__.split(".", 1)[0]
 
 def _by_value_modules(module: types.ModuleType | None) -> list[types.ModuleType]:
     """The function's module, when the cluster cannot import it (a DAG file), and every
-    loaded module from the same folder (helpers a DAG file imports): they travel by value."""
-    if module is None or module.__name__ == "__main__" or _is_installed(module):
+    loaded module from the same folder (helpers a DAG file imports): they travel by value.
+    A DAG file run as a script (``python my_dag.py`` with ``dag.test()``) is ``__main__``,
+    which cloudpickle ships by value anyway; its folder's modules travel by value too."""
+    if module is None or _is_installed(module):
         return []
-    found = [module]
+    found = [] if module.__name__ == "__main__" else [module]
     folder = str(Path(module.__file__).resolve().parent) if getattr(module, "__file__", None) else None
     if folder is None:
         return found

@@ -54,6 +54,7 @@ DERIVED_NAMESPACE_PREFIX = "af-"  # namespace.py's default
 # kept for reading (never part of a committed version; a later success removes them).
 FAILED_RUN_DIR = "failed-run"
 FAILED_RUN_RECORD = "failed-run.json"
+FAILED_RUN_NEXT = ".next"  # failed-run.next/: a failed run's rows and record before they take failed-run/'s place
 OWNER_RECORD = "_owner.json"  # in a staging directory: the task whose rows it holds
 
 
@@ -246,6 +247,13 @@ class OutputDir:
             except (FileNotFoundError, ValueError):
                 continue  # no record: left by a job that never got to write one
             found.append((f"rows staged by another job ({posixpath.basename(staging.rstrip('/'))})", owner))
+        for folder in (self.failed_run_path, self.failed_run_path + FAILED_RUN_NEXT):
+            try:
+                kept = json.loads(self.fs.cat_file(f"{folder}/{FAILED_RUN_RECORD}"))
+            except (FileNotFoundError, ValueError):
+                continue
+            if isinstance(kept, dict) and kept.get("owner"):
+                found.append((f"the error rows kept from a failed run ({kept.get('submission_id') or '?'})", kept["owner"]))
         return found
 
     def record_owner(self) -> None:
@@ -329,21 +337,31 @@ class OutputDir:
         """Move ``blocks`` from this job's staging into the work area's failed-run folder,
         replacing what an earlier failed run of the directory's task kept there, with a
         record (``failed-run.json``: the files, the rows, the failure). The committed
-        version and its ``_SUCCESS`` are not touched. Returns the folder's URI."""
-        target = self.failed_run_path
-        self.drop_failed_run()
-        self.fs.makedirs(target, exist_ok=True)
+        version and its ``_SUCCESS`` are not touched. Returns the folder's URI.
+
+        Crash-safe: the rows and their record are put together in ``failed-run.next/`` first,
+        then the earlier folder is dropped and the new one takes its name; a job killed on
+        the way leaves the earlier rows or the new ones readable (``read_failed_run`` reads
+        ``failed-run.next/`` when the swap did not happen), never a record without its files."""
+        target, draft = self.failed_run_path, self.failed_run_path + FAILED_RUN_NEXT
+        if self.fs.exists(draft):
+            self.fs.rm(draft, recursive=True)
+        self.fs.makedirs(draft, exist_ok=True)
         names = sorted(set(blocks))
         for name in names:
-            self.fs.mv(f"{self.staging_path}/{name}", f"{target}/{name}")
+            self.fs.mv(f"{self.staging_path}/{name}", f"{draft}/{name}")
         body = {**record, "files": names, "kept_at": time.time(), "owner": self.owner}
-        put_whole(self.fs, f"{target}/{FAILED_RUN_RECORD}", json.dumps(body, indent=2, default=str).encode())
+        put_whole(self.fs, f"{draft}/{FAILED_RUN_RECORD}", json.dumps(body, indent=2, default=str).encode())
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+        self.fs.mv(draft, target, recursive=True)
         self.discard_staging()
         return self.uri_of(f"{WORK_DIR}/{FAILED_RUN_DIR}")
 
     def drop_failed_run(self) -> None:
-        if self.fs.exists(self.failed_run_path):
-            self.fs.rm(self.failed_run_path, recursive=True)
+        for folder in (self.failed_run_path + FAILED_RUN_NEXT, self.failed_run_path):
+            if self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
 
     def discard_staging(self) -> None:
         """Drop this job's staging (and an emptied work area, and a directory it created)."""

@@ -6,7 +6,8 @@ it is in the output's staging, so a retried block is never counted twice) and a 
 logs one line every ``RAYDLLM_PROGRESS_SECONDS`` (30 s by default), whatever the number of
 blocks, plus one when the first rows are out and one at the end::
 
-    progress: 0 of 2,000 rows after 30s (the engine and the first blocks are starting)
+    progress: reading the input after 30s
+    progress: 0 of 2,000 rows after 1m 00s (the engine and the first blocks are starting)
     progress: first 250 rows out after 41s
     progress: 750 of 2,000 rows (37%), 3 failed; 24.1 rows/s; about 52s left (elapsed 1m 02s)
     progress: 2,000 of 2,000 rows (100%), 5 failed, in 1m 53s (25.6 rows/s)
@@ -38,6 +39,7 @@ _DONE = re.compile(
     r"progress: (?P<done>[\d,]+) of (?P<total>[\d,]+) rows \((?P<percent>\d+)%\), (?P<failed>[\d,]+) failed, "
     r"in (?P<elapsed>[\dhms ]+) \((?P<rate>[\d.]+) rows/s\)"
 )
+_READING = re.compile(r"progress: reading the input after (?P<elapsed>[\dhms ]+)")
 _WAITING = re.compile(r"progress: (?P<done>[\d,]+) of (?P<total>[\d,]+) rows after (?P<elapsed>[\dhms ]+) \(")
 
 log = logging.getLogger("raydllm.job")
@@ -75,6 +77,10 @@ def parse(line: str) -> dict[str, Any] | None:
     """The figures of a progress line (anywhere in ``line``), or None: ``done``, ``total``,
     ``failed``, ``elapsed_seconds``, and while running ``rows_per_second`` and
     ``eta_seconds`` (None before they are known); ``finished`` is True for the last line."""
+    reading = _READING.search(line)
+    if reading:
+        return {"done": 0, "total": None, "failed": 0, "elapsed_seconds": seconds_of(reading.group("elapsed")),
+                "rows_per_second": None, "eta_seconds": None, "finished": False, "reading": True}  # fmt: skip
     for pattern, finished in ((_RUNNING, False), (_DONE, True), (_WAITING, False)):
         match = pattern.search(line)
         if not match:
@@ -95,10 +101,11 @@ class ProgressLog:
     """Counts the rows of the blocks written so far and logs them at a steady cadence.
 
     ``total`` is the rows of the whole input, ``done_before`` those an earlier try wrote
-    (a resumed run starts from them; the rate counts only this job's rows).
+    (a resumed run starts from them; the rate counts only this job's rows). Started with
+    ``total=None`` it says it is reading the input until :meth:`rows_known` gives them.
     """
 
-    def __init__(self, total: int, done_before: int = 0, every: float | None = None,
+    def __init__(self, total: int | None, done_before: int = 0, every: float | None = None,
                  emit: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic):  # fmt: skip
         self.total, self.before = total, done_before
         self.every = interval() if every is None else every
@@ -111,6 +118,11 @@ class ProgressLog:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def rows_known(self, total: int, done_before: int = 0) -> None:
+        """The input is read: ``total`` rows, ``done_before`` of them written by earlier tries."""
+        with self._lock:
+            self.total, self.before, self.done = total, done_before, done_before
 
     def block(self, ok: int, errors: int) -> None:
         """One written block's tally."""
@@ -135,7 +147,9 @@ class ProgressLog:
         now = self.clock() if now is None else now
         elapsed = duration(now - self.started)
         with self._lock:
-            done, failed = self.done, self.failed
+            done, failed, total = self.done, self.failed, self.total
+        if total is None:
+            return f"{PREFIX}reading the input after {elapsed}"
         if done == self.before and self.first_out is None:
             return f"{PREFIX}{done:,} of {self.total:,} rows after {elapsed} (the engine and the first blocks are starting)"
         percent = int(100 * done / self.total) if self.total else 100
@@ -151,6 +165,8 @@ class ProgressLog:
         wall = now - self.started
         with self._lock:
             done, failed = self.done, self.failed
+        if self.total is None:  # never got to the rows
+            return f"{PREFIX}reading the input ended after {duration(wall)}"
         percent = int(100 * done / self.total) if self.total else 100
         rate = (done - self.before) / wall if wall > 0 else 0.0
         return f"{PREFIX}{done:,} of {self.total:,} rows ({percent}%), {failed:,} failed, in {duration(wall)} ({rate:.1f} rows/s)"

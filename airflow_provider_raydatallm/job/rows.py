@@ -32,8 +32,15 @@ COLUMNS = "__raydllm_columns"
 MODEL_OUTPUT = "__raydllm_model_output"
 # The model an endpoint says answered the row (HTTP processor, Serve): for the job's report.
 MODEL_NAME = "__raydllm_model"
+# What was sent to the model for a row whose postprocess failed (kept for its error record).
+PROMPT = "__raydllm_prompt"
+PROMPT_CHARS = 2000  # of a prompt kept in an error record
+# JSON list of the input columns the postprocess returned unchanged (the very value it was
+# given): only those get their input type back (sink.restore_types).
+PASSED = "__raydllm_passed"
 RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
-INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, MODEL_OUTPUT, MODEL_NAME, RAY_ERROR)
+INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, MODEL_OUTPUT, MODEL_NAME, PASSED,
+                    PROMPT, RAY_ERROR)  # fmt: skip
 # Columns a processor adds to a row it ran on; a row without any of them was not inferred.
 RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "vLLMEngineProcessorConfig": ("generated_text", "embeddings"),
@@ -44,18 +51,33 @@ RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
 NO_MESSAGE = "row marked failed by a ray.data.llm stage without a message"
 
 
-ERROR_COLUMNS = ("row_id", "stage", "error", "row", "model_output", "input_tokens", "output_tokens")
+ERROR_COLUMNS = ("row_id", "stage", "error", "row", "prompt", "model_output", "input_tokens", "output_tokens")
 
 
 def error_schema():
     """The error output's columns, the same whatever failed: the row's id, the stage that
-    failed (preprocess, inference, postprocess), the error, the input row (JSON), and for a
-    row the model answered (its postprocess failed) the model's text and token counts."""
+    failed (preprocess, inference, postprocess), the error, the input row (JSON), what was
+    sent to the model (a row that failed in the engine or its postprocess), and for a row the
+    model answered (its postprocess failed) the model's text and token counts."""
     import pyarrow as pa
 
     return pa.schema(
-        [(name, pa.string()) for name in ERROR_COLUMNS[:5]] + [(name, pa.int64()) for name in ERROR_COLUMNS[5:]]
+        [(name, pa.string()) for name in ERROR_COLUMNS[:6]] + [(name, pa.int64()) for name in ERROR_COLUMNS[6:]]
     )
+
+
+def prompt_of(row: dict[str, Any]) -> str | None:
+    """What was sent to the model for a processed row, cut to PROMPT_CHARS: the engine's
+    prompt (vLLM and SGLang put the chat-templated prompt on the row, Ray cuts it on a failed
+    row), else the request an endpoint got (HTTP ``payload``, Serve ``request_kwargs``) or
+    the chat ``messages``, as JSON."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        sent = next((row[k] for k in ("payload", "request_kwargs", "messages") if row.get(k) is not None), None)
+        if sent is None:
+            return None
+        prompt = json.dumps(jsonable(sent), default=str, ensure_ascii=False)
+    return prompt[:PROMPT_CHARS]
 
 
 def model_output_of(row: dict[str, Any]) -> str | None:
@@ -139,6 +161,7 @@ class Postprocess:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         rid = str(row.get(ROW_ID, ""))
         tokens = token_counts(row)
+        given = {k: row[k] for k in self.columns if k in row}  # before the postprocess can reassign them
         try:
             out = dict(self.fn(row)) if self.fn else dict(row)
         except Exception as exc:
@@ -146,13 +169,28 @@ class Postprocess:
                 raise RowError(f"postprocess failed on row {rid}: {_describe(exc)}") from exc
             return {
                 ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", RAY_ERROR: "", ROW_JSON: row_json(row, self.columns),
-                MODEL_OUTPUT: model_output_of(row), **tokens,
+                MODEL_OUTPUT: model_output_of(row), PROMPT: prompt_of(row), **tokens,
             }  # fmt: skip
         inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
         returned = json.dumps([k for k in out if not str(k).startswith("__raydllm_") and k != RAY_ERROR])
+        passed = json.dumps([k for k in out if k in given and unchanged(out[k], given[k])])
         out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, COLUMNS: returned, **tokens})
         out[MODEL_NAME] = model_name_of(row)
+        out[PASSED] = passed
         return out
+
+
+def unchanged(returned: Any, given: Any) -> bool:
+    """Whether the postprocess returned the value it was given for a column: the same
+    object, or an equal value of the very same type (``0.0`` for ``0`` is a change)."""
+    if returned is given:
+        return True
+    if type(returned) is not type(given):
+        return False
+    try:
+        return bool(returned == given)
+    except (TypeError, ValueError):  # arrays compare element-wise: not a plain pass-through
+        return False
 
 
 def model_name_of(row: dict[str, Any]) -> str:
@@ -204,8 +242,9 @@ class ToErrorRecord:
         )  # fmt: skip
         original = row.get(ROW_JSON) or row_json(row, self.columns)
         answered = stage == "postprocess" and row.get(MODEL_OUTPUT) is not None
+        prompt = row.get(PROMPT) if stage == "postprocess" else prompt_of(row) if stage == "inference" else None
         return {
-            "row_id": str(row.get(ROW_ID, "")), "stage": stage, "error": message, "row": original,
+            "row_id": str(row.get(ROW_ID, "")), "stage": stage, "error": message, "row": original, "prompt": prompt,
             "model_output": row.get(MODEL_OUTPUT) if answered else None,
             "input_tokens": int(row.get(IN_TOKENS) or 0) if answered else None,
             "output_tokens": int(row.get(OUT_TOKENS) or 0) if answered else None,

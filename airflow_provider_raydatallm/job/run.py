@@ -82,8 +82,31 @@ def columns_and_rows(ds: Any, fmt: str) -> tuple[list[str], int, bytes]:
         schema = ds.schema()
         columns = list(schema.names) if schema is not None else []
     schemas = [pa.ipc.read_schema(pa.py_buffer(p["schema"])) for p in probes if p["rows"]]
-    types = pa.unify_schemas(schemas, promote_options="permissive").serialize().to_pybytes() if schemas else b""
+    try:
+        types = pa.unify_schemas(schemas, promote_options="permissive").serialize().to_pybytes() if schemas else b""
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise preflight.PreflightError(_type_clash(schemas, fmt) or f"the input's files disagree on types: {err}") from None
     return columns, sum(int(p["rows"]) for p in probes), types
+
+
+def _type_clash(schemas: list[Any], fmt: str) -> str | None:
+    """Name the first column whose type differs between the input's blocks, and the types."""
+    import pyarrow as pa
+
+    seen: dict[str, Any] = {}
+    for schema in schemas:
+        for field in schema:
+            first = seen.setdefault(field.name, field.type)
+            try:
+                pa.unify_schemas([pa.schema([(field.name, first)]), pa.schema([(field.name, field.type)])],
+                                 promote_options="permissive")  # fmt: skip
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return (
+                    f"input column {field.name!r} is read as {first} in one part of the {fmt} input and as "
+                    f"{field.type} in another (types are inferred per file or block): make the values of one "
+                    "kind in every file, or read it as text and convert it in the preprocess"
+                )
+    return None
 
 
 def block_rows(rows: int, partitions: int) -> int:
@@ -204,12 +227,11 @@ def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs
 
 def process(
     spec: JobSpec, config: Any, user: tuple[Any, Any], ds: Any, columns: list[str], outputs: Outputs, empty: bool,
-    types: bytes = b"", total: int = 0, done_before: int = 0,
+    types: bytes = b"", shown: progress_log.ProgressLog | None = None,
 ) -> tuple[dict, list, dict, str, list[str]]:
     """One streaming pass: every block is written (good rows to the output's staging, error
     records to the error output's) as it leaves the processor; only tallies come back, and
-    a progress line counts them (``total`` rows in, ``done_before`` written by earlier
-    tries). Returns (counts, first error records, files written per output, stats text, the
+    ``shown`` (the job's progress line) counts them. Returns (counts, first error records, files written per output, stats text, the
     model names an endpoint reported)."""
     if empty:  # an earlier try wrote every row: nothing to run
         counts, first_errors, files = sink.totals([])
@@ -227,10 +249,10 @@ def process(
     # The tallies (one small row per written block) come back as blocks are written: the
     # progress line counts them as they come, and the pass keeps its stats.
     tallies: list[dict[str, Any]] = []
-    with progress_log.ProgressLog(total, done_before) as shown:
-        for batch in pipeline.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            for tally in batch.to_pylist():
-                tallies.append(tally)
+    for batch in pipeline.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        for tally in batch.to_pylist():
+            tallies.append(tally)
+            if shown is not None:
                 shown.block(int(tally["ok"]), int(tally["errors"]))
     counts, first_errors, files = sink.totals(tallies)
     return counts, first_errors, files, pipeline.stats(), sink.models(tallies)
@@ -250,9 +272,13 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     outputs.claim()  # before any actor or engine starts
     try:
         preflight.run_all(spec, tag)
-        ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
-        counts, first_errors, files, stats_text, models = process(spec, config, user, ds, columns, outputs,
-                                                          rows_in == progress.rows, types, rows_in, progress.rows)  # fmt: skip
+        # The progress line, every RAYDLLM_PROGRESS_SECONDS: reading the input, then rows done.
+        with progress_log.ProgressLog(None) as shown:
+            ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
+            shown.rows_known(rows_in, progress.rows)
+            counts, first_errors, files, stats_text, models = process(
+                spec, config, user, ds, columns, outputs, rows_in == progress.rows, types, shown
+            )  # fmt: skip
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
         try:

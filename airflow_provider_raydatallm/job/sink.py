@@ -175,13 +175,26 @@ def _map_from_pairs(column: Any, want: Any) -> Any:
     return pa.MapArray.from_arrays(pairs.offsets, keys, items, mask=pc.is_null(pairs) if pairs.null_count else None)
 
 
-def restore_types(table: Any, input_types: bytes) -> Any:
-    """Give a column the postprocess passed through (same name as an input column) its
-    input type back when Ray's conversion changed it (``_drifted``): a time-zone-aware
-    timestamp keeps its zone (Ray hands back naive UTC values), a decimal its precision,
-    an integer column with nulls stays integer. A column the postprocess changed on purpose
-    (another kind of value), or one the cast would change (an integer column holding 4.5),
-    is written as the postprocess returned it."""
+def passed_through(records: list[dict[str, Any]]) -> set[str] | None:
+    """The input columns every row of a block returned unchanged (``rows.PASSED``); None
+    when the rows carry no such record (restore every column, as before it existed)."""
+    found: set[str] | None = None
+    for record in records:
+        listed = record.get(rows.PASSED)
+        if listed is None:
+            return None
+        names = set(json.loads(listed))
+        found = names if found is None else found & names
+    return found or set()
+
+
+def restore_types(table: Any, input_types: bytes, only: set[str] | None = None) -> Any:
+    """Give a column the postprocess passed through (returned unchanged in every row of the
+    block: ``only``) its input type back when Ray's conversion changed it (``_drifted``): a
+    time-zone-aware timestamp keeps its zone (Ray hands back naive UTC values), a decimal
+    its precision, an integer column with nulls stays integer. A column the postprocess
+    changed, even under an input column's name, is written as the postprocess returned it;
+    so is one the cast would change."""
     if not input_types:
         return table
     import pyarrow as pa
@@ -189,7 +202,7 @@ def restore_types(table: Any, input_types: bytes) -> Any:
 
     schema = pa.ipc.read_schema(pa.py_buffer(input_types))
     for index, field in enumerate(table.schema):
-        if field.name not in schema.names:
+        if field.name not in schema.names or (only is not None and field.name not in only):
             continue
         want = schema.field(field.name).type
         if field.type == want or not _drifted(field.type, want):
@@ -234,7 +247,7 @@ class WriteBlock:
         if ok_rows:
             kept = table.filter(pa.array(good))
             kept = storable(kept.select(output_columns(kept)), [str(r.get(rows.ROW_ID)) for r in ok_rows], self.fmt)
-            kept = restore_types(kept, self.input_types)
+            kept = restore_types(kept, self.input_types, passed_through(ok_rows))
             ok_file = write_table(kept, self.ok_uri, name, self.fmt)
             if self.record:
                 record_block(self.ok_uri, name, ok_rows, tally)

@@ -37,14 +37,15 @@ class RayDataLLMPlugin(AirflowPlugin):
     external_views = [
         {
             "name": "LLM batch runs",
-            "href": f"{URL_PREFIX}/runs",
+            # Relative to the UI's <base href>: right under an Airflow served at a path prefix too.
+            "href": f"{URL_PREFIX.lstrip('/')}/runs",
             "url_route": RUNS_ROUTE,
             "destination": "nav",
             "category": "browse",
         },
         {
             "name": "Ray job",
-            "href": f"{URL_PREFIX}/ray-job?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}&map_index={{MAP_INDEX}}",
+            "href": f"{URL_PREFIX.lstrip('/')}/ray-job?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}&map_index={{MAP_INDEX}}",
             "url_route": RAY_JOB_ROUTE,
             "destination": "task_instance",
         },

@@ -86,7 +86,7 @@ def test_the_pages_reading_functions_read_a_real_error_output_and_a_failed_runs_
     exec(compile(body, str(PAGE), "exec"), namespace)
     uri, owner = f"file://{tmp_path}/out/_errors", {"dag_id": "ticket_triage", "task_id": "triage"}
     record = {"row_id": "T-1", "stage": "postprocess", "error": "JSONDecodeError: Unterminated string", "row": "{}",
-              "model_output": '{"category": "bil', "input_tokens": 61, "output_tokens": 60}  # fmt: skip
+              "prompt": "<|im_start|>user\nTriage this ticket", "model_output": '{"category": "bil', "input_tokens": 61, "output_tokens": 60}  # fmt: skip
     table = pa.Table.from_pylist([record], schema=rows.error_schema())
     day = OutputDir(uri, "job-a1", owner)
     day.commit([sink.write_table(table, day.staging_uri, "block-1.parquet", "parquet")], Manifest(rows=1), False)

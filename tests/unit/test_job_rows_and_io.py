@@ -60,11 +60,19 @@ def test_the_model_output_of_each_processor_type_is_kept_for_a_failed_postproces
 
 
 def test_inference_errors_from_ray_become_records_with_the_original_row():
-    row = {rows.ROW_ID: "9", "Index": 9, "Company": "Z", rows.RAY_ERROR: "engine exploded", "messages": []}
+    # vLLM puts (a cut of) the chat-templated prompt on a row it failed: the record keeps it.
+    row = {rows.ROW_ID: "9", "Index": 9, "Company": "Z", rows.RAY_ERROR: "engine exploded", "messages": [],
+           "prompt": "<|im_start|>user\nZ<|im_end|>"}  # fmt: skip
     assert rows.ToErrorRecord(COLUMNS)(row) == {
         "row_id": "9", "stage": "inference", "error": "engine exploded", "row": '{"Index": 9, "Company": "Z"}',
-        "model_output": None, "input_tokens": None, "output_tokens": None,
+        "prompt": "<|im_start|>user\nZ<|im_end|>", "model_output": None, "input_tokens": None, "output_tokens": None,
     }  # fmt: skip
+    # An endpoint's failed request: the payload it was sent, as JSON.
+    http = {rows.ROW_ID: "3", "Index": 3, rows.RAY_ERROR: "HTTP 500", "payload": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}
+    assert json.loads(rows.ToErrorRecord(COLUMNS)(http)["prompt"])["messages"][0]["content"] == "hi"
+    # A preprocess failure never reached the model: no prompt.
+    pre = {rows.ROW_ID: "4", rows.RAY_ERROR: "preprocess: ValueError: x", "messages": [{"role": "user", "content": "x"}]}
+    assert rows.ToErrorRecord(COLUMNS)(pre)["prompt"] is None
 
 
 def test_result_line_round_trip_and_stage_parsing():
@@ -157,3 +165,13 @@ def test_wall_time_splits_into_inference_and_the_rest():
     assert split_wall(1.0, {"MapBatches(vLLMEngineStageUDF)": 2.0}) == (1.0, 0.0)  # never more than the wall
     long = first_error_records([{"row_id": 7, "stage": "preprocess", "error": "x" * 2000, "row": "{...}"}])
     assert long == [{"row_id": "7", "stage": "preprocess", "error": "x" * 500}]
+
+
+def test_input_files_that_disagree_on_a_columns_type_are_named_before_inference():
+    import pyarrow as pa
+
+    from airflow_provider_raydatallm.job.run import _type_clash
+
+    clash = _type_clash([pa.schema([("id", pa.int64()), ("t", pa.string())]), pa.schema([("t", pa.string()), ("id", pa.string())])], "csv")
+    assert clash and "'id'" in clash and "int64" in clash and "string" in clash and "csv" in clash
+    assert _type_clash([pa.schema([("n", pa.int64())]), pa.schema([("n", pa.float64())])], "csv") is None  # promotable

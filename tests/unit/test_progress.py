@@ -96,3 +96,19 @@ def test_interval_comes_from_the_environment(monkeypatch):
     assert progress.interval() == 1.0
     monkeypatch.setenv(progress.INTERVAL_ENV, "soon")
     assert progress.interval() == progress.DEFAULT_INTERVAL
+
+
+def test_while_the_input_is_read_the_line_says_so_then_counts_rows():
+    clock, lines = Clock(), []
+    shown = progress.ProgressLog(None, every=30, emit=lines.append, clock=clock)
+    clock.now += 30
+    assert shown.line() == "progress: reading the input after 30s"
+    assert progress.parse(shown.line()) == {"done": 0, "total": None, "failed": 0, "elapsed_seconds": 30,
+                                            "rows_per_second": None, "eta_seconds": None, "finished": False,
+                                            "reading": True}  # fmt: skip
+    shown.rows_known(100, 40)  # 40 rows written by an earlier try
+    clock.now += 30
+    assert shown.line() == "progress: 40 of 100 rows after 1m 00s (the engine and the first blocks are starting)"
+    shown.block(60, 0)
+    clock.now += 10
+    assert shown.final_line() == "progress: 100 of 100 rows (100%), 0 failed, in 1m 10s (0.9 rows/s)"

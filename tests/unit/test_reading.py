@@ -43,7 +43,7 @@ def test_nothing_committed_or_kept_says_so(tmp_path):
 
 def test_a_failed_runs_kept_error_rows_read_back(tmp_path):
     errors = OutputDir(str(tmp_path / "out" / "_errors"), "job-a1", OWNER)
-    record = {"row_id": "7", "stage": "postprocess", "error": "JSONDecodeError: x", "row": "{}",
+    record = {"row_id": "7", "stage": "postprocess", "error": "JSONDecodeError: x", "row": "{}", "prompt": "Triage: x",
               "model_output": '{"category": "bil', "input_tokens": 40, "output_tokens": 12}  # fmt: skip
     name = sink.write_table(pa.Table.from_pylist([record], schema=rows.error_schema()), errors.staging_uri,
                             "block-1.parquet", "parquet")  # fmt: skip

@@ -39,7 +39,7 @@ def test_a_block_splits_into_output_and_error_files_and_a_tally(tmp_path, fmt):
         assert out.column_names == ["id", "text", "label"] and out.column("id").to_pylist() == [1, 3]
         assert pq.read_table(err_file).to_pylist() == [
             {"row_id": "2", "stage": "preprocess", "error": "ValueError: no", "row": '{"id": 2, "text": "t2"}',
-             "model_output": None, "input_tokens": None, "output_tokens": None}
+             "prompt": None, "model_output": None, "input_tokens": None, "output_tokens": None}
         ]
     elif fmt == "jsonl":
         assert [json.loads(line)["id"] for line in ok_file.read_text().splitlines()] == [1, 3]
@@ -88,8 +88,8 @@ def test_an_error_output_has_its_fixed_schema(tmp_path):
     sink.WriteBlock(str(tmp_path / "out"), str(tmp_path / "errors"), "parquet", COLUMNS)(_block())
     (err_file,) = list((tmp_path / "errors").glob("block-*"))
     schema = pq.read_schema(err_file)
-    assert schema.names == ["row_id", "stage", "error", "row", "model_output", "input_tokens", "output_tokens"]
-    assert [str(t) for t in schema.types] == ["string"] * 5 + ["int64"] * 2
+    assert schema.names == ["row_id", "stage", "error", "row", "prompt", "model_output", "input_tokens", "output_tokens"]
+    assert [str(t) for t in schema.types] == ["string"] * 6 + ["int64"] * 2
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
@@ -124,3 +124,38 @@ def test_a_value_parquet_cannot_hold_fails_naming_the_column_and_row(tmp_path):
     table = pa.table({"label": ["a", "b"], "obj": objects})
     with pytest.raises(sink.UnstorableValueError, match=r"column 'obj' \(row r2\), which parquet cannot store"):
         sink.storable(table, ["r1", "r2"], "parquet")
+
+
+def test_only_columns_the_postprocess_passed_through_get_their_input_type_back():
+    """A column returned changed under an input column's name is written as returned, in
+    every block alike: whole-number halves are not cast back to integers, a naive local
+    time is not read as UTC, strings are not parsed as numbers."""
+    import datetime as dt
+    import json
+
+    import pyarrow as pa
+
+    from airflow_provider_raydatallm.job import rows, sink
+
+    columns = ["score", "at", "tags"]
+    at = dt.datetime(2026, 12, 1, 12, 0)
+    wrap = rows.Postprocess(lambda r: {"score": r["score"] / 2, "at": r["at"], "tags": [str(t) for t in r["tags"]]},
+                            columns, continue_on_error=True)  # fmt: skip
+    out = wrap({rows.ROW_ID: "1", "score": 2, "at": at, "tags": [1, 2]})
+    assert json.loads(out[rows.PASSED]) == ["at"]
+
+    def mutates(r):
+        r["score"] = 1.0  # in place: still a change
+        return r
+
+    assert json.loads(rows.Postprocess(mutates, columns, True)({rows.ROW_ID: "2", "score": 2, "at": at, "tags": []})[rows.PASSED]) == ["at", "tags"]
+    assert rows.unchanged(0, 0) and not rows.unchanged(0.0, 0) and not rows.unchanged("1", 1)
+
+    input_types = pa.schema([("score", pa.int64()), ("at", pa.timestamp("us", tz="Europe/Paris"))]).serialize().to_pybytes()
+    block = pa.table({"score": [1.0, 2.0], "at": pa.array([at, at], pa.timestamp("us"))})
+    kept = sink.restore_types(block, input_types, only={"at"})
+    assert kept.schema.field("score").type == pa.float64()  # changed by the postprocess: as returned
+    assert kept.schema.field("at").type == pa.timestamp("us", tz="Europe/Paris")  # passed through: its zone back
+    assert sink.restore_types(block, input_types, only=set()).schema == block.schema
+    assert sink.passed_through([{rows.PASSED: '["at", "score"]'}, {rows.PASSED: '["at"]'}]) == {"at"}
+    assert sink.passed_through([{"x": 1}]) is None

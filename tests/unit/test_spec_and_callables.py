@@ -248,3 +248,18 @@ def test_a_helper_beside_a_script_travels_by_value_without_the_script(tmp_path, 
     spec = callables.pack(helper_mod_x1.pre, "preprocess")
     del sys.modules["helper_mod_x1"]
     assert spec.pickled and callables.load(spec)({"x": 4}) == {"y": 8}
+
+
+def test_a_dag_file_run_as_a_script_ships_the_helpers_beside_it(tmp_path, monkeypatch):
+    # `python my_dag.py` with dag.test() at the bottom: the callables live in __main__ and
+    # use a module beside the file, which the cluster cannot import.
+    (tmp_path / "helper_mod_x2.py").write_text("def label(text):\n    return text.upper()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    script = types.ModuleType("__main__")
+    script.__file__ = str(tmp_path / "my_dag.py")
+    exec("import helper_mod_x2\ndef post(row):\n    return {'label': helper_mod_x2.label(row['t'])}\n", script.__dict__)
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    spec = callables.pack(script.post, "postprocess")
+    del sys.modules["helper_mod_x2"]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    assert callables.load(spec)({"t": "ok"}) == {"label": "OK"}

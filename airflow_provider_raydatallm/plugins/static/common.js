@@ -28,6 +28,7 @@ const RDL = {
   // One line for a job's progress figures: "40 / 60 rows (66%) · 1.6 rows/s · about 13s left".
   progressText(p) {
     if (!p) return "";
+    if (p.reading) return `reading the input (${RDL.duration(p.elapsed_seconds)})`;
     const pct = p.total ? Math.floor((100 * p.done) / p.total) : 100;
     const parts = [`${RDL.num(p.done)} / ${RDL.num(p.total)} rows (${pct}%)`];
     if (p.failed) parts.push(`${RDL.num(p.failed)} failed`);

@@ -36,6 +36,10 @@ function progressView(p, live) {
   // rows in, the rate since the first block came out, and the time left at that rate.
   const box = RDL.el("div", { id: "job-progress" });
   box.append(RDL.el("h2", {}, "Inference progress"));
+  if (p.reading) {
+    box.append(RDL.el("div", { class: "muted", id: "p-reading" }, `Reading the input (${RDL.duration(p.elapsed_seconds)} so far).`));
+    return box;
+  }
   const frac = p.total ? Math.min(1, p.done / p.total) : 1;
   const eta = p.finished ? "done" : (p.eta_seconds === null || p.eta_seconds === undefined
     ? (p.done ? "rate not known yet" : "starting") : `about ${RDL.duration(p.eta_seconds)}`);
