@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -75,7 +76,9 @@ class _Source(logging.Filter):
 
 def _log_to_stdout() -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(source)s] %(message)s"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s [%(source)s] %(message)s")
+    formatter.converter = time.gmtime  # UTC, whatever the node's zone: the UI dates progress lines by it
+    handler.setFormatter(formatter)
     handler.addFilter(_Source())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 

@@ -46,10 +46,12 @@ log = logging.getLogger("raydllm.job")
 
 
 def interval() -> float:
-    """Seconds between two progress lines: ``$RAYDLLM_PROGRESS_SECONDS`` (at least 1), else 30."""
-    raw = os.environ.get(INTERVAL_ENV, "")
+    """Seconds between two progress lines: ``$RAYDLLM_PROGRESS_SECONDS`` (``10`` or ``10s``;
+    at least 1), else 30. (``10s`` stays a string in a DAG with ``render_template_as_native_obj``,
+    where ``"10"`` would be rendered into a number, which an environment variable cannot be.)"""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
     try:
-        return max(1.0, float(raw)) if raw.strip() else DEFAULT_INTERVAL
+        return max(1.0, float(raw.removesuffix("s"))) if raw else DEFAULT_INTERVAL
     except ValueError:
         log.warning("%s=%r is not a number of seconds; using %g", INTERVAL_ENV, raw, DEFAULT_INTERVAL)
         return DEFAULT_INTERVAL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
@@ -26,4 +27,8 @@ class RayJobLink(BaseOperatorLink):
         from airflow.sdk.execution_time.xcom import XCom
 
         value = XCom.get_value(ti_key=ti_key, key=XCOM_JOB_KEY)
-        return (value or {}).get("dashboard_url", "") if isinstance(value, dict) else ""
+        url = value.get("dashboard_url") if isinstance(value, dict) else None
+        # XCom can be edited through the REST API: only an absolute http(s) URL becomes a link.
+        if not isinstance(url, str) or urlsplit(url.strip()).scheme.lower() not in ("http", "https"):
+            return ""
+        return url.strip()

@@ -276,7 +276,7 @@ def _belongs_to(job: dict[str, Any], ti: dict[str, Any]) -> bool:
 
 def latest_progress(log_text: str, now: datetime | None = None) -> dict[str, Any] | None:
     """The figures of the job's last progress line (``job/progress.py``), with ``logged_at``
-    (the line's time, UTC) and ``age_seconds`` when the line carries its time."""
+    (the line's time: the job logs in UTC) and ``age_seconds`` when the line carries its time."""
     for line in reversed(log_text.splitlines()):
         if job_progress.PREFIX not in line:
             continue
@@ -313,16 +313,24 @@ def _job_info(client: Any, ray_conn_id: str, submission_id: str, ti: dict[str, A
     return job
 
 
-def _progress_from_log(client: Any, submission_id: str) -> dict[str, Any] | None:
+def _progress_from_log(client: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's latest progress line, from the last PROGRESS_LOG_LINES lines of its driver
+    log (the dashboard's log API wants the driver's node); None when there is none yet."""
     import httpx
 
-    try:
-        logs = client.get("/api/v0/logs/file", params={"submission_id": submission_id, "lines": PROGRESS_LOG_LINES,
-                                                        "filter_ansi_code": "true"})  # fmt: skip
-    except httpx.HTTPError as err:  # the rest of the answer stands without it
-        log.info("Ray job %s: no progress from its log (%s)", submission_id, type(err).__name__)
+    submission_id, node_id = job.get("submission_id"), job.get("driver_node_id")
+    if not submission_id or not node_id:
         return None
-    return latest_progress(logs.text) if logs.status_code == 200 else None
+    params = {"submission_id": submission_id, "node_id": node_id, "lines": PROGRESS_LOG_LINES, "filter_ansi_code": "true"}
+    try:
+        logs = client.get("/api/v0/logs/file", params=params)
+    except httpx.HTTPError as err:  # the rest of the answer stands without it
+        log.warning("Ray job %s: no progress from its log (%s)", submission_id, type(err).__name__)
+        return None
+    if logs.status_code != 200:
+        log.warning("Ray job %s: the dashboard's log API answered %s", submission_id, logs.status_code)
+        return None
+    return latest_progress(logs.text)
 
 
 def running_progress(session: Session, rows: list[dict[str, Any]], limit: int = 10) -> None:
@@ -345,10 +353,10 @@ def running_progress(session: Session, rows: list[dict[str, Any]], limit: int = 
         try:
             client, _ = _client(conn_id)
             with client:
-                _job_info(client, conn_id, row["submission_id"], row)
-                row["progress"] = _progress_from_log(client, row["submission_id"])
+                job = _job_info(client, conn_id, row["submission_id"], row)
+                row["progress"] = _progress_from_log(client, job)
         except Exception as err:  # noqa: BLE001 (a row without progress; the page stands)
-            log.info("no progress for %s.%s in %s: %s", row["dag_id"], row["task_id"], row["run_id"], type(err).__name__)
+            log.warning("no progress for %s.%s in %s: %s", row["dag_id"], row["task_id"], row["run_id"], type(err).__name__)
 
     if wanted:
         with ThreadPoolExecutor(max_workers=min(4, len(wanted))) as pool:
@@ -376,7 +384,7 @@ def live_job(ray_conn_id: str, submission_id: str, ti: dict[str, Any]) -> dict[s
                             "stages": [_stage(op) for op in ds.get("operators", [])],
                         }
                     )
-        figures = _progress_from_log(client, submission_id)
+        figures = _progress_from_log(client, job)
     return {
         "status": job.get("status"),
         "submission_id": job.get("submission_id") or submission_id,

@@ -65,3 +65,22 @@ def test_a_job_belongs_only_to_the_task_instance_its_metadata_names():
     for key, other in (("airflow_dag_id", "d2"), ("airflow_run_id", "r2"), ("airflow_task_id", "t2"), ("airflow_map_index", "-1")):
         assert not data._belongs_to({"metadata": {**meta, key: other}}, ti), key
     assert not data._belongs_to({"metadata": {}}, ti) and not data._belongs_to({}, ti)
+
+
+@pytest.mark.parametrize(
+    ("stored", "link"),
+    [
+        ({"dashboard_url": "http://127.0.0.1:8265/#/jobs/raydllm-x"}, "http://127.0.0.1:8265/#/jobs/raydllm-x"),
+        ({"dashboard_url": "javascript:alert(1)"}, ""),
+        ({"dashboard_url": None}, ""),
+        ("not a dict", ""),
+        (None, ""),
+    ],
+)
+def test_the_ray_job_extra_link_is_http_only(monkeypatch, stored, link):
+    from airflow.sdk.execution_time.xcom import XCom
+
+    from airflow_provider_raydatallm.links.ray import RayJobLink
+
+    monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, **kwargs: stored))
+    assert RayJobLink().get_link(None, ti_key=None) == link

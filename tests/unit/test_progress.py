@@ -92,6 +92,8 @@ def test_the_thread_logs_at_its_cadence_not_per_block_and_a_failed_pass_gets_no_
 def test_interval_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(progress.INTERVAL_ENV, "5")
     assert progress.interval() == 5.0
+    monkeypatch.setenv(progress.INTERVAL_ENV, "7s")
+    assert progress.interval() == 7.0
     monkeypatch.setenv(progress.INTERVAL_ENV, "0.01")
     assert progress.interval() == 1.0
     monkeypatch.setenv(progress.INTERVAL_ENV, "soon")

@@ -46,6 +46,7 @@ for dag_id in ("raydllm_ui", "raydllm_ui_hidden"):
             num_partitions="{{ params.partitions }}", should_continue_on_error=True, max_error_ratio=0.5,
             deferrable=True, poll_interval=2, outlets=[ANSWERS],
             # A progress line every 2 s (30 s by default): the browser test watches it move.
-            runtime_env={"env_vars": {"RAYDLLM_PROGRESS_SECONDS": "2"}},
+            # "2s", not "2": this DAG renders templates as native objects, "2" would become 2.
+            runtime_env={"env_vars": {"RAYDLLM_PROGRESS_SECONDS": "2s"}},
         )  # fmt: skip
     enable_lineage(dag)
