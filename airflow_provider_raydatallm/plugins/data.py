@@ -222,10 +222,27 @@ def task_instance(session: Session, dag_id: str, run_id: str, task_id: str, map_
     }
 
 
+MAPPED = "{{ mapped over }}"  # a ray_conn_id given per mapped task instance: read from its rendered fields
+
+
+def defined_ray_conn_id(task: Any) -> str:
+    """``ray_conn_id`` of a serialized task as its DAG file wrote it (``MAPPED`` when it is
+    mapped over; the operator's default when not given)."""
+    partial = getattr(task, "partial_kwargs", None)
+    if isinstance(partial, dict):  # a mapped task: its arguments are partial(...)'s, or mapped over
+        expand = getattr(task, "_get_specified_expand_input", None)
+        mapped = getattr(expand(), "value", None) if callable(expand) else None
+        defined = MAPPED if isinstance(mapped, dict) and "ray_conn_id" in mapped else partial.get("ray_conn_id")
+    else:
+        defined = getattr(task, "ray_conn_id", None)
+    return defined if isinstance(defined, str) and defined else DEFAULT_CONN_ID
+
+
 def ray_conn_id_of(session: Session, ti: Any) -> str | None:
     """The task's ``ray_conn_id`` as its DAG defines it: the serialized DAG of the version
-    the task instance ran (the latest when it has none), its rendered value when the field
-    is templated. None when the definition cannot be found."""
+    the task instance ran (the latest when it has none; a mapped task's ``partial``
+    arguments), its rendered value when the field is templated or mapped over. None when the
+    definition cannot be found."""
     from airflow.models.dag_version import DagVersion
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
     from airflow.models.serialized_dag import SerializedDagModel
@@ -238,7 +255,7 @@ def ray_conn_id_of(session: Session, ti: Any) -> str | None:
         dag = SerializedDagModel.get_dag(ti.dag_id, session=session)
     if dag is None or not dag.has_task(ti.task_id):
         return None
-    conn_id = getattr(dag.get_task(ti.task_id), "ray_conn_id", None) or DEFAULT_CONN_ID
+    conn_id = defined_ray_conn_id(dag.get_task(ti.task_id))
     if "{{" in conn_id or "{%" in conn_id:
         rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session) or {}
         conn_id = rendered.get("ray_conn_id")

@@ -84,3 +84,31 @@ def test_the_ray_job_extra_link_is_http_only(monkeypatch, stored, link):
 
     monkeypatch.setattr(XCom, "get_value", classmethod(lambda cls, **kwargs: stored))
     assert RayJobLink().get_link(None, ti_key=None) == link
+
+
+def _pre(row):
+    return row
+
+
+def test_the_connection_comes_from_the_serialized_definition_mapped_or_not():
+    import datetime as dt
+
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+
+    cfg = {"type": "HttpRequestProcessorConfig", "url": "http://x/v1", "batch_size": 2}
+    common = {"processor_config": cfg, "preprocess": _pre, "postprocess": _pre}
+    with DAG("conn_ids", schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:
+        RayLLMBatchOperator.partial(task_id="mapped", output_uri="/o/{{ ti.map_index }}", ray_conn_id="prod_ray",
+                                    **common).expand(input_uri=["/a", "/b"])  # fmt: skip
+        RayLLMBatchOperator.partial(task_id="mapped_conn", output_uri="/o2/{{ ti.map_index }}", input_uri="/x",
+                                    **common).expand(ray_conn_id=["a", "b"])  # fmt: skip
+        RayLLMBatchOperator(task_id="plain", output_uri="/o3", input_uri="/x", ray_conn_id="other", **common)
+        RayLLMBatchOperator(task_id="default", output_uri="/o4", input_uri="/x", **common)
+        RayLLMBatchOperator(task_id="templated", output_uri="/o5", input_uri="/x", ray_conn_id="{{ var.value.ray }}", **common)
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))  # what the API server reads
+    found = {t: data.defined_ray_conn_id(served.get_task(t)) for t in ("mapped", "mapped_conn", "plain", "default", "templated")}
+    assert found == {"mapped": "prod_ray", "mapped_conn": data.MAPPED, "plain": "other", "default": "ray_default",
+                     "templated": "{{ var.value.ray }}"}  # fmt: skip
