@@ -28,7 +28,7 @@ help:
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
 	@echo "make airflow   a real local Airflow 3 (UI http://127.0.0.1:8080) with this provider, the example DAGs and"
-	@echo "               ray_default on the local head; prints the login. make airflow-down stops it"
+	@echo "               ray_default on the local head; prints the login. make airflow-down stops it (make ray-down the head)"
 
 setup: venv venv-ray model browser
 
@@ -76,7 +76,7 @@ ray-down:
 # A real local Airflow (API server, scheduler, triggerer, DAG processor; LocalExecutor, SQLite
 # in .cache/airflow) with the example DAGs and ray_default on the `make ray-up` head.
 # AIRFLOW_ARGS: e.g. --port 8090 (scripts/local_airflow.py --help).
-airflow: setup ray-up
+airflow: venv venv-ray model ray-up
 	.venv/bin/python scripts/local_airflow.py up $(AIRFLOW_ARGS)
 
 airflow-down:

@@ -89,6 +89,7 @@ def environment(settings: Settings) -> dict[str, str]:
         # Every component and task writes one SQLite file: wait 30 s for its lock, not 5.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "raydllm_sqlite.CONNECT_ARGS",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "raydllm_sqlite.CONNECT_ARGS_ASYNC",
+        "AIRFLOW__API__HOST": "127.0.0.1",  # this machine only, as the local Ray head
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": settings.base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.base}/execution/",
@@ -120,10 +121,11 @@ def passwords(home: Path) -> dict[str, str]:
 
 
 def migrate(settings: Settings, env: dict[str, str]) -> None:
-    """``airflow db migrate`` once per home (a stamp file says it ran for this Airflow)."""
-    stamp = settings.home / ".migrated"
+    """``airflow db migrate`` when the database is new or Airflow was reinstalled since (a
+    stamp beside the database says which install migrated it)."""
+    stamp, db = settings.home / ".migrated", settings.home / "airflow.db"
     version = (ROOT / ".venv" / ".installed").stat().st_mtime if (ROOT / ".venv" / ".installed").exists() else 0
-    if stamp.exists() and stamp.read_text() == str(version):
+    if db.exists() and stamp.exists() and stamp.read_text() == str(version):
         return
     out = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True, cwd=settings.home)
     if out.returncode:
@@ -151,9 +153,57 @@ def health(base: str) -> dict | None:
         return None
 
 
+def _started_at(pid: int) -> str:
+    """The process's start time (clock ticks after boot, from /proc): a pid reused by another
+    process after a reboot or a crash has another one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _record(home: Path, pids: dict[str, int], digest: str) -> None:
+    body = {"settings": digest, "components": {name: {"pid": pid, "started": _started_at(pid)} for name, pid in pids.items()}}
+    (home / "pids.json").write_text(json.dumps(body))
+
+
+def _digest(env: dict[str, str]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()[:16]
+
+
 def _pids(home: Path) -> dict[str, int]:
+    """The components recorded in ``pids.json`` that are still the processes started then."""
     path = home / "pids.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        body = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+    found = {}
+    for name, entry in (body.get("components") or {}).items():
+        pid = int(entry.get("pid") or 0)
+        if pid and entry.get("started") and _started_at(pid) == entry["started"]:
+            found[name] = pid
+    return found
+
+
+def _recorded_digest(home: Path) -> str:
+    try:
+        return json.loads((home / "pids.json").read_text()).get("settings", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -197,38 +247,58 @@ def up(settings: Settings) -> dict[str, int]:
         print(f"starting the local Ray head ({settings.ray_profile} profile)", flush=True)
         local_ray.up(profile, workers=False)
     settings.home.mkdir(parents=True, exist_ok=True)
-    alive = running(settings)
-    if set(alive) == set(COMPONENTS) and health(settings.base):
-        return alive
-    if alive:  # a partial Airflow of an earlier run: start clean
-        down(settings)
-    passwords(settings.home)
     env = environment(settings)
+    digest = _digest(env)
+    alive = running(settings)
+    if set(alive) == set(COMPONENTS) and _recorded_digest(settings.home) == digest and health(settings.base):
+        return alive
+    if alive:  # a partial Airflow, or one started with other settings: start clean
+        down(settings)
+    if not _port_free(settings.port):
+        raise RuntimeError(
+            f"port {settings.port} is taken by another program (another Airflow?): stop it, or start this one "
+            "elsewhere with AIRFLOW_ARGS='--port N'"
+        )
+    passwords(settings.home)
     migrate(settings, env)
     pids = {"api-server": start_component(settings, env, "api-server").pid}
-    (settings.home / "pids.json").write_text(json.dumps(pids))
+    _record(settings.home, pids, digest)
     wait_healthy(settings)
     for component in COMPONENTS[1:]:
         pids[component] = start_component(settings, env, component).pid
-    (settings.home / "pids.json").write_text(json.dumps(pids))
+    _record(settings.home, pids, digest)
     return pids
 
 
-def stop_pid(pid: int, timeout: float = 10) -> None:
-    """SIGTERM the process group of ``pid``, SIGKILL it after ``timeout`` seconds."""
+def _group_alive(pgid: int) -> bool:
     try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_pid(pid: int, timeout: float = 10) -> None:
+    """SIGTERM the process group ``pid`` leads (a component started by this script), wait
+    until every process of the group is gone, SIGKILL what is left after ``timeout`` s."""
+    try:
+        if os.getpgid(pid) != pid:
+            return  # not the leader of its own group: not a process this script started
         os.killpg(pid, signal.SIGCONT)  # a frozen one cannot exit
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and (_alive(pid) or _group_alive(pid)):
         time.sleep(0.2)
-    if _alive(pid):
+    if _alive(pid) or _group_alive(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
+    _alive(pid)  # reap it when it is this process's child
 
 
 def down(settings: Settings) -> None:

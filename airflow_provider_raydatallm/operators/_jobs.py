@@ -109,10 +109,12 @@ def submit(hook: RayHook, spec: JobSpec, submission_id: str, how: Submission) ->
     runtime_env = dict(how.runtime_env or {})
     runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + py_modules
     metadata = {
+        # The user's job_metadata first: the keys below, which name the task instance the job
+        # belongs to (adoption, the UI's ownership check), always win.
+        **{str(k): str(v) for k, v in (how.job_metadata or {}).items()},
         "airflow_dag_id": run.dag_id, "airflow_task_id": run.task_id, "airflow_run_id": run.run_id,
         "airflow_map_index": str(run.map_index), "airflow_try_number": str(run.try_number),
         "submitted_by": f"airflow-provider-raydatallm {airflow_provider_raydatallm.__version__}",
-        **{str(k): str(v) for k, v in (how.job_metadata or {}).items()},
         SPEC_HASH_KEY: spec_hash(spec), OUTPUT_KEY: spec.output.uri, NAMESPACE_KEY: namespace,
         SERIES_KEY: str(how.first_try),
     }  # fmt: skip

@@ -88,7 +88,8 @@ def reported_model(record: dict[str, Any], result: JobResult | None) -> str | No
     recorded at submission."""
     model = record.get("model")
     if isinstance(model, str) and model.startswith("http:") and "://" in model:
-        host = urlsplit(model[len("http:") :]).netloc
+        parts = urlsplit(model[len("http:") :])
+        host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname or "")  # never user:key@
         names = ", ".join(result.models) if result and result.models else "endpoint"
         return f"{names} @ {host}"
     return model

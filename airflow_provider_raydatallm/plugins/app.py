@@ -100,7 +100,8 @@ def create_app() -> FastAPI:
         record = record if isinstance(record, dict) else None
         conn_id = ti.pop("ray_conn_id")
         errors_hidden = False
-        if isinstance(ti["result"], dict) and not _may_read(user, dag_id, DagAccessEntity.XCOM):
+        may_read_rows = _may_read(user, dag_id, DagAccessEntity.XCOM)
+        if isinstance(ti["result"], dict) and not may_read_rows:
             # Error rows hold the rows' data: only for those who may read the task's XCom.
             errors_hidden = bool(ti["result"].get("first_errors"))
             ti["result"] = {k: v for k, v in ti["result"].items() if k != "first_errors"}
@@ -112,6 +113,10 @@ def create_app() -> FastAPI:
             else:
                 try:
                     answer["job"].update(data.live_job(conn_id, record["submission_id"], ti))
+                    if answer["job"].get("message") and answer["job"].get("status") != "SUCCEEDED" and not may_read_rows:
+                        # A failed job's message is the end of its log: the failed rows are in it.
+                        answer["job"]["message"] = "(hidden: a job's message can hold row data; it needs read access to the task's XCom)"
+                        answer["errors_hidden"] = True
                 except data.NotThisTasksJob as err:
                     log.warning("task %s.%s in %s: %s", dag_id, task_id, run_id, err)
                     answer["job"] = None

@@ -34,7 +34,13 @@ OPERATORS = ("RayLLMBatchOperator",)
 DEFAULT_CONN_ID = "ray_default"  # RayHook.default_conn_name, without importing the hook here
 # How far back in the job's log the latest progress line is looked for (the job logs one
 # every 30 s by default; a chatty log between two of them is cut here, not the answer).
-PROGRESS_LOG_LINES = 2000
+PROGRESS_LOG_LINES = 1000
+# A job's progress line changes every 30 s by default: pages polling every few seconds, and
+# several people watching, share one read of the log per job for this long.
+PROGRESS_CACHE_SECONDS = 10.0
+RAY_TIMEOUT = 5.0  # seconds per call to the dashboard: a slow head leaves the page without live figures
+_progress_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
+_cache_lock = __import__("threading").Lock()
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 MAX_ROWS = 1000
 METRIC_KEYS = (
@@ -69,7 +75,8 @@ def model_label(model: Any) -> str | None:
     if url.startswith("http:http") or url.startswith("http:") and "://" in url[5:]:
         url = url[5:]
     if "://" in url:
-        host = urlsplit(url).netloc or url
+        parts = urlsplit(url)
+        host = (f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname) or "endpoint"  # never user:key@
         return f"{name} @ {host}" if name else host
     return model
 
@@ -227,24 +234,44 @@ MAPPED = "{{ mapped over }}"  # a ray_conn_id given per mapped task instance: re
 
 def defined_ray_conn_id(task: Any) -> str:
     """``ray_conn_id`` of a serialized task as its DAG file wrote it (``MAPPED`` when it is
-    mapped over; the operator's default when not given)."""
+    mapped over or may come from ``expand_kwargs``; the operator's default when not given)."""
     partial = getattr(task, "partial_kwargs", None)
     if isinstance(partial, dict):  # a mapped task: its arguments are partial(...)'s, or mapped over
         expand = getattr(task, "_get_specified_expand_input", None)
         mapped = getattr(expand(), "value", None) if callable(expand) else None
-        defined = MAPPED if isinstance(mapped, dict) and "ray_conn_id" in mapped else partial.get("ray_conn_id")
+        # expand(ray_conn_id=...) maps over it; expand_kwargs(...) may set it per instance.
+        per_instance = not isinstance(mapped, dict) or "ray_conn_id" in mapped
+        defined = MAPPED if per_instance else partial.get("ray_conn_id")
     else:
         defined = getattr(task, "ray_conn_id", None)
     return defined if isinstance(defined, str) and defined else DEFAULT_CONN_ID
 
 
 def ray_conn_id_of(session: Session, ti: Any) -> str | None:
-    """The task's ``ray_conn_id`` as its DAG defines it: the serialized DAG of the version
-    the task instance ran (the latest when it has none; a mapped task's ``partial``
-    arguments), its rendered value when the field is templated or mapped over. None when the
-    definition cannot be found."""
-    from airflow.models.dag_version import DagVersion
+    """The connection the task instance used: its rendered ``ray_conn_id`` (the task's
+    rendered fields, written by the task itself through the execution API, never by the
+    REST API), else the task's definition: the serialized DAG of the version the task
+    instance ran (the latest when it has none; a mapped task's ``partial`` arguments). None
+    when neither says (a value per mapped instance with no rendered fields yet, a template).
+    Never XCom. Errors reading the definition are None too (logged): one broken DAG does
+    not break the page."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    try:
+        rendered = (RenderedTaskInstanceFields.get_templated_fields(ti, session=session) or {}).get("ray_conn_id")
+        if isinstance(rendered, str) and rendered and "{{" not in rendered and "{%" not in rendered:
+            return rendered
+        conn_id = _defined_for(session, ti)
+    except Exception as err:  # noqa: BLE001 (a row without live data; the page stands)
+        log.warning("no Ray connection known for %s.%s: %s: %s", ti.dag_id, ti.task_id, type(err).__name__, err)
+        return None
+    if conn_id is None or "{{" in conn_id or "{%" in conn_id:
+        return None  # rendered per run or per mapped instance, and not rendered yet
+    return conn_id
+
+
+def _defined_for(session: Session, ti: Any) -> str | None:
+    from airflow.models.dag_version import DagVersion
     from airflow.models.serialized_dag import SerializedDagModel
 
     dag = None
@@ -255,13 +282,7 @@ def ray_conn_id_of(session: Session, ti: Any) -> str | None:
         dag = SerializedDagModel.get_dag(ti.dag_id, session=session)
     if dag is None or not dag.has_task(ti.task_id):
         return None
-    conn_id = defined_ray_conn_id(dag.get_task(ti.task_id))
-    if "{{" in conn_id or "{%" in conn_id:
-        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session) or {}
-        conn_id = rendered.get("ray_conn_id")
-        if not isinstance(conn_id, str) or "{{" in conn_id or "{%" in conn_id:
-            return None  # not rendered yet: nothing to connect to
-    return conn_id
+    return defined_ray_conn_id(dag.get_task(ti.task_id))
 
 
 class NotThisTasksJob(LookupError):
@@ -318,7 +339,7 @@ def _client(ray_conn_id: str) -> tuple[Any, Any]:
 
     conn = Connection.get_connection_from_secrets(ray_conn_id)
     config = config_from_connection(conn.host, conn.port, conn.schema, conn.password, conn.extra_dejson)
-    return httpx.Client(**config.client_kwargs(max_timeout=10.0)), config
+    return httpx.Client(**config.client_kwargs(max_timeout=RAY_TIMEOUT)), config
 
 
 def _job_info(client: Any, ray_conn_id: str, submission_id: str, ti: dict[str, Any]) -> dict[str, Any]:
@@ -330,14 +351,30 @@ def _job_info(client: Any, ray_conn_id: str, submission_id: str, ti: dict[str, A
     return job
 
 
-def _progress_from_log(client: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+def _progress_from_log(client: Any, job: dict[str, Any], conn_id: str = "") -> dict[str, Any] | None:
     """The job's latest progress line, from the last PROGRESS_LOG_LINES lines of its driver
-    log (the dashboard's log API wants the driver's node); None when there is none yet."""
-    import httpx
+    log (the dashboard's log API wants the driver's node); None when there is none yet.
+    Read at most once per PROGRESS_CACHE_SECONDS per job, whoever asks."""
+    import time
 
     submission_id, node_id = job.get("submission_id"), job.get("driver_node_id")
     if not submission_id or not node_id:
         return None
+    key, now = (conn_id, str(submission_id)), time.monotonic()
+    with _cache_lock:
+        for old in [k for k, (at, _) in _progress_cache.items() if now - at > PROGRESS_CACHE_SECONDS]:
+            del _progress_cache[old]
+        if key in _progress_cache:
+            return _progress_cache[key][1]
+    figures = _read_progress(client, str(submission_id), str(node_id))
+    with _cache_lock:
+        _progress_cache[key] = (now, figures)
+    return figures
+
+
+def _read_progress(client: Any, submission_id: str, node_id: str) -> dict[str, Any] | None:
+    import httpx
+
     params = {"submission_id": submission_id, "node_id": node_id, "lines": PROGRESS_LOG_LINES, "filter_ansi_code": "true"}
     try:
         logs = client.get("/api/v0/logs/file", params=params)
@@ -371,7 +408,7 @@ def running_progress(session: Session, rows: list[dict[str, Any]], limit: int = 
             client, _ = _client(conn_id)
             with client:
                 job = _job_info(client, conn_id, row["submission_id"], row)
-                row["progress"] = _progress_from_log(client, job)
+                row["progress"] = _progress_from_log(client, job, conn_id)
         except Exception as err:  # noqa: BLE001 (a row without progress; the page stands)
             log.warning("no progress for %s.%s in %s: %s", row["dag_id"], row["task_id"], row["run_id"], type(err).__name__)
 
@@ -401,7 +438,7 @@ def live_job(ray_conn_id: str, submission_id: str, ti: dict[str, Any]) -> dict[s
                             "stages": [_stage(op) for op in ds.get("operators", [])],
                         }
                     )
-        figures = _progress_from_log(client, job)
+        figures = _progress_from_log(client, job, ray_conn_id)
     return {
         "status": job.get("status"),
         "submission_id": job.get("submission_id") or submission_id,

@@ -33,3 +33,34 @@ def test_the_login_is_generated_once_and_kept_private(tmp_path):
     assert local_airflow.passwords(tmp_path) == first  # the same login on every `make airflow`
     assert stat.S_IMODE((tmp_path / "passwords.json").stat().st_mode) == 0o600
     assert local_airflow.running(local_airflow.Settings(home=tmp_path)) == {}  # nothing started here
+
+
+def test_a_recorded_pid_counts_only_while_it_is_the_process_started_then(tmp_path):
+    import os
+
+    local_airflow._record(tmp_path, {"scheduler": os.getpid()}, "abc")
+    assert local_airflow._pids(tmp_path) == {"scheduler": os.getpid()} and local_airflow._recorded_digest(tmp_path) == "abc"
+    body = json.loads((tmp_path / "pids.json").read_text())
+    body["components"]["scheduler"]["started"] = "1"  # the pid now belongs to another process
+    (tmp_path / "pids.json").write_text(json.dumps(body))
+    assert local_airflow._pids(tmp_path) == {}
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])  # in this process's group, not leading one of its own
+    try:
+        local_airflow.stop_pid(child.pid)  # not a group this script started: nothing is signalled
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert not local_airflow._port_free(port)
+    assert local_airflow._port_free(port)

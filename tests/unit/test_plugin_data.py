@@ -105,10 +105,28 @@ def test_the_connection_comes_from_the_serialized_definition_mapped_or_not():
                                     **common).expand(input_uri=["/a", "/b"])  # fmt: skip
         RayLLMBatchOperator.partial(task_id="mapped_conn", output_uri="/o2/{{ ti.map_index }}", input_uri="/x",
                                     **common).expand(ray_conn_id=["a", "b"])  # fmt: skip
+        RayLLMBatchOperator.partial(task_id="kwargs", output_uri="/o6/{{ ti.map_index }}", input_uri="/x", ray_conn_id="a",
+                                    **common).expand_kwargs([{"ray_conn_id": "b"}])  # fmt: skip
         RayLLMBatchOperator(task_id="plain", output_uri="/o3", input_uri="/x", ray_conn_id="other", **common)
         RayLLMBatchOperator(task_id="default", output_uri="/o4", input_uri="/x", **common)
         RayLLMBatchOperator(task_id="templated", output_uri="/o5", input_uri="/x", ray_conn_id="{{ var.value.ray }}", **common)
     served = DagSerialization.from_dict(DagSerialization.to_dict(dag))  # what the API server reads
-    found = {t: data.defined_ray_conn_id(served.get_task(t)) for t in ("mapped", "mapped_conn", "plain", "default", "templated")}
-    assert found == {"mapped": "prod_ray", "mapped_conn": data.MAPPED, "plain": "other", "default": "ray_default",
-                     "templated": "{{ var.value.ray }}"}  # fmt: skip
+    names = ("mapped", "mapped_conn", "kwargs", "plain", "default", "templated")
+    found = {t: data.defined_ray_conn_id(served.get_task(t)) for t in names}
+    # expand_kwargs may set it per instance: only the instance's rendered fields can say which.
+    assert found == {"mapped": "prod_ray", "mapped_conn": data.MAPPED, "kwargs": data.MAPPED, "plain": "other",
+                     "default": "ray_default", "templated": "{{ var.value.ray }}"}  # fmt: skip
+
+
+def test_the_views_follow_an_airflow_served_under_a_path():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = "import json; from airflow_provider_raydatallm.plugins import RayDataLLMPlugin as P; print(json.dumps([v['href'] for v in P.external_views]))"
+    for base, prefix in (("http://example.com/airflow/", "/airflow"), ("http://127.0.0.1:8080", "")):
+        env = {**os.environ, "AIRFLOW__API__BASE_URL": base}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        hrefs = json.loads(out.stdout.strip().splitlines()[-1])
+        assert hrefs[0] == f"{prefix}/raydatallm/runs" and hrefs[1].startswith(f"{prefix}/raydatallm/ray-job?dag_id={{DAG_ID}}")
