@@ -152,7 +152,9 @@ async def test_async_polling_never_stalls_the_event_loop(ray_conn):
         await hook.aclose()
     assert statuses[-1] is RayJobStatus.SUCCEEDED and len(statuses) > 3
     assert "Running entrypoint" in logs
-    assert longest < 0.050, f"event loop stalled {longest * 1000:.1f} ms"
+    # A gross-regression guard (a blocking call in the async path stalls the loop for the
+    # whole request); a shared 2-core machine alone stalls it ~50 ms now and then.
+    assert longest < 0.100, f"event loop stalled {longest * 1000:.1f} ms"
 
 
 async def test_async_tail_and_stop(ray_conn):
