@@ -235,7 +235,8 @@ def test_runs_page_and_ray_job_tab_in_a_browser(real_airflow, finished):
         frame = _plugin_frame(page, "Ray job")
         assert frame.locator("#submission-id .v").inner_text() == job
         seen, rows, etas = _watch_progress(frame, timeout=240)
-        assert len(seen) >= 2 and seen == sorted(seen) and 0 < seen[-1] < 4, f"inference progress did not advance: {seen}"
+        # Seen moving: more than one figure, rising, one of them mid-way (the job may end while we watch).
+        assert len(seen) >= 2 and seen == sorted(seen) and any(0 < b < 4 for b in seen), f"inference progress did not advance: {seen}"
         assert len(rows) >= 2 and rows == sorted(set(rows)) and any(0 < r < 16 for r in rows), f"rows done did not rise: {rows}"
         assert any(eta.startswith("about ") for eta in etas), f"no time left shown while running: {etas}"
         page.screenshot(path=str(SHOTS / "ray-job-tab-running.png"))
