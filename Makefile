@@ -27,7 +27,7 @@ help:
 	@echo "make bench-2m  the seed's 2M-row customers file through the provider's job, with a plot"
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
 	@echo "make ray-down  stop the head that ray-up started"
-	@echo "make airflow   a real local Airflow 3 (UI http://127.0.0.1:8080) with this provider, the example DAGs and"
+	@echo "make airflow   a real local Airflow 3 (UI http://127.0.0.1:8088) with this provider, the example DAGs and"
 	@echo "               ray_default on the local head; prints the login. make airflow-down stops it (make ray-down the head)"
 
 setup: venv venv-ray model browser

@@ -45,7 +45,7 @@ COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
 # Modules every component imports by name (the SQLite connection arguments).
 AIRFLOW_PATH = Path(__file__).resolve().parent / "airflow_path"
 DEFAULT_HOME = ROOT / ".cache" / "airflow"
-DEFAULT_PORT = 8080
+DEFAULT_PORT = 8088  # not 8080: a Ray head exports its metrics there by default
 START_TIMEOUT = 180
 
 
@@ -248,7 +248,10 @@ def up(settings: Settings) -> dict[str, int]:
         local_ray.up(profile, workers=False)
     settings.home.mkdir(parents=True, exist_ok=True)
     env = environment(settings)
-    digest = _digest(env)
+    # What this script was asked for (not the caller's whole environment, which differs
+    # between shells and make): another set of DAG folders or extra settings restarts it.
+    digest = _digest({"port": str(settings.port), "profile": settings.ray_profile,
+                      "dags": json.dumps([str(f) for f in settings.folders]), **settings.extra_env})  # fmt: skip
     alive = running(settings)
     if set(alive) == set(COMPONENTS) and _recorded_digest(settings.home) == digest and health(settings.base):
         return alive
