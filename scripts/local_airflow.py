@@ -206,17 +206,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+_alive = local_ray._alive  # reaps its own exited children, then asks the kernel
 
 
 def running(settings: Settings) -> dict[str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ PROGRESS_LOG_LINES = 1000
 PROGRESS_CACHE_SECONDS = 10.0
 RAY_TIMEOUT = 5.0  # seconds per call to the dashboard: a slow head leaves the page without live figures
 _progress_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
-_cache_lock = __import__("threading").Lock()
+_cache_lock = threading.Lock()
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 MAX_ROWS = 1000
 METRIC_KEYS = (
