@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +58,10 @@ class JobResult(BaseModel):
     # The model names an OpenAI-compatible endpoint reported in its answers (HTTP processor,
     # Serve); empty for engine stages, whose model is the config's.
     models: list[str] = Field(default_factory=list)
+    # A table output: what was committed (format, table, partition, snapshot_id or version,
+    # rows, location); the directories above are then the rows' work directories.
+    table: dict[str, Any] | None = None
+    error_table: dict[str, Any] | None = None
 
     def to_log_line(self) -> str:
         return RESULT_MARKER + self.model_dump_json()

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_raydatallm.job import commit, lock, resume
+from airflow_provider_raydatallm.job import commit, lock, resume, tables
 from airflow_provider_raydatallm.job.spec import JobSpec, is_inside
 
 log = logging.getLogger("raydllm.job")
@@ -78,7 +78,17 @@ class Outputs:
         """Refuse outputs that are another task's (reading only), then finish or undo what
         earlier jobs of this task left, and name this job's task in its staging."""
         for directory in (self.output, self.errors):
-            directory.check_owned(self.spec.output.overwrite)
+            try:
+                directory.check_owned(self.spec.output.overwrite)
+            except commit.OutputNotOwnedError as err:
+                table = self.spec.output.table
+                if table is None:
+                    raise
+                raise commit.OutputNotOwnedError(
+                    f"{table.display()}: this slice is another task's (its work directory says: {err}). Give each "
+                    "task its own partition values (mapped tasks: {{ ti.map_index }} in one), or pass "
+                    "overwrite=True to take the slice over"
+                ) from None
         for directory in (self.output, self.errors):
             for removed in directory.recover():
                 log.info("removed what an earlier job left unfinished: %s", removed)
@@ -120,12 +130,28 @@ class Outputs:
                   "rows": rows, "failure": why[:2000], "format": self.spec.output.format}  # fmt: skip
         return self.errors.keep_failed_run(files, record)
 
-    def commit(self, files: dict[str, list[str]], progress: resume.Progress, counts: dict[str, int], extra: dict) -> None:
-        """Errors first: once the output's manifest names the new version, its errors are in place."""
+    def commit(self, files: dict[str, list[str]], progress: resume.Progress, counts: dict[str, int], extra: dict,
+               secrets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Errors first: once the output's manifest names the new version, its errors are in
+        place. A table output is committed to its table (one transaction, its slice replaced);
+        returns what the tables' commits reported (``{"table": ..., "error_table": ...}``)."""
         identity = {"submission_id": self.spec.run.submission_id, "run": self.spec.run.model_dump()}
         overwrite = self.spec.output.overwrite
-        self.errors.commit(files["errors"], commit.Manifest(rows=counts["errors"], **identity), overwrite)
+        out, done = self.spec.output, {}
+        run = {**self.spec.run.model_dump(), "submission_id": self.spec.run.submission_id}
+        if out.error_table is not None:
+            staged = [f"{self.errors.staging_uri}/{name}" for name in sorted(set(files["errors"]))]
+            done["error_table"] = tables.commit(out.error_table, staged, counts["errors"], run, overwrite, secrets or {})
+            self.errors.discard_staging()
+        else:
+            self.errors.commit(files["errors"], commit.Manifest(rows=counts["errors"], **identity), overwrite)
         self.errors.drop_failed_run()  # an earlier failed run's rows: this version supersedes them
+        if out.table is not None:
+            staged = [f"{self.output.staging_uri}/{name}" for name in sorted(set(files["ok"] + progress.files))]
+            done["table"] = tables.commit(out.table, staged, counts["ok"], run, overwrite, secrets or {})
+            self.output.discard_staging()
+            return done
         self.output.commit(
             files["ok"] + progress.files, commit.Manifest(rows=counts["ok"], extra=extra, **identity), overwrite
         )
+        return done

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, io, preflight, progress as progress_log, resume, rows, sink
+from airflow_provider_raydatallm.job import callables, io, preflight, progress as progress_log, resume, rows, sink, tables
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, first_error_records, split_wall, stage_seconds
 from airflow_provider_raydatallm.job.outputs import Outputs
 from airflow_provider_raydatallm.job.processor import build_config, build_processor, max_concurrency
@@ -268,10 +268,13 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     log.info("Ray %s, cluster resources %s", ray.__version__, ray.cluster_resources())
     user = callables.load(spec.preprocess), callables.load(spec.postprocess)
     config = build_config(spec.processor, spec.should_continue_on_error, secrets)
+    spec = tables.with_work_dirs(spec, secrets or {})  # a table output's rows wait in its work directory
     outputs = Outputs.open(spec, tag)
     outputs.claim()  # before any actor or engine starts
     try:
         preflight.run_all(spec, tag)
+        for table in filter(None, (spec.output.table, spec.output.error_table)):
+            tables.preflight(table, secrets or {})
         # The progress line, every RAYDLLM_PROGRESS_SECONDS: reading the input, then rows done.
         with progress_log.ProgressLog(None) as shown:
             ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
@@ -291,12 +294,15 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
         outputs.discard(spec.run.keep_progress)
         raise
     metrics = _metrics(time.monotonic() - started, rows_in, counts, partitions, stats_text, progress)
-    outputs.commit(files, progress, counts, {"metrics": metrics.model_dump(), "format": spec.output.format})
-    log.info("committed %d rows to %s (%d error rows to %s)", counts["ok"], spec.output.uri, counts["errors"],
-             spec.output.error_uri)  # fmt: skip
+    committed = outputs.commit(files, progress, counts, {"metrics": metrics.model_dump(), "format": spec.output.format},
+                               secrets)  # fmt: skip
+    where = spec.output.table.display() if spec.output.table else spec.output.uri
+    errors_where = spec.output.error_table.display() if spec.output.error_table else spec.output.error_uri
+    log.info("committed %d rows to %s (%d error rows to %s)", counts["ok"], where, counts["errors"], errors_where)
     return JobResult(
         output_uri=spec.output.uri, error_output_uri=spec.output.error_uri, output_format=spec.output.format,
         metrics=metrics, first_errors=first_error_records(first_errors), models=models,
+        table=committed.get("table"), error_table=committed.get("error_table"),
     )  # fmt: skip
 
 

@@ -57,17 +57,101 @@ class InputSpec(_Model):
         return uris
 
 
+class SecretRef(_Model):
+    """A secret by reference: ``env``, an environment variable the Ray nodes already have
+    (e.g. from a Kubernetes Secret; Airflow never sees it), or ``shipped``, an entry of the
+    spec package's secrets file. The value used is ``prefix + value`` (``"Bearer "``)."""
+
+    source: Literal["env", "shipped"]
+    name: str = Field(min_length=1)
+    prefix: str = ""
+
+
+TableFormat = Literal["iceberg", "delta"]
+# Partition columns and their values are names a table format and a file path both take.
+_PARTITION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class TableSpec(_Model):
+    """A table output (``job/tables.py``): an Iceberg table in a catalog, or a Delta table at a
+    path. ``partition`` is the run's slice (column -> value, strings): the run's rows carry
+    these values and its commit replaces exactly the rows that have them."""
+
+    format: TableFormat
+    # Iceberg: "namespace.table" in the catalog; Delta: the table's URI (local path, s3://, gs://).
+    identifier: str = Field(min_length=1)
+    partition: dict[str, str] = Field(default_factory=dict)
+    # Declared column types (Arrow type names, e.g. {"label": "string", "score": "double"}):
+    # checked against an existing table before inference, and the rows are cast to them.
+    columns: dict[str, str] | None = None
+    # Iceberg: the catalog's name and properties (a shipped secret: a JSON object, since
+    # catalog properties hold credentials); ``label``, what may be shown (no secrets).
+    catalog_name: str = "default"
+    catalog: SecretRef | None = None
+    # Delta: storage options (not secret), and secret ones (a shipped JSON object).
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    secret_options: SecretRef | None = None
+    label: str = ""
+
+    @field_validator("partition")
+    @classmethod
+    def _plain_partition(cls, partition: dict[str, str]) -> dict[str, str]:
+        for column, value in partition.items():
+            if not _PARTITION_NAME.fullmatch(column):
+                raise ValueError(f"partition column {column!r} is not a plain column name (letters, digits, _)")
+            if not isinstance(value, str) or not value or "\n" in value or "'" in value:
+                raise ValueError(
+                    f"partition value {value!r} of column {column!r} must be a non-empty one-line string "
+                    "without quotes (a rendered template such as '{{ ds }}')"
+                )
+        return partition
+
+    @model_validator(mode="after")
+    def _identifier_form(self) -> TableSpec:
+        if self.format == "iceberg" and not re.fullmatch(r"[\w-]+(\.[\w-]+)+", self.identifier):
+            raise ValueError(f"Iceberg table {self.identifier!r} is not 'namespace.table'")
+        return self
+
+    def slice_key(self) -> str:
+        """The slice as a path: ``day=2026-12-01/part=3``, ``_all`` for the whole table."""
+        from urllib.parse import quote
+
+        return "/".join(f"{c}={quote(v, safe='')}" for c, v in sorted(self.partition.items())) or "_all"
+
+    def display(self) -> str:
+        """The table as people read it: ``iceberg:ns.table`` or ``delta:<uri>``, and the slice."""
+        where = f"{self.format}:{self.identifier}"
+        return f"{where} ({', '.join(f'{c}={v}' for c, v in self.partition.items())})" if self.partition else where
+
+
 class OutputSpec(_Model):
     """Where results go. ``uri`` is a directory; errors go to ``error_uri``. ``overwrite``
-    lets a commit delete files in them that this provider did not write."""
+    lets a commit delete files in them that this provider did not write.
 
-    uri: str = Field(min_length=1)
+    With ``table`` the rows are committed to that table, and ``uri`` is the work directory
+    where they wait for the commit (one per table slice; the cluster side derives it from
+    the table's location when it is empty). ``error_table`` commits the error rows to a
+    table too (same slice); otherwise they go to the ``error_uri`` directory."""
+
+    uri: str = ""
     format: OutputFormat = "parquet"
     error_uri: str = ""
     overwrite: bool = False
+    table: TableSpec | None = None
+    error_table: TableSpec | None = None
 
     @model_validator(mode="after")
     def _default_error_uri(self) -> OutputSpec:
+        if self.table is None and self.error_table is not None:
+            raise ValueError("error_table needs a table output (output_table)")
+        if self.table is not None and self.format != "parquet":
+            raise ValueError(f"a table output is written as Parquet, not {self.format!r}")
+        if self.error_table is not None and self.table is not None and self.error_table.format != self.table.format:
+            raise ValueError("error_table must be of the output table's format")
+        if not self.uri:
+            if self.table is None:
+                raise ValueError("output_uri or output_table is required")
+            return self  # the work directory is found on the cluster (job/tables.py)
         if not self.error_uri:
             # Under a "_" name: Parquet readers skip it when reading the output directory.
             object.__setattr__(self, "error_uri", self.uri.rstrip("/") + "/_errors")
@@ -80,16 +164,6 @@ class OutputSpec(_Model):
                 "would replace the output"
             )
         return self
-
-
-class SecretRef(_Model):
-    """A secret by reference: ``env``, an environment variable the Ray nodes already have
-    (e.g. from a Kubernetes Secret; Airflow never sees it), or ``shipped``, an entry of the
-    spec package's secrets file. The value used is ``prefix + value`` (``"Bearer "``)."""
-
-    source: Literal["env", "shipped"]
-    name: str = Field(min_length=1)
-    prefix: str = ""
 
 
 class ProcessorSpec(_Model):
@@ -169,7 +243,11 @@ class JobSpec(_Model):
 
     @model_validator(mode="after")
     def _output_apart_from_input(self) -> JobSpec:
-        for name, uri in (("output_uri", self.output.uri), ("error_output_uri", self.output.error_uri)):
+        tables = [("output_table", t.identifier) for t in (self.output.table, self.output.error_table)
+                  if t is not None and t.format == "delta"]  # fmt: skip
+        for name, uri in [("output_uri", self.output.uri), ("error_output_uri", self.output.error_uri), *tables]:
+            if not uri:
+                continue
             target = normalize_uri(uri)
             for source in self.input.uris:
                 src = normalize_uri(source)

@@ -182,7 +182,8 @@ def check_rendered(op: Any) -> tuple[list[str], int | None, int | None]:
     check.string_list("input_columns", op.input_columns)
     limit = check.positive_int("limit", op.limit)
     partitions = check.positive_int("num_partitions", op.num_partitions)
-    check.uri("output_uri", op.output_uri)
+    if op.output_uri is not None or getattr(op, "output_table", None) is None:
+        check.uri("output_uri", op.output_uri)  # with output_table: optional (its rows' work directory)
     check.choice("output_format", op.output_format, OUTPUT_FORMATS)
     if op.error_output_uri is not None:
         check.uri("error_output_uri", op.error_output_uri)

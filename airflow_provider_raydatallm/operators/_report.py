@@ -40,7 +40,18 @@ def submission_record(spec: JobSpec, job_id: str, url: str, ray_conn_id: str) ->
         "input_uris": list(spec.input.uris),
         "output_uri": spec.output.uri,
         "error_output_uri": spec.output.error_uri,
+        **({"output_table": spec.output.table.display()} if spec.output.table else {}),
+        **({"error_table": spec.output.error_table.display()} if spec.output.error_table else {}),
     }
+
+
+def committed_table(table: dict[str, Any] | None) -> str:
+    """A committed table as people read it: ``iceberg:ns.t (day=...) snapshot 123``."""
+    if not table:
+        return ""
+    slice_ = ", ".join(f"{k}={v}" for k, v in (table.get("partition") or {}).items())
+    which = f"snapshot {table.get('snapshot_id')}" if table.get("format") == "iceberg" else f"version {table.get('version')}"
+    return f"{table.get('format')}:{table.get('table')}" + (f" ({slice_})" if slice_ else "") + f" {which}"
 
 
 def rate(value: float) -> str:
@@ -54,14 +65,14 @@ def rate(value: float) -> str:
     return f"{value:.2g}"
 
 
-def summary_line(job_id: str, m: JobMetrics, output_uri: str) -> str:
+def summary_line(job_id: str, m: JobMetrics, output_uri: str, table: dict[str, Any] | None = None) -> str:
     return (
         f"Ray job {job_id}: {m.rows_in:,} rows in, {m.rows_out:,} out, {m.error_rows:,} errors; "
         + (f"{m.resumed_rows:,} rows carried over from an earlier try; " if m.resumed_rows else "")
         + f"{m.input_tokens:,} input / {m.output_tokens:,} output tokens; {rate(m.rows_per_second)} rows/s, "
         f"{rate(m.output_tokens_per_second)} output tokens/s; {m.wall_seconds:.1f} s "
         f"({m.startup_seconds:.1f} s start-up and other stages, {m.inference_seconds:.1f} s inference); "
-        f"output {output_uri}"
+        + (f"table {committed_table(table)}" if table else f"output {output_uri}")
     )
 
 
@@ -79,7 +90,14 @@ def asset_extra(result: dict[str, Any]) -> dict[str, Any]:
         "output_uri": result.get("output_uri"),
         "error_output_uri": result.get("error_output_uri"),
         "ray_submission_id": result.get("submission_id"),
+        **({"table": _table_extra(result["table"])} if result.get("table") else {}),
+        **({"error_table": _table_extra(result["error_table"])} if result.get("error_table") else {}),
     }
+
+
+def _table_extra(table: dict[str, Any]) -> dict[str, Any]:
+    keys = ("format", "table", "partition", "snapshot_id", "version", "rows", "location")
+    return {k: table[k] for k in keys if k in table}
 
 
 def reported_model(record: dict[str, Any], result: JobResult | None) -> str | None:
@@ -108,6 +126,8 @@ def result_value(job_id: str | None, submission_id: str, record: dict[str, Any],
         "dashboard_url": record.get("dashboard_url"),
         "metrics": result.metrics.model_dump() if result else None,
         "first_errors": result.first_errors if result else [],
+        "table": result.table if result else None,
+        "error_table": result.error_table if result else None,
     }
 
 
@@ -117,6 +137,13 @@ def _dataset_name(uri: str) -> tuple[str, str]:
     if parts.scheme in ("", "file"):
         return "file", parts.path or uri
     return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
+
+
+def table_dataset_name(table: dict[str, Any]) -> tuple[str, str]:
+    """OpenLineage naming of a table, as the Iceberg and Delta integrations name them: the
+    table's storage location (``s3://bucket`` + path, ``file`` + path), the namespace and
+    name the Spark integration gives both formats' tables."""
+    return _dataset_name(str(table.get("location") or table.get("table") or ""))
 
 
 def openlineage(result: dict[str, Any]) -> Any:
@@ -135,7 +162,10 @@ def openlineage(result: dict[str, Any]) -> Any:
     m = result.get("metrics") or {}
     inputs = [Dataset(*_dataset_name(uri)) for uri in result.get("input_uris") or []]
     outputs = []
-    if result.get("output_uri"):
+    if result.get("table"):
+        stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))
+        outputs.append(OutputDataset(*table_dataset_name(result["table"]), outputFacets={"outputStatistics": stats}))
+    elif result.get("output_uri"):
         namespace, name = _dataset_name(result["output_uri"])
         stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))
         outputs.append(OutputDataset(namespace, name, outputFacets={"outputStatistics": stats}))

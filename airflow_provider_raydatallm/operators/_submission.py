@@ -34,6 +34,10 @@ def build_spec(op: Any, identity: RunIdentity) -> JobSpec:
     """The validated job spec for an operator's rendered arguments (no I/O, no Ray): every
     check that can be made before submission is made here or in ``_checks``."""
     uris, limit, num_partitions = _checks.check_rendered(op)
+    if not op.output_uri and getattr(op, "output_table", None) is None:
+        raise RayLLMConfigError(f"task {op.task_id}: output_uri or output_table is required")
+    if getattr(op, "error_table", None) is not None and op.error_output_uri:
+        raise RayLLMConfigError(f"task {op.task_id}: give error_table or error_output_uri, not both")
     try:
         fmt = op.input_format or infer_input_format(uris)
         spec = JobSpec(
@@ -47,8 +51,9 @@ def build_spec(op: Any, identity: RunIdentity) -> JobSpec:
                 id_column=op.id_column,
             ),
             output=OutputSpec(
-                uri=op.output_uri, format=op.output_format, error_uri=op.error_output_uri or "",
-                overwrite=op.overwrite,
+                uri=op.output_uri or "", format=op.output_format, error_uri=op.error_output_uri or "",
+                overwrite=op.overwrite, table=_table_shape(getattr(op, "output_table", None)),
+                error_table=_table_shape(getattr(op, "error_table", None)),
             ),
             processor=processor_spec(op.processor_config, op.task_id, url_from_connection=bool(op.http_conn_id)),
             preprocess=callables.pack(op.preprocess, "preprocess"),
@@ -61,6 +66,62 @@ def build_spec(op: Any, identity: RunIdentity) -> JobSpec:
     except (ValueError, callables.CallableShippingError) as err:
         raise RayLLMConfigError(f"task {op.task_id}: {err}") from None
     return spec
+
+
+def _table_shape(table: Any) -> Any:
+    """The table's spec without its connection (resolved at execute, ``with_tables``): what
+    ``build_spec`` can check with no connection at hand (names, partition values, format)."""
+    if table is None:
+        return None
+    from airflow_provider_raydatallm.job.spec import TableSpec
+
+    where = table.table if table.format == "iceberg" else table.uri
+    return TableSpec(format=table.format, identifier=where, partition=table.partition, columns=table.columns)
+
+
+def with_tables(op: Any, spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
+    """The spec with its table outputs' connections resolved: catalog properties and storage
+    credentials go into the shipped secrets, never the spec. Returns (spec, secrets)."""
+    out, shipped, update = spec.output, {}, {}
+    for name in ("table", "error_table"):
+        table = getattr(op, "output_table" if name == "table" else "error_table", None)
+        if table is None:
+            continue
+        resolved, secrets = table.to_spec(op.task_id)
+        update[name] = resolved
+        shipped.update(secrets)
+    if not update:
+        return spec, {}
+    output = OutputSpec.model_validate({**out.model_dump(), **{k: v.model_dump() for k, v in update.items()}})
+    return spec.model_copy(update={"output": output}), shipped
+
+
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key", re.I)
+
+
+def secret_values(shipped: str) -> list[str]:
+    """What to mask of a shipped JSON object of properties (catalog properties, storage
+    options): the values of keys that name a secret (``credential``, ``token``, ``*_KEY``,
+    ``*password*`` ...) and the password in any ``scheme://user:password@host`` value."""
+    from urllib.parse import urlsplit
+
+    try:
+        values = json.loads(shipped)
+    except ValueError:
+        return [shipped]
+    if not isinstance(values, dict):
+        return [shipped]
+    found = []
+    for key, value in values.items():
+        if not isinstance(value, str) or not value:
+            continue
+        if _SECRET_KEY.search(str(key)):
+            found.append(value)
+        elif "://" in value and "@" in value:
+            password = urlsplit(value).password
+            if password:
+                found.append(password)
+    return found
 
 
 def processor_spec(config: Any, task_id: str, url_from_connection: bool = False) -> ProcessorSpec:

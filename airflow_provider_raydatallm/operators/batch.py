@@ -19,6 +19,7 @@ from airflow_provider_raydatallm.job.metrics import find_result
 from airflow_provider_raydatallm.job.spec import DEFAULT_MAX_ERROR_RATIO, JobSpec, RunIdentity
 from airflow_provider_raydatallm.links.ray import XCOM_JOB_KEY, RayJobLink, dashboard_url
 from airflow_provider_raydatallm.operators import _checks, _jobs, _report, _submission as sub, _templating
+from airflow_provider_raydatallm.tables import DeltaTable, IcebergTable, as_table
 from airflow_provider_raydatallm.events import RayJobEvent, validate_event
 from airflow_provider_raydatallm.watch import WaitPolicy, defer_timeout, seconds, task_deadline, wait_sync
 
@@ -57,9 +58,18 @@ class RayLLMBatchOperator(BaseOperator):
         large input), so memory does not grow with the input.
     :param id_column: column that identifies a row in error output; default a content hash.
     :param output_uri: output directory URI (``output`` is taken: it is Airflow's XComArg). Templated. A rerun replaces it; readers wait for
-        ``_SUCCESS``.
+        ``_SUCCESS``. With ``output_table``: optional, the directory where the run's rows wait
+        for the table commit (default ``<table location>/_raydllm/work/<slice>``).
+    :param output_table: write the rows into a table instead of a directory:
+        ``IcebergTable("ns.table", conn_id=..., partition={"day": "{{ ds }}"})`` or
+        ``DeltaTable(uri, partition=...)`` (``airflow_provider_raydatallm.tables``). One atomic
+        commit per run replaces only the run's slice (its ``partition`` values); a clear or a
+        retry replaces it again. See docs/outputs.md.
+    :param error_table: with ``output_table``: commit the failed rows to this table (same
+        format, same slice) instead of the ``error_output_uri`` directory.
     :param output_format: ``parquet`` (default), ``jsonl`` or ``csv``.
-    :param error_output_uri: directory for rows that failed; default ``<output>/_errors``.
+    :param error_output_uri: directory for rows that failed; default ``<output>/_errors``
+        (with ``output_table``: ``<table location>/_raydllm/errors/<slice>``).
     :param overwrite: let the commit delete files in the output (and error) directory that
         this provider did not write; by default such a directory is refused before the job runs.
     :param should_continue_on_error: send failing rows to the error output instead of failing.
@@ -99,6 +109,7 @@ class RayLLMBatchOperator(BaseOperator):
     template_fields: Sequence[str] = (
         "processor_config", "input_uri", "input_format", "input_columns", "limit", "num_partitions",
         "output_uri", "output_format", "error_output_uri", "runtime_env", "job_metadata", "ray_conn_id",
+        "output_table", "error_table",
     )  # fmt: skip
     template_fields_renderers = {"processor_config": "json", "runtime_env": "json", "job_metadata": "json"}
     operator_extra_links = (RayJobLink(),)
@@ -109,7 +120,9 @@ class RayLLMBatchOperator(BaseOperator):
         *,
         processor_config: Any,
         input_uri: str | list[str],
-        output_uri: str,
+        output_uri: str | None = None,
+        output_table: IcebergTable | DeltaTable | None = None,
+        error_table: IcebergTable | DeltaTable | None = None,
         preprocess: Callable[..., Any] | str | None = None,
         postprocess: Callable[..., Any] | str | None = None,
         input_format: str | None = None,
@@ -149,6 +162,8 @@ class RayLLMBatchOperator(BaseOperator):
         self.num_partitions = num_partitions
         self.id_column = id_column
         self.output_uri = output_uri
+        self.output_table = as_table(output_table, "output_table", kwargs.get("task_id", "?"))
+        self.error_table = as_table(error_table, "error_table", kwargs.get("task_id", "?"))
         self.output_format = output_format
         self.error_output_uri = error_output_uri
         self.overwrite = overwrite
@@ -231,6 +246,14 @@ class RayLLMBatchOperator(BaseOperator):
             for value in secrets.values():
                 mask_secret(value)
             spec = spec.model_copy(update={"processor": processor})
+        spec, table_secrets = sub.with_tables(self, spec)
+        if table_secrets:
+            from airflow.sdk.log import mask_secret
+
+            for value in table_secrets.values():
+                for secret in sub.secret_values(value):
+                    mask_secret(secret)
+            secrets = {**secrets, **table_secrets}
         if self.resume:  # after the endpoint is known: another endpoint's rows are never resumed onto
             resumed = sub.with_resume(identity, max_tries, self.retries or 0, _jobs.spec_hash(spec))
             spec = spec.model_copy(update={"run": resumed})
@@ -290,7 +313,7 @@ class RayLLMBatchOperator(BaseOperator):
                 hook.address, job_id, info.status.value, "the job printed no result line (is it this provider's job?)",
                 outcome.log_tail(hook, job_id),
             )  # fmt: skip
-        self.log.info("%s", _report.summary_line(job_id, result.metrics, result.output_uri))
+        self.log.info("%s", _report.summary_line(job_id, result.metrics, result.output_uri, result.table))
         value = _report.result_value(info.job_id, job_id, record, result)
         self._lineage = value
         return value
