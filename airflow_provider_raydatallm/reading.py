@@ -10,6 +10,14 @@ listing (a commit in progress has new files in it too)::
     errors = read_committed("s3://lake/triage/2026-11-30/_errors")     # its error rows
     failed = read_failed_run("s3://lake/triage/2026-11-30/_errors")    # a failed run's error rows
 
+A table output is read through its table format (pyiceberg or deltalake, installed where
+you read), with the slice you want::
+
+    from airflow_provider_raydatallm.reading import read_table
+    from airflow_provider_raydatallm.tables import IcebergTable
+
+    day = read_table(IcebergTable("analytics.post_sentiment", conn_id="lake"), where={"day": "2026-11-30"})
+
 Files are read one by one and concatenated, so a column that is all null in one block's
 file and typed in another's comes back typed (and integers beside floats as floats); the
 format (Parquet, JSON lines, CSV) is told by each file's extension. CSV carries no types:
@@ -32,7 +40,7 @@ from airflow_provider_raydatallm.job.commit import (
     location,
 )
 
-__all__ = ["committed_files", "read_committed", "read_failed_run", "read_files"]
+__all__ = ["committed_files", "read_committed", "read_failed_run", "read_files", "read_table"]
 
 
 def _read_one(fs: Any, path: str, columns: list[str] | None, schema: Any, as_strings: bool) -> Any:
@@ -112,3 +120,29 @@ def read_failed_run(error_output_uri: str, columns: list[str] | None = None) -> 
             continue
         return read_files([f"{base}/{WORK_DIR}/{folder}/{name}" for name in record["files"]], columns, errors=True)
     raise FileNotFoundError(f"{error_output_uri} keeps no failed run's error rows")
+
+
+def read_table(table: Any, where: dict[str, Any] | None = None, columns: list[str] | None = None) -> Any:
+    """The rows of an ``IcebergTable`` or ``DeltaTable`` (``airflow_provider_raydatallm.tables``)
+    at its current snapshot or version, as an Arrow table: ``where`` picks partitions
+    (column -> a value, or a list of values), e.g. ``{"day": "2026-11-30"}``. Looks the
+    table's connection up like the operator does (call it inside a task)."""
+    where = where or {}
+    if table.format == "iceberg":
+        from pyiceberg.catalog import load_catalog
+        from pyiceberg.expressions import AlwaysTrue, And, EqualTo, In
+
+        name, props = table.properties()
+        terms = [In(c, [str(x) for x in v]) if isinstance(v, (list, tuple, set)) else EqualTo(c, str(v))
+                 for c, v in where.items()]  # fmt: skip
+        row_filter = AlwaysTrue() if not terms else terms[0] if len(terms) == 1 else And(*terms)
+        scan = load_catalog(name, **props).load_table(table.table).scan(row_filter=row_filter,
+                                                                       selected_fields=tuple(columns or ("*",)))
+        return scan.to_arrow()
+    from deltalake import DeltaTable
+
+    _, shipped = table.to_spec("read_table")
+    options = {**(table.storage_options or {}), **{k: v for blob in shipped.values() for k, v in json.loads(blob).items()}}
+    filters = [(c, "in", [str(x) for x in v]) if isinstance(v, (list, tuple, set)) else (c, "=", str(v))
+               for c, v in where.items()]  # fmt: skip
+    return DeltaTable(table.uri, storage_options=options or None).to_pyarrow_table(filters=filters or None, columns=columns)

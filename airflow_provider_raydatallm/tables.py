@@ -14,6 +14,7 @@ shipped secrets, never in the job spec, its metadata, runtime_env, XCom or the l
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -42,7 +43,11 @@ class IcebergTable:
 
     :param table: ``namespace.table``; created on the first run, partitioned by ``partition``'s
         columns (identity transforms). Templated.
-    :param conn_id: the catalog's connection.
+    :param conn_id: the catalog's connection (default ``iceberg_default``).
+    :param catalog_properties: instead of a connection, the pyiceberg catalog properties
+        themselves (templated), for catalogs without credentials such as a SQL catalog on a
+        local SQLite file: ``{"type": "sql", "uri": "sqlite:///...", "warehouse": "file:///..."}``.
+        They travel as secrets all the same.
     :param partition: the run's slice: column -> value (text), templated, e.g.
         ``{"day": "{{ ds }}"}``; every row gets these values and the commit replaces exactly
         the rows that have them. Empty: each run replaces the whole table.
@@ -52,22 +57,29 @@ class IcebergTable:
     """
 
     table: str
-    conn_id: str = "iceberg_default"
+    conn_id: str | None = None
     partition: dict[str, str] = field(default_factory=dict)
     columns: dict[str, str] | None = None
-    template_fields: ClassVar[tuple[str, ...]] = ("table", "partition")
+    catalog_properties: dict[str, str] | None = None
+    template_fields: ClassVar[tuple[str, ...]] = ("table", "partition", "conn_id", "catalog_properties")
     format: ClassVar[str] = "iceberg"
 
-    def to_spec(self, task_id: str) -> tuple[TableSpec, dict[str, str]]:
-        """The job spec's table and the secrets to ship (the catalog's properties)."""
+    def properties(self, task_id: str = "?") -> tuple[str, dict[str, str]]:
+        """(catalog name, pyiceberg catalog properties) from the connection or as given."""
+        if self.catalog_properties is not None:
+            if self.conn_id:
+                raise RayLLMConfigError(f"task {task_id}: IcebergTable: give conn_id or catalog_properties, not both")
+            props = {str(k): str(v) for k, v in self.catalog_properties.items()}
+            return props.pop("name", None) or "default", props
+        conn_id = self.conn_id or "iceberg_default"
         from airflow.sdk import BaseHook
 
         try:
-            conn = BaseHook.get_connection(self.conn_id)
+            conn = BaseHook.get_connection(conn_id)
         except Exception as err:  # noqa: BLE001 (Airflow's own "not defined" error, named)
-            raise RayLLMConfigError(f"task {task_id}: output_table: Iceberg connection {self.conn_id!r}: {err}") from None
+            raise RayLLMConfigError(f"task {task_id}: output_table: Iceberg connection {conn_id!r}: {err}") from None
         props = {str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (conn.extra_dejson or {}).items()}
-        name = props.pop("name", None) or self.conn_id
+        name = props.pop("name", None) or conn_id
         if conn.host:
             host = conn.host if "://" in conn.host else f"https://{conn.host}"
             props.setdefault("uri", f"{host.rstrip('/')}:{conn.port}" if conn.port else host)
@@ -78,11 +90,16 @@ class IcebergTable:
             props.setdefault("token", conn.password)
         if not props.get("uri") and props.get("type") not in ("in-memory",):
             raise RayLLMConfigError(
-                f"task {task_id}: output_table: connection {self.conn_id!r} names no catalog: set its host (a REST "
+                f"task {task_id}: output_table: connection {conn_id!r} names no catalog: set its host (a REST "
                 "catalog) or its extra's 'type' and 'uri' (e.g. {\"type\": \"sql\", \"uri\": \"sqlite:////data/cat.db\", "
                 "\"warehouse\": \"file:///data/warehouse\"})"
             )
-        key = f"iceberg_catalog_{self.conn_id}"
+        return name, props
+
+    def to_spec(self, task_id: str) -> tuple[TableSpec, dict[str, str]]:
+        """The job spec's table and the secrets to ship (the catalog's properties)."""
+        name, props = self.properties(task_id)
+        key = f"iceberg_catalog_{name}"
         label = f"{props.get('type', 'catalog')} catalog {name} @ {_without_userinfo(props.get('uri', ''))}"
         spec = TableSpec(
             format="iceberg", identifier=self.table, partition=self.partition, columns=self.columns,
@@ -112,7 +129,7 @@ class DeltaTable:
     storage_options: dict[str, str] | None = None
     conn_id: str | None = None
     columns: dict[str, str] | None = None
-    template_fields: ClassVar[tuple[str, ...]] = ("uri", "partition")
+    template_fields: ClassVar[tuple[str, ...]] = ("uri", "partition", "conn_id", "storage_options")
     format: ClassVar[str] = "delta"
 
     def to_spec(self, task_id: str) -> tuple[TableSpec, dict[str, str]]:
@@ -152,9 +169,13 @@ TableOutput = IcebergTable | DeltaTable
 
 
 def as_table(value: Any, argument: str, task_id: str) -> TableOutput | None:
-    """``output_table`` / ``error_table`` as given: an IcebergTable, a DeltaTable, or None."""
-    if value is None or isinstance(value, (IcebergTable, DeltaTable)):
-        return value
+    """``output_table`` / ``error_table`` as given: an IcebergTable, a DeltaTable, or None. A
+    copy: rendering fills in its templates in place, and the mapped instances of one task
+    (in one process under ``dag.test()``) must each render their own."""
+    if value is None:
+        return None
+    if isinstance(value, (IcebergTable, DeltaTable)):
+        return copy.deepcopy(value)
     raise RayLLMConfigError(
         f"task {task_id}: {argument} must be an IcebergTable or a DeltaTable "
         f"(airflow_provider_raydatallm.tables), not {type(value).__name__}"

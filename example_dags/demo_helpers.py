@@ -127,10 +127,11 @@ def sentiment_messages(text: str, labels: list[str] = SENTIMENT_LABELS) -> list[
 
 
 def partition_day(posts_root: str, output_root: str, day: str, num_partitions: int, generate: bool,
-                  posts_per_day: int) -> list[dict[str, str]]:  # fmt: skip
+                  posts_per_day: int, output_dirs: bool = True) -> list[dict[str, str]]:  # fmt: skip
     """Split a day's posts into ``num_partitions`` JSONL files (a missing day is generated
-    when ``generate``); returns one ``{input_uri, output_uri}`` per partition. Partitions a
-    rerun with fewer of them no longer writes are removed from the day's output."""
+    when ``generate``); returns one ``{input_uri}`` per partition, with its ``output_uri``
+    when ``output_dirs`` (directory outputs: partitions a rerun with fewer of them no longer
+    writes are removed from the day's output)."""
     import shutil
 
     source = Path(posts_root) / f"{day}.jsonl"
@@ -141,35 +142,72 @@ def partition_day(posts_root: str, output_root: str, day: str, num_partitions: i
     posts = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     n = min(num_partitions, max(1, len(posts)))
     day_dir = Path(output_root) / "sentiment" / f"date={day}"
-    for stale in day_dir.glob("part=*"):
-        if int(stale.name.split("=")[1]) >= n:
-            shutil.rmtree(stale)
+    if output_dirs:
+        for stale in day_dir.glob("part=*"):
+            if int(stale.name.split("=")[1]) >= n:
+                shutil.rmtree(stale)
     partitions = []
     for k in range(n):
         path = write_jsonl(Path(output_root) / "staging" / f"date={day}" / f"part-{k}.jsonl", posts[k::n])
-        partitions.append({"input_uri": str(path), "output_uri": str(day_dir / f"part={k}")})
+        partitions.append({"input_uri": str(path), **({"output_uri": str(day_dir / f"part={k}")} if output_dirs else {})})
     return partitions
 
 
-def summarize_day(results: list[dict], labels: list[str], day: str, sql_conn_id: str, output_root: str) -> dict:
+def demo_catalog(output_root: str) -> dict[str, str]:
+    """The examples' Iceberg catalog: pyiceberg's SQL catalog on a SQLite file, tables in a
+    local warehouse folder, both under ``output_root`` (nothing to run beside the cluster)."""
+    return {"name": "raydllm_examples", "type": "sql", "uri": f"sqlite:///{output_root}/iceberg_catalog.db",
+            "warehouse": f"file://{output_root}/warehouse"}  # fmt: skip
+
+
+def drop_stale_parts(table, day: str, parts: int) -> int:
+    """Delete the rows of ``day`` in parts a rerun with fewer partitions no longer writes
+    (``part`` >= ``parts``) from the example's Iceberg table; returns how many went."""
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import And, EqualTo, NotIn
+
+    name, props = table.properties()
+    try:
+        ice = load_catalog(name, **props).load_table(table.table)
+    except NoSuchTableError:
+        return 0
+    stale = And(EqualTo("day", day), NotIn("part", [str(k) for k in range(parts)]))
+    count = ice.scan(row_filter=stale).count()
+    if count:
+        ice.delete(stale)
+    return count
+
+
+def summarize_day(results: list[dict], labels: list[str], day: str, sql_conn_id: str, output_root: str,
+                  table=None) -> dict:  # fmt: skip
     """Count labels over a day's partition outputs and replace the day's rows in the SQL
-    table ``daily_sentiment`` (day, label, count); returns the summary."""
+    table ``daily_sentiment`` (day, label, count); returns the summary. With ``table`` (an
+    IcebergTable or DeltaTable the partitions were committed to) the day's rows are read
+    back through the table format, only the parts this run's tasks committed."""
     from collections import Counter
 
-    from airflow_provider_raydatallm.reading import read_committed
+    from airflow_provider_raydatallm.reading import read_committed, read_table
 
     counted: Counter[str] = Counter()
     rows_in = errors = 0
+    if table is not None:
+        parts = [r["table"]["partition"]["part"] for r in results]
+        read = read_table(table, where={"day": day, "part": parts}, columns=["sentiment"])
+        counted.update(read.column("sentiment").to_pylist())
     for result in results:
-        # Only the committed version: the files the output's _SUCCESS manifest names.
-        table = read_committed(result["output_uri"])
-        counted.update(table.column("sentiment").to_pylist() if table.num_rows else [])
+        if table is None:  # only the committed version: the files the output's _SUCCESS manifest names
+            read = read_committed(result["output_uri"])
+            counted.update(read.column("sentiment").to_pylist() if read.num_rows else [])
         rows_in += result["metrics"]["rows_in"]
         errors += result["metrics"]["error_rows"]
     rows = [(day, label, counted.get(label, 0)) for label in labels]
     rows.append((day, "error", errors))
     replace_day_rows(sql_hook(sql_conn_id, f"{output_root}/sentiment.db"), "daily_sentiment", day, rows)
-    return {"day": day, "posts": rows_in, "errors": errors, "labels": {k: counted.get(k, 0) for k in labels}}
+    summary = {"day": day, "posts": rows_in, "errors": errors, "labels": {k: counted.get(k, 0) for k in labels}}
+    if table is not None:
+        summary["table"] = [r["table"] for r in results]
+    return summary
 
 
 def sql_hook(conn_id: str, sqlite_fallback: str):

@@ -30,30 +30,41 @@ def _sql_rows(db, day):
         return dict(conn.execute("SELECT label, count FROM daily_sentiment WHERE day = ?", (day,)).fetchall())
 
 
+def _iceberg_day(out, day) -> list[dict]:
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.expressions import EqualTo
+
+    from demo_helpers import demo_catalog
+
+    props = demo_catalog(str(out))
+    table = load_catalog(props.pop("name"), **props).load_table("demo.post_sentiment")
+    return table.scan(row_filter=EqualTo("day", day)).to_arrow().to_pylist()
+
+
 def test_daily_sentiment_partitions_classifies_writes_and_reruns_idempotently(examples, tmp_path):
     day = "2026-11-22"
-    conf = {"posts_root": str(tmp_path / "posts"), "output_root": str(tmp_path / "out"),
+    out = tmp_path / "out"
+    conf = {"posts_root": str(tmp_path / "posts"), "output_root": str(out),
             "num_partitions": 2, "posts_per_day": 12, "sql_conn_id": "sentiment_test_db"}  # fmt: skip
     run = examples.run("example_daily_sentiment", conf)
     states = examples.states(run)
     assert states == {"partition_posts": "success", "classify": "success", "write_summary": "success"}
-    day_dir = tmp_path / "out" / "sentiment" / f"date={day}"
-    parts = sorted(p.name for p in day_dir.iterdir())
-    assert parts == ["part=0", "part=1"] and all((day_dir / p / "_SUCCESS").exists() for p in parts)
-    table = pq.read_table(day_dir)
-    assert table.num_rows == 12 and set(table.column("sentiment").to_pylist()) <= LABELS
-    assert len(set(table.column("post_id").to_pylist())) == 12
-    db = tmp_path / "out" / "sentiment.db"
+    rows = _iceberg_day(out, day)
+    assert len(rows) == 12 and {r["sentiment"] for r in rows} <= LABELS
+    assert len({r["post_id"] for r in rows}) == 12 and {r["part"] for r in rows} == {"0", "1"}
+    db = out / "sentiment.db"
     counts = _sql_rows(db, day)
     assert set(counts) == LABELS | {"error"} and sum(counts.values()) == 12
     summary = examples.xcom(run, "write_summary")
     assert summary["posts"] == 12 and summary["labels"] == {k: counts[k] for k in LABELS}
+    committed = sorted(t["partition"]["part"] for t in summary["table"])
+    assert committed == ["0", "1"] and all(t["snapshot_id"] for t in summary["table"])
 
     # Re-running the day with one partition replaces the day's data; nothing is added.
     again = examples.run("example_daily_sentiment", {**conf, "num_partitions": 1})
     assert examples.states(again)["write_summary"] == "success"
-    assert sorted(p.name for p in day_dir.iterdir()) == ["part=0"]
-    assert pq.read_table(day_dir).num_rows == 12
+    rows = _iceberg_day(out, day)
+    assert len(rows) == 12 and {r["part"] for r in rows} == {"0"} and len({r["post_id"] for r in rows}) == 12
     assert sum(_sql_rows(db, day).values()) == 12
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM daily_sentiment WHERE day = ?", (day,)).fetchone()[0] == 4
