@@ -12,6 +12,11 @@ Country, Phone 1, Phone 2, Email, Subscription Date, Website) at ``params.custom
 With ``generate_demo_customers`` (default) a deterministic file of ``row_limit`` rows is
 generated there when missing; nothing is downloaded.
 
+Output: the Delta Lake table ``{{ params.output_root }}/industries``, partitioned by ``day``:
+each run replaces its day in one commit to the Delta log (readable by Spark, DuckDB,
+Polars, Trino or ``deltalake``); a local path here, ``s3://...`` with ``conn_id`` of an
+``aws`` connection (or the Ray nodes' ``AWS_*`` environment) on a real cluster.
+
 GPU cluster: ``model_source="unsloth/Llama-3.1-8B-Instruct"``, ``accelerator_type="L4"``,
 ``concurrency=4``, ``batch_size=256``, ``engine_kwargs={"max_model_len": 256}`` as in the
 seed, and drop the CPU-only ``placement_group_config`` / ``gpu_memory_utilization``.
@@ -27,6 +32,7 @@ from airflow.sdk import DAG, Param, task
 from airflow_provider_raydatallm.configs import cpu_vllm_config
 from airflow_provider_raydatallm.macros import MACROS, run_day
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
+from airflow_provider_raydatallm.tables import DeltaTable
 
 # The examples' demo data and paths (demo_helpers.py beside this file), not the provider's API.
 from demo_helpers import examples_dir
@@ -108,7 +114,7 @@ with DAG(
         limit="{{ params.row_limit }}",
         num_partitions="{{ params.num_partitions }}",
         id_column="Customer Id",
-        output_uri="{{ params.output_root }}/{{ run_day(dag_run) }}",
+        output_table=DeltaTable("{{ params.output_root }}/industries", partition={"day": "{{ run_day(dag_run) }}"}),
         should_continue_on_error=True,
         poll_interval=5,
     )

@@ -58,14 +58,18 @@ def sentiment(warm: bool) -> int:
     print(f"\nsentiment of {summary['posts']} posts on {summary['day']} ({summary['errors']} error rows):")
     for label, count in summary["labels"].items():
         print(f"  {label:<9} {count:>4}  {'#' * count}")
-    sample = pq.read_table(committed_files(results[0]["output_uri"]), columns=["post_id", "sentiment", "text"]).to_pylist()[:3]
+    if warm:
+        sample = pq.read_table(committed_files(results[0]["output_uri"]), columns=["post_id", "sentiment", "text"]).to_pylist()[:3]
+    else:
+        sample = _day_from_table(conf["output_root"], summary["day"], summary)
     print("\nthree rows:")
-    for row in sample:
+    for row in sample[:3]:
         print(f"  {row['post_id']}  {row['sentiment']:<9} {row['text']}")
     print("\noutputs:")
     for result in results:
         m = result["metrics"]
-        print(f"  {result['output_uri']}  ({m['rows_out']} rows, {m['error_rows']} errors)")
+        where = _committed(result["table"]) if result.get("table") else result["output_uri"]
+        print(f"  {where}  ({m['rows_out']} rows, {m['error_rows']} errors)")
     print(f"  SQL table daily_sentiment in {json.loads(os.environ['AIRFLOW_CONN_SENTIMENT_DB'])['host']}")
     if warm:
         deployed = xcoms["deploy_llm"][0]
@@ -80,6 +84,30 @@ def sentiment(warm: bool) -> int:
               f"{m['output_tokens_per_second']:.1f} output tokens/s; inference stage {stage:.1f}s")  # fmt: skip
     print(f"\nXCom of classify[0]:\n{json.dumps(results[0], indent=2)}")
     return 0
+
+
+def _committed(table: dict) -> str:
+    slice_ = ", ".join(f"{k}={v}" for k, v in table["partition"].items())
+    return f"iceberg table {table['table']} ({slice_}) snapshot {table['snapshot_id']}"
+
+
+def _day_from_table(output_root: str, day: str, summary: dict) -> list[dict]:
+    """The day's partition read back through Iceberg (a scan of day = <day>), printed as
+    the table shows it: rows per part and label."""
+    from collections import Counter
+
+    sys.path.insert(0, str(ROOT / "example_dags"))
+    from demo_helpers import demo_catalog
+
+    from airflow_provider_raydatallm.reading import read_table
+    from airflow_provider_raydatallm.tables import IcebergTable
+
+    table = IcebergTable("demo.post_sentiment", catalog_properties=demo_catalog(output_root))
+    rows = read_table(table, where={"day": day}).sort_by([("part", "ascending"), ("post_id", "ascending")]).to_pylist()
+    print(f"\nthe day's partition read back from Iceberg (demo.post_sentiment where day = '{day}'): {len(rows)} rows")
+    for (part, label), count in sorted(Counter((r["part"], r["sentiment"]) for r in rows).items()):
+        print(f"  part={part}  {label:<9} {count:>4}")
+    return rows
 
 
 def questions() -> int:

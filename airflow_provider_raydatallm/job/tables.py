@@ -62,10 +62,39 @@ def storage_options(table: TableSpec, secrets: dict[str, str]) -> dict[str, str]
     return {**table.storage_options, **shipped}
 
 
+def _transient(err: BaseException) -> bool:
+    """A catalog database busy with another writer: a SQLite file locked, or its tables
+    being created by another process at the same moment."""
+    text = str(err).lower()
+    if type(err).__name__ == "IntegrityError":  # two writers adding the same namespace row at once
+        return "unique" in text
+    return type(err).__name__ == "OperationalError" and ("locked" in text or "already exists" in text)
+
+
+def ensure_namespace(catalog: Any, namespace: str) -> None:
+    """Create the namespace unless it is there (another writer may be creating it too)."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+
+    try:
+        catalog.create_namespace_if_not_exists(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    except Exception as err:
+        if not _transient(err):
+            raise
+
+
 def load_catalog(table: TableSpec, secrets: dict[str, str]) -> Any:
     from pyiceberg.catalog import load_catalog as load
 
-    return load(table.catalog_name, **catalog_properties(table, secrets))
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return load(table.catalog_name, **catalog_properties(table, secrets))
+        except Exception as err:
+            if not _transient(err) or attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
 
 
 def _split(identifier: str) -> tuple[str, str]:
@@ -93,7 +122,7 @@ def location(table: TableSpec, secrets: dict[str, str]) -> str:
             "for the run's rows to wait in until the commit"
         )
     namespace, name = _split(table.identifier)
-    catalog.create_namespace_if_not_exists(namespace)  # where the table would go depends on it
+    ensure_namespace(catalog, namespace)  # where the table would go depends on it
     return str(resolve(None, namespace, name)).rstrip("/")
 
 
@@ -329,7 +358,7 @@ def _iceberg_once(table: TableSpec, catalog: Any, files: list[str], schema: Any,
         created = False
     except NoSuchTableError:
         namespace, _ = _split(table.identifier)
-        catalog.create_namespace_if_not_exists(namespace)
+        ensure_namespace(catalog, namespace)
         tx = catalog.create_table_transaction(table.identifier, schema=schema)
         if table.partition:
             with tx.update_spec() as spec:
@@ -386,7 +415,10 @@ def commit_iceberg(table: TableSpec, files: list[str], rows: int, run: dict[str,
         written: list[str] = []
         try:
             done = _iceberg_once(table, catalog, files, schema, props, dirs.owner_of(run), overwrite, written)
-        except (CommitFailedException, TableAlreadyExistsError) as err:
+        except Exception as err:
+            if not isinstance(err, (CommitFailedException, TableAlreadyExistsError)) and not _transient(err):
+                _remove(written)
+                raise
             _remove(written)  # this attempt's data files: never referenced
             if attempt == COMMIT_ATTEMPTS:
                 raise TableOutputError(f"{table.display()}: {COMMIT_ATTEMPTS} commits conflicted with other writers; "
@@ -396,10 +428,10 @@ def commit_iceberg(table: TableSpec, files: list[str], rows: int, run: dict[str,
                      table.display(), type(err).__name__, pause)  # fmt: skip
             time.sleep(pause)
             continue
-        except BaseException:
+        except BaseException:  # stopped (KeyboardInterrupt, SystemExit): the files go, the table is as it was
             _remove(written)
             raise
-        return {"format": "iceberg", "table": table.identifier, "catalog": table.label or table.catalog_name,
+        return {"format": "iceberg", "table": table.identifier, "catalog": table.catalog_name,
                 "partition": dict(table.partition), "snapshot_id": done["snapshot_id"], "rows": rows,
                 "location": done["location"], "attempts": attempt}  # fmt: skip
     raise AssertionError("unreachable")
@@ -455,8 +487,11 @@ def commit_delta(table: TableSpec, files: list[str], rows: int, run: dict[str, A
             schema = pa.schema([*schema, *(f for f in existing if f.name not in schema.names)])
         reader = pa.RecordBatchReader.from_batches(schema, _batches(table, files, schema))
         try:
+            # A table not there yet: appended to (creating it), never overwritten: another
+            # writer may create it first, and an overwrite without predicate would replace
+            # its slices.
             write_deltalake(
-                dt if dt is not None else table.identifier, reader, mode="overwrite",
+                dt if dt is not None else table.identifier, reader, mode="overwrite" if dt is not None else "append",
                 predicate=_delta_predicate(table) if dt is not None else None,
                 partition_by=list(table.partition) or None, schema_mode="merge", storage_options=options,
                 commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=COMMIT_ATTEMPTS),

@@ -163,8 +163,14 @@ def openlineage(result: dict[str, Any]) -> Any:
     inputs = [Dataset(*_dataset_name(uri)) for uri in result.get("input_uris") or []]
     outputs = []
     if result.get("table"):
+        from airflow.providers.common.compat.openlineage.facet import Identifier, SymlinksDatasetFacet
+
+        table = result["table"]
         stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))
-        outputs.append(OutputDataset(*table_dataset_name(result["table"]), outputFacets={"outputStatistics": stats}))
+        # The catalog's name for the table beside its location, as the Spark integration does.
+        facets = {"symlinks": SymlinksDatasetFacet(identifiers=[Identifier(
+            namespace=f"{table.get('format')}://{table.get('catalog') or 'path'}", name=str(table.get("table")), type="TABLE")])}
+        outputs.append(OutputDataset(*table_dataset_name(table), facets=facets, outputFacets={"outputStatistics": stats}))
     elif result.get("output_uri"):
         namespace, name = _dataset_name(result["output_uri"])
         stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))

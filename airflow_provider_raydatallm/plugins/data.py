@@ -154,7 +154,7 @@ def batch_runs(
                 "end_date": _iso(ti.end_date),
                 "model": model_label(result.get("model") or record.get("model")),
                 **{k: metrics.get(k) for k in METRIC_KEYS},
-                "output_uri": result.get("output_uri") or record.get("output_uri"),
+                "output_uri": output_shown(result, record),
                 "submission_id": result.get("submission_id") or record.get("submission_id"),
                 "dashboard_url": safe_link(record.get("dashboard_url")),
                 "ti_path": ti_path(ti.dag_id, ti.run_id, ti.task_id, ti.map_index),
@@ -162,6 +162,20 @@ def batch_runs(
             }
         )
     return rows
+
+
+def output_shown(result: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """Where the rows went, as the runs page shows it: a table output's table, slice and
+    snapshot (or version) once committed, the table and slice while the task runs; else the
+    output directory."""
+    from airflow_provider_raydatallm.operators._report import committed_table
+
+    table = result.get("table")
+    if isinstance(table, dict):
+        return committed_table(table)
+    if isinstance(record.get("output_table"), str):
+        return record["output_table"]
+    return result.get("output_uri") or record.get("output_uri")
 
 
 def batch_dag_ids(session: Session, dag_ids: set[str]) -> list[str]:

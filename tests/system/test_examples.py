@@ -130,7 +130,12 @@ def test_customer_industries_sample_then_scale_path(examples, tmp_path):
     run = examples.run("example_customer_industries", conf)
     assert examples.states(run) == {"ensure_customers": "success", "classify_industries": "success"}
     result = examples.xcom(run, "classify_industries")
-    table = pq.read_table(result["output_uri"])
+    from deltalake import DeltaTable
+
+    assert result["table"]["format"] == "delta" and result["table"]["partition"] == {"day": "2026-11-22"}
+    delta = DeltaTable(str(tmp_path / "out" / "industries"))
+    assert delta.version() == result["table"]["version"] and delta.metadata().partition_columns == ["day"]
+    table = delta.to_pyarrow_table(filters=[("day", "=", "2026-11-22")])
     choices = {"Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",
                "Real Estate", "Other"}  # fmt: skip
     assert table.num_rows == 12 and set(table.column("inferred_industry").to_pylist()) <= choices

@@ -88,8 +88,17 @@ function resultView(result, errorsHidden) {
     card("output tokens/s", RDL.rate(m.output_tokens_per_second), "m-output-tokens-per-second"),
     card("start-up and other s", RDL.num(m.startup_seconds, 1), "m-startup"), card("inference s", RDL.num(m.inference_seconds, 1), "m-inference"));
   box.append(cards);
-  box.append(RDL.el("div", { class: "small" }, "Output: ", RDL.el("code", {}, result.output_uri || ""),
-    "  ·  Error rows: ", RDL.el("code", {}, result.error_output_uri || "")));
+  if (result.table) {
+    const t = result.table;
+    const slice = Object.entries(t.partition || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    const which = t.format === "iceberg" ? `snapshot ${t.snapshot_id}` : `version ${t.version}`;
+    box.append(RDL.el("div", { class: "small", id: "output-table" }, "Table: ",
+      RDL.el("code", {}, `${t.format}:${t.table}${slice ? ` (${slice})` : ""}`), `  ·  committed as ${which}`,
+      `  ·  ${RDL.num(t.rows)} rows`));
+  }
+  box.append(RDL.el("div", { class: "small" }, result.table ? "Work directory: " : "Output: ",
+    RDL.el("code", {}, result.output_uri || ""), "  ·  Error rows: ",
+    RDL.el("code", {}, result.error_table ? `${result.error_table.format}:${result.error_table.table}` : (result.error_output_uri || ""))));
   const errors = result.first_errors || [];
   if (errorsHidden) box.append(RDL.el("p", { class: "muted small", id: "errors-hidden" },
     "Error rows are not shown: they hold the rows' data, and you may not read this task's XCom."));
