@@ -182,8 +182,10 @@ def check_rendered(op: Any) -> tuple[list[str], int | None, int | None]:
     check.string_list("input_columns", op.input_columns)
     limit = check.positive_int("limit", op.limit)
     partitions = check.positive_int("num_partitions", op.num_partitions)
-    if op.output_uri is not None or getattr(op, "output_table", None) is None:
-        check.uri("output_uri", op.output_uri)  # with output_table: optional (its rows' work directory)
+    if op.output_uri is None and getattr(op, "output_table", None) is None:
+        check.fail("output_uri", None, "output_uri or output_table is required")
+    elif op.output_uri is not None:  # with output_table: optional (the directory its rows wait in)
+        check.uri("output_uri", op.output_uri)
     check.choice("output_format", op.output_format, OUTPUT_FORMATS)
     if op.error_output_uri is not None:
         check.uri("error_output_uri", op.error_output_uri)

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["ray", "vllm", "torch", "pyarrow", "pandas"]
+HEAVY = ["ray", "vllm", "torch", "pyarrow", "pandas", "pyiceberg", "deltalake"]
 MODULES = [
     "airflow_provider_raydatallm",
     "airflow_provider_raydatallm.get_provider_info",
@@ -19,6 +19,7 @@ MODULES = [
     "airflow_provider_raydatallm.triggers",
     "airflow_provider_raydatallm.links",
     "airflow_provider_raydatallm.plugins",
+    "airflow_provider_raydatallm.tables",
 ]
 
 

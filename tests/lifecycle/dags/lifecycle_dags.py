@@ -19,6 +19,7 @@ from airflow.sdk import DAG, BaseOperator, Param, task
 from airflow_provider_raydatallm.configs import DEFAULT_MODEL_ID, cpu_serve_llm_config, cpu_vllm_config
 from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
+from airflow_provider_raydatallm.tables import IcebergTable
 
 PROMPT_FILE = Path(__file__).with_name("prompt.txt")
 PROMPT = PROMPT_FILE.read_text().strip() if PROMPT_FILE.exists() else "Answer briefly."
@@ -138,3 +139,20 @@ with DAG("drill_serve", schedule=None, start_date=START, catchup=False,
         deferrable=True, poll_interval=2,
     ).expand_kwargs(partitions())  # fmt: skip
     classify >> RayServeLLMDeleteOperator(task_id="delete_llm", app_name="{{ params.app_name }}").as_teardown(setups=deploy)
+
+# Two tasks writing two slices of one Iceberg table (a SQL catalog on SQLite under
+# params.output): "ask_a" fails its first try while its input's flag file exists, then its
+# retry commits; a clear of "ask_b" replaces its slice again.
+_TABLE = dict(
+    catalog_properties={"type": "sql", "uri": "sqlite:///{{ params.output }}/catalog.db",
+                        "warehouse": "file://{{ params.output }}/warehouse"},
+)  # fmt: skip
+with DAG("drill_table", schedule=None, start_date=START, catchup=False,
+         params={"input_a": Param("", type="string"), "input_b": Param("", type="string"),
+                 "output": Param("", type="string")}):  # fmt: skip
+    for _part in ("a", "b"):
+        _batch(
+            f"ask_{_part}", input_uri=f"{{{{ params.input_{_part} }}}}", output_uri=None, preprocess=fail_while_flagged,
+            output_table=IcebergTable("drill.answers", partition={"day": "2026-12-01", "part": _part}, **_TABLE),
+            deferrable=True, retries=1, retry_delay=dt.timedelta(seconds=3), num_partitions=2,
+        )  # fmt: skip
