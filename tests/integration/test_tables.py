@@ -103,70 +103,53 @@ def iceberg(tmp_path, monkeypatch):
     return load_catalog("iceberg_test", **props)
 
 
-def _by_day(table: pa.Table) -> dict[str, list[int]]:
+def _by_part(table: pa.Table) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for row in table.to_pylist():
-        found.setdefault(row["day"], []).append(row["id"])
-    return {day: sorted(ids) for day, ids in found.items()}
+        found.setdefault(row["part"], []).append(row["id"])
+    return {part: sorted(ids) for part, ids in found.items()}
 
 
-def test_iceberg_runs_replace_only_their_day_and_a_later_run_may_add_a_column(ray_conn, echo_endpoint, tmp_path, iceberg):
-    def day(value: str) -> IcebergTable:
-        return IcebergTable("llm.answers", conn_id="iceberg_test", partition={"day": value})
+def test_concurrent_jobs_commit_their_own_slices_and_a_rerun_replaces_only_its_own(ray_conn, echo_endpoint, tmp_path, iceberg):
+    def part(index: int) -> IcebergTable:
+        return IcebergTable("llm.mapped", conn_id="iceberg_test", partition={"day": "2026-12-01", "part": str(index)})
 
-    status, logs = _run(echo_endpoint, source=_input(tmp_path, range(1, 5), "mon"), table=day("2026-11-30"))
-    assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
-    result = find_result(logs)
-    assert result.table["format"] == "iceberg" and result.table["partition"] == {"day": "2026-11-30"}
-    first_snapshot = result.table["snapshot_id"]
-    status, logs = _run(echo_endpoint, source=_input(tmp_path, range(10, 13), "tue"), table=day("2026-12-01"),
-                        postprocess=_answer_scored)  # fmt: skip
-    assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
-    # The Monday run again, with other rows: Monday is replaced, Tuesday stays as it was.
-    status, logs = _run(echo_endpoint, source=_input(tmp_path, range(5, 8), "mon"), table=day("2026-11-30"))
-    assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
-    result = find_result(logs)
-
-    table = iceberg.load_table("llm.answers")
-    rows = table.scan().to_arrow()
-    assert _by_day(rows) == {"2026-11-30": [5, 6, 7], "2026-12-01": [10, 11, 12]}
-    by_id = {r["id"]: r for r in rows.to_pylist()}
-    assert by_id[5]["answer"] == "echo: 5:mon 5" and by_id[10]["score"] == 1.0 and by_id[5]["score"] is None
-    assert [f.name for f in table.spec().fields] == ["day"]  # partitioned by the slice's column
-    assert table.current_snapshot().snapshot_id == result.table["snapshot_id"] != first_snapshot
-    ours = [s.summary.additional_properties for s in table.snapshots()]
-    assert [(p.get("raydllm.slice"), p.get("raydllm.rows")) for p in ours if "raydllm.slice" in p][-2:] == [
-        ("day=2026-11-30", "3"), ("day=2026-11-30", "3")]  # the delete and the append of the third run
-    # Nothing of the runs is left in the work area but its owner record.
-    work = tmp_path / "warehouse" / "llm" / "answers" / "_raydllm" / "work" / "day=2026-11-30"
-    assert not list(work.rglob("*.parquet")), list(work.rglob("*"))
-
-
-def test_concurrent_jobs_commit_their_own_slices_of_one_table(ray_conn, echo_endpoint, tmp_path, iceberg):
-    jobs = []
-    for index in range(3):
-        table = IcebergTable("llm.mapped", conn_id="iceberg_test", partition={"day": "2026-12-01", "part": str(index)})
-        jobs.append(_submit(echo_endpoint, source=_input(tmp_path, range(index * 10, index * 10 + 4), f"p{index}"),
-                            table=table, map_index=index))  # fmt: skip
-    delta_jobs = []
-    for index in range(2):
-        table = DeltaTable(str(tmp_path / "delta_mapped"), partition={"part": str(index)})
-        delta_jobs.append(_submit(echo_endpoint, source=_input(tmp_path, range(index * 10, index * 10 + 3), f"d{index}"),
-                                  table=table, map_index=index))  # fmt: skip
+    jobs = [_submit(echo_endpoint, source=_input(tmp_path, range(k * 10, k * 10 + 4), f"p{k}"), table=part(k), map_index=k)
+            for k in range(3)]  # fmt: skip
+    delta_jobs = [_submit(echo_endpoint, source=_input(tmp_path, range(k * 10, k * 10 + 3), f"d{k}"),
+                          table=DeltaTable(str(tmp_path / "delta_mapped"), partition={"part": str(k)}), map_index=k)
+                  for k in range(2)]  # fmt: skip
+    results = {}
     for job_id in jobs + delta_jobs:
         status, logs = _wait(job_id)
         assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
-    rows = iceberg.load_table("llm.mapped").scan().to_arrow().to_pylist()
-    parts = {}
-    for row in rows:
-        parts.setdefault(row["part"], []).append(row["id"])
-    assert {p: sorted(ids) for p, ids in parts.items()} == {"0": [0, 1, 2, 3], "1": [10, 11, 12, 13], "2": [20, 21, 22, 23]}
+        results[job_id] = find_result(logs)
+    table = iceberg.load_table("llm.mapped")
+    assert _by_part(table.scan().to_arrow()) == {"0": [0, 1, 2, 3], "1": [10, 11, 12, 13], "2": [20, 21, 22, 23]}
+    assert [f.name for f in table.spec().fields] == ["day", "part"]  # partitioned by the slices' columns
+    first = results[jobs[1]].table
+    assert first["format"] == "iceberg" and first["partition"] == {"day": "2026-12-01", "part": "1"} and first["rows"] == 4
     from deltalake import DeltaTable as Delta
 
     delta = Delta(str(tmp_path / "delta_mapped"))
-    assert sorted((r["part"], r["id"]) for r in delta.to_pyarrow_table().to_pylist()) == [
-        ("0", 0), ("0", 1), ("0", 2), ("1", 10), ("1", 11), ("1", 12)]
+    assert _by_part(delta.to_pyarrow_table()) == {"0": [0, 1, 2], "1": [10, 11, 12]}
     assert delta.metadata().partition_columns == ["part"]
+
+    # Part 1 again, with other rows and a new column: part 1 is replaced, the others stay.
+    status, logs = _run(echo_endpoint, source=_input(tmp_path, range(15, 18), "p1"), table=part(1), map_index=1,
+                        postprocess=_answer_scored)  # fmt: skip
+    assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
+    table = iceberg.load_table("llm.mapped")
+    rows = table.scan().to_arrow()
+    assert _by_part(rows) == {"0": [0, 1, 2, 3], "1": [15, 16, 17], "2": [20, 21, 22, 23]}
+    by_id = {r["id"]: r for r in rows.to_pylist()}
+    assert by_id[15]["answer"] == "echo: 15:p1 15" and by_id[15]["score"] == 1.5 and by_id[0]["score"] is None
+    assert table.current_snapshot().snapshot_id == find_result(logs).table["snapshot_id"] != first["snapshot_id"]
+    ours = [s.summary.additional_properties for s in table.snapshots()]
+    assert [(p.get("raydllm.slice"), p.get("raydllm.rows")) for p in ours][-2:] == [
+        ("day=2026-12-01/part=1", "3"), ("day=2026-12-01/part=1", "3")]  # the rerun's delete and append
+    work = tmp_path / "warehouse" / "llm" / "mapped" / "_raydllm" / "work" / "day=2026-12-01" / "part=1"
+    assert not list(work.rglob("*.parquet")), list(work.rglob("*"))
 
 
 def test_a_type_the_table_cannot_take_fails_naming_the_column(ray_conn, echo_endpoint, tmp_path, iceberg):
@@ -219,6 +202,7 @@ def test_a_slice_another_writer_or_task_committed_is_not_replaced(ray_conn, echo
 def test_tables_on_the_local_s3_server(ray_conn, echo_endpoint, tmp_path, s3, monkeypatch):
     """Iceberg (SQL catalog, warehouse on s3://) and Delta on s3:// through the same S3
     server the directory outputs use; credentials from the cluster's environment."""
+    import s3fs
     from deltalake import DeltaTable as Delta
     from pyiceberg.catalog import load_catalog
 
@@ -230,12 +214,14 @@ def test_tables_on_the_local_s3_server(ray_conn, echo_endpoint, tmp_path, s3, mo
     ice = IcebergTable("llm.on_s3", conn_id="iceberg_s3", partition={"day": "2026-12-01"})
     delta_uri = f"s3://raydllm-test/delta/{uuid.uuid4().hex[:6]}"
     delta = DeltaTable(delta_uri, partition={"day": "2026-12-01"})
-    for table in (ice, delta):
-        for ids in (range(1, 4), range(4, 6)):  # the second run replaces the first's day
-            status, logs = _run(echo_endpoint, source=_input(tmp_path, ids, "s3"), table=table, env=env)
-            assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
+    jobs = [_submit(echo_endpoint, source=_input(tmp_path, range(4, 6), "s3"), table=table, env=env) for table in (ice, delta)]
+    for job_id in jobs:
+        status, logs = _wait(job_id)
+        assert status is RayJobStatus.SUCCEEDED, logs[-3000:]
     got = load_catalog("iceberg_s3", **props).load_table("llm.on_s3").scan().to_arrow()
     assert sorted(got.column("id").to_pylist()) == [4, 5]
     options = {"AWS_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "testing",
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}  # fmt: skip
     assert sorted(Delta(delta_uri, storage_options=options).to_pyarrow_table().column("id").to_pylist()) == [4, 5]
+    staged = [p for p in s3fs.S3FileSystem().find(f"{delta_uri[len('s3://'):]}/_raydllm/work") if p.endswith(".parquet")]
+    assert not staged, staged

@@ -78,7 +78,9 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd, caplog):
     assert ticks == sorted(ticks) and len(ticks) >= min(3, int(metrics["wall_seconds"] // 10) - 3), (ticks, metrics["wall_seconds"])
 
 
-def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):
+def test_deferrable_task_and_a_same_date_rerun_replace_the_days_output(test_dags, tmp_path):
+    """The industries use case's rows through the stand-in endpoint (the engine is not under
+    test here: the use case runs on vLLM in test_examples.py)."""
     customers = write_customers_csv(tmp_path / "customers.csv", ROWS)
     out = tmp_path / "industries"
     conf = {"input": str(customers), "output": str(out)}
@@ -86,14 +88,13 @@ def test_seed003_industries_deferrable_and_same_date_rerun(test_dags, tmp_path):
     assert test_dags.states(run) == {"classify": "success"}
     day = out / "2026-11-22"
     table = pq.read_table(day)
-    assert table.num_rows == ROWS
-    assert set(table.column("inferred_industry").to_pylist()) <= set(CHOICES)
+    assert table.num_rows == ROWS and all(a.startswith("echo: What industry") for a in table.column("answer").to_pylist())
     expected_ids = {r["Customer Id"] for r in customer_rows(ROWS)}
     assert set(table.column("Customer Id").to_pylist()) == expected_ids
     first = test_dags.xcom(run, "classify")
     metrics = first["metrics"]
     assert metrics["rows_in"] == metrics["rows_out"] == table.num_rows and metrics["error_rows"] == 0
-    assert metrics["rows_per_second"] > 0 and metrics["output_tokens"] >= ROWS
+    assert metrics["rows_per_second"] > 0
 
     # The same logical date again (dag.test makes a new run id, so a new job runs): the day's
     # output is replaced, not appended to.
