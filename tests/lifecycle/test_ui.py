@@ -9,6 +9,7 @@ Screenshots go to .artifacts/screenshots/ (docs/images/ holds two of them).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -389,6 +390,9 @@ def test_trigger_button_runs_the_daily_sentiment_example_and_the_runs_page_lists
         assert rows.count() == 1  # one partition, one mapped task
         assert rows.first.locator("td[data-col='state']").inner_text().strip() == "success"
         assert rows.first.locator("td[data-col='rows_in']").inner_text().replace(",", "") == "12"
+        # The example commits to an Iceberg table: the page names the table, the slice, the snapshot.
+        shown = rows.first.locator("td[data-col='output_uri']").inner_text()
+        assert re.fullmatch(r"iceberg:demo\.post_sentiment \(day=\d{4}-\d\d-\d\d, part=0\) snapshot \d+", shown), shown
         page.screenshot(path=str(SHOTS / "llm-batch-runs-example.png"))
     finally:
         browser.close()
