@@ -47,7 +47,8 @@ class IcebergTable:
     :param catalog_properties: instead of a connection, the pyiceberg catalog properties
         themselves (templated), for catalogs without credentials such as a SQL catalog on a
         local SQLite file: ``{"type": "sql", "uri": "sqlite:///...", "warehouse": "file:///..."}``.
-        They travel as secrets all the same.
+        They are part of the DAG and its rendered fields (shown in the UI): put no secret
+        here, use ``conn_id`` for a catalog with credentials.
     :param partition: the run's slice: column -> value (text), templated, e.g.
         ``{"day": "{{ ds }}"}``; every row gets these values and the commit replaces exactly
         the rows that have them. Empty: each run replaces the whole table.
@@ -104,6 +105,7 @@ class IcebergTable:
         spec = TableSpec(
             format="iceberg", identifier=self.table, partition=self.partition, columns=self.columns,
             catalog_name=name, catalog=SecretRef(source="shipped", name=key), label=label,
+            catalog_uri=_without_userinfo(props.get("uri", "")),
         )  # fmt: skip
         return spec, {key: json.dumps(props)}
 

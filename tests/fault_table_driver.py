@@ -77,7 +77,7 @@ def main(spec_json: str, secrets_json: str, version: str, kill_at: str) -> int:
     lock.acquire = lambda *args, **kwargs: []  # the Ray lock: one process at a time writes here
     outputs = Outputs.open(spec, spec.run.submission_id)
     outputs.claim()
-    tables.preflight(table, secrets)
+    outputs.check_slice(secrets)
     ok = [sink.write_table(pa.table({"id": [i, i + 1], "answer": [version] * 2}), outputs.output.staging_uri,
                            f"block-{i}.parquet", "parquet") for i in (1, 3)]  # fmt: skip
     errors = [sink.write_table(pa.table({"row_id": ["5"], "stage": ["postprocess"], "error": [version]}),

@@ -16,6 +16,7 @@ The steps, each named for what it guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from airflow_provider_raydatallm.job.spec import JobSpec, is_inside
 log = logging.getLogger("raydllm.job")
 # How long a job waits for another job writing the same output (e.g. one being stopped).
 LOCK_WAIT_SECONDS = float(os.environ.get("RAYDLLM_LOCK_WAIT_SECONDS") or 120)
+# In a table output's work directory: the task that last committed its slice.
+SLICE_OWNER = "slice-owner.json"
 
 
 def check_apart(spec: JobSpec, out_key: str, err_key: str) -> None:
@@ -97,6 +100,39 @@ class Outputs:
         for directory in (self.output, self.errors):
             directory.record_owner()
 
+    # -- a table output's slice: who committed it last (its work directory says) ----------------
+
+    @property
+    def _slice_owner_path(self) -> str:
+        return f"{self.output.path}/{commit.WORK_DIR}/{SLICE_OWNER}"
+
+    def slice_owner(self) -> dict[str, Any] | None:
+        """The task that last committed this table slice, as its work directory records it."""
+        import json
+
+        try:
+            found = json.loads(self.output.fs.cat_file(self._slice_owner_path))
+        except (FileNotFoundError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    def check_slice(self, secrets: dict[str, str]) -> bool:
+        """A table output, before inference: the slice is not another task's (its work
+        directory's record, then the tables' own records and rows). Returns whether this
+        task committed the slice last (its table records may have been expired since)."""
+        out, run = self.spec.output, self.spec.run.model_dump()
+        last = self.slice_owner()
+        if last is not None and not commit.same_owner(last, run) and not out.overwrite:
+            raise tables.TableOutputError(
+                f"{out.table.display()}: not replacing this slice: {commit.describe_owner(last)} committed it last "
+                "(its work directory says). Give each task its own partition values (mapped tasks: "
+                "{{ ti.map_index }} in one), or pass overwrite=True to take the slice over"
+            )
+        known = last is not None
+        for table in filter(None, (out.table, out.error_table)):
+            tables.preflight(table, secrets, run, out.overwrite, known)
+        return known
+
     def progress(self) -> resume.Progress:
         """What earlier tries of this task instance wrote, when it may be resumed here."""
         if not self.resumable:
@@ -139,16 +175,23 @@ class Outputs:
         overwrite = self.spec.output.overwrite
         out, done = self.spec.output, {}
         run = {**self.spec.run.model_dump(), "submission_id": self.spec.run.submission_id}
+        known = self.slice_owner() is not None if out.table is not None else False
+        # Both tables' slices are checked before either commit: a refused output table must
+        # not leave a replaced error slice behind.
+        for table in filter(None, (out.table, out.error_table)):
+            tables.check_owned(table, secrets or {}, run, overwrite, known)
         if out.error_table is not None:
             staged = [f"{self.errors.staging_uri}/{name}" for name in sorted(set(files["errors"]))]
-            done["error_table"] = tables.commit(out.error_table, staged, counts["errors"], run, overwrite, secrets or {})
+            done["error_table"] = tables.commit(out.error_table, staged, counts["errors"], run, overwrite, secrets or {},
+                                                known)  # fmt: skip
             self.errors.discard_staging()
         else:
             self.errors.commit(files["errors"], commit.Manifest(rows=counts["errors"], **identity), overwrite)
         self.errors.drop_failed_run()  # an earlier failed run's rows: this version supersedes them
         if out.table is not None:
             staged = [f"{self.output.staging_uri}/{name}" for name in sorted(set(files["ok"] + progress.files))]
-            done["table"] = tables.commit(out.table, staged, counts["ok"], run, overwrite, secrets or {})
+            done["table"] = tables.commit(out.table, staged, counts["ok"], run, overwrite, secrets or {}, known)
+            commit.put_whole(self.output.fs, self._slice_owner_path, json.dumps(commit.owner_of(run)).encode())
             self.output.discard_staging()
             return done
         self.output.commit(

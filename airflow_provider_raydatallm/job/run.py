@@ -273,8 +273,8 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     outputs.claim()  # before any actor or engine starts
     try:
         preflight.run_all(spec, tag)
-        for table in filter(None, (spec.output.table, spec.output.error_table)):
-            tables.preflight(table, secrets or {})
+        if spec.output.table is not None:
+            outputs.check_slice(secrets or {})
         # The progress line, every RAYDLLM_PROGRESS_SECONDS: reading the input, then rows done.
         with progress_log.ProgressLog(None) as shown:
             ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)

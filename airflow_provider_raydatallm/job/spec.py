@@ -88,6 +88,7 @@ class TableSpec(_Model):
     # catalog properties hold credentials); ``label``, what may be shown (no secrets).
     catalog_name: str = "default"
     catalog: SecretRef | None = None
+    catalog_uri: str = ""  # the catalog's URI without credentials (lineage, the UI)
     # Delta: storage options (not secret), and secret ones (a shipped JSON object).
     storage_options: dict[str, str] = Field(default_factory=dict)
     secret_options: SecretRef | None = None
@@ -146,8 +147,12 @@ class OutputSpec(_Model):
             raise ValueError("error_table needs a table output (output_table)")
         if self.table is not None and self.format != "parquet":
             raise ValueError(f"a table output is written as Parquet, not {self.format!r}")
-        if self.error_table is not None and self.table is not None and self.error_table.format != self.table.format:
-            raise ValueError("error_table must be of the output table's format")
+        if self.error_table is not None and self.table is not None:
+            if self.error_table.format != self.table.format:
+                raise ValueError("error_table must be of the output table's format")
+            if normalize_uri(self.error_table.identifier) == normalize_uri(self.table.identifier):
+                raise ValueError(f"error_table {self.error_table.identifier!r} is the output table: give failed rows "
+                                 "their own table")  # fmt: skip
         if not self.uri:
             if self.table is None:
                 raise ValueError("output_uri or output_table is required")

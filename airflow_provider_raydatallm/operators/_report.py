@@ -139,6 +139,18 @@ def _dataset_name(uri: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
 
 
+def _table_dataset(table: dict[str, Any], cls: Any, output_facets: dict[str, Any]) -> Any:
+    """A table as an OpenLineage dataset: named by its location; an Iceberg table also by
+    its catalog's URI and name (a symlink, as the Spark integration adds for catalog tables)."""
+    facets = {}
+    if table.get("format") == "iceberg" and table.get("catalog_uri"):
+        from airflow.providers.common.compat.openlineage.facet import Identifier, SymlinksDatasetFacet
+
+        facets["symlinks"] = SymlinksDatasetFacet(identifiers=[
+            Identifier(namespace=str(table["catalog_uri"]), name=str(table.get("table")), type="TABLE")])
+    return cls(*table_dataset_name(table), facets=facets, outputFacets=output_facets)
+
+
 def table_dataset_name(table: dict[str, Any]) -> tuple[str, str]:
     """OpenLineage naming of a table, as the Iceberg and Delta integrations name them: the
     table's storage location (``s3://bucket`` + path, ``file`` + path), the namespace and
@@ -163,14 +175,11 @@ def openlineage(result: dict[str, Any]) -> Any:
     inputs = [Dataset(*_dataset_name(uri)) for uri in result.get("input_uris") or []]
     outputs = []
     if result.get("table"):
-        from airflow.providers.common.compat.openlineage.facet import Identifier, SymlinksDatasetFacet
-
-        table = result["table"]
         stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))
-        # The catalog's name for the table beside its location, as the Spark integration does.
-        facets = {"symlinks": SymlinksDatasetFacet(identifiers=[Identifier(
-            namespace=f"{table.get('format')}://{table.get('catalog') or 'path'}", name=str(table.get("table")), type="TABLE")])}
-        outputs.append(OutputDataset(*table_dataset_name(table), facets=facets, outputFacets={"outputStatistics": stats}))
+        outputs.append(_table_dataset(result["table"], OutputDataset, {"outputStatistics": stats}))
+        if result.get("error_table"):
+            stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("error_rows"))
+            outputs.append(_table_dataset(result["error_table"], OutputDataset, {"outputStatistics": stats}))
     elif result.get("output_uri"):
         namespace, name = _dataset_name(result["output_uri"])
         stats = OutputStatisticsOutputDatasetFacet(rowCount=m.get("rows_out"))

@@ -96,7 +96,7 @@ def with_tables(op: Any, spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     return spec.model_copy(update={"output": output}), shipped
 
 
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key", re.I)
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key|authorization|auth", re.I)
 
 
 def secret_values(shipped: str) -> list[str]:

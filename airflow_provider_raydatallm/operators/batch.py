@@ -197,6 +197,10 @@ class RayLLMBatchOperator(BaseOperator):
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         """Render every templated argument, but not the free-text templates inside
         processor_config (``chat_template``): those are Jinja for the model's tokenizer."""
+        # Nested templates render in place: each rendering gets its own copy of the tables
+        # (Airflow's copy of the task for a run is shallow, so the DAG's object is shared).
+        self.output_table = as_table(self.output_table, "output_table", self.task_id)
+        self.error_table = as_table(self.error_table, "error_table", self.task_id)
         held: list[Any] = []
         self.processor_config = _templating.hold(self.processor_config, held)
         try:

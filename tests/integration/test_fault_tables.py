@@ -139,3 +139,43 @@ def test_writers_racing_on_one_table_all_commit_their_slices(fmt, tmp_path):
     read = _read(fmt, tmp_path)
     assert read == {f"2026-12-0{k + 1}": [(k * 10, f"w{k}"), (k * 10 + 1, f"w{k}")] for k in range(8)}
     assert len(results) == 8
+
+
+@pytest.mark.parametrize("fmt", ["iceberg", "delta"])
+def test_error_rows_go_to_an_error_table_slice_replaced_by_each_run(fmt, tmp_path):
+    """error_table: the run's error rows are committed to a second table, same slice, and a
+    rerun replaces that slice there too (and nothing goes to an error directory)."""
+
+    def spec(version: str) -> str:
+        table, secrets = _table(fmt, tmp_path, DAY)
+        if fmt == "iceberg":
+            errors = table.model_copy(update={"identifier": "llm.fault_errors"})
+        else:
+            errors = table.model_copy(update={"identifier": str(tmp_path / "delta_errors")})
+        return JobSpec(
+            run=RunIdentity(namespace="prod", dag_id="daily", task_id="classify", run_id=f"r-{version}",
+                            submission_id=f"job-{version}"),
+            input=InputSpec(uris=["/nowhere/in.jsonl"], format="jsonl"),
+            output=OutputSpec(table=table, error_table=errors),
+            processor=ProcessorSpec(type="HttpRequestProcessorConfig", kwargs={"url": "http://127.0.0.1:1/v1"}),
+        ).model_dump_json(), secrets
+
+    for version in ("v1", "v2"):
+        spec_json, secrets = spec(version)
+        done = subprocess.run([sys.executable, str(DRIVER), spec_json, json.dumps(secrets), version, "none"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    if fmt == "iceberg":
+        from pyiceberg.catalog import load_catalog
+
+        _, secrets = _table(fmt, tmp_path, DAY)
+        errors = load_catalog("faults", **json.loads(secrets["catalog"])).load_table("llm.fault_errors").scan().to_arrow()
+    else:
+        from deltalake import DeltaTable
+
+        errors = DeltaTable(str(tmp_path / "delta_errors")).to_pyarrow_table()
+    assert [(r["row_id"], r["error"], r["day"]) for r in errors.to_pylist()] == [("5", "v2", DAY)]
+    assert _version(_read(fmt, tmp_path)[DAY]) == "v2"
+    location = tmp_path / ("warehouse/llm/faults" if fmt == "iceberg" else "delta")
+    assert not (location / "_raydllm" / "errors").exists()

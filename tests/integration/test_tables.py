@@ -183,9 +183,11 @@ def test_a_slice_another_writer_or_task_committed_is_not_replaced(ray_conn, echo
     # Rows of the day that someone else wrote (not this provider): never replaced.
     write_deltalake(uri, pa.table({"id": [100, 101], "answer": ["x", "y"], "day": ["2026-12-01"] * 2}), partition_by=["day"])
     table = DeltaTable(uri, partition={"day": "2026-12-01"})
+    asked = len(echo_server.SEEN)
     status, logs = _run(echo_endpoint, source=_input(tmp_path, range(1, 4), "a"), table=table, task_id="first")
     assert status is RayJobStatus.FAILED
     assert "it holds 2 rows that this provider did not commit. Pass overwrite=True" in logs, _said(logs)
+    assert len(echo_server.SEEN) == asked  # refused before inference
     assert sorted(r["id"] for r in Delta(uri).to_pyarrow_table().to_pylist()) == [100, 101]
     status, logs = _run(echo_endpoint, source=_input(tmp_path, range(1, 4), "a"), table=table, task_id="first",
                         overwrite=True)  # fmt: skip

@@ -101,6 +101,21 @@ def test_each_task_instance_renders_its_own_table():
     assert shared.partition["part"] == "{{ ti.map_index }}"  # the DAG's object is never rendered in place
 
 
+def test_two_runs_of_one_task_in_one_process_each_render_their_own_day():
+    """Airflow runs a shallow copy of the DAG's task: the table inside is shared until rendered."""
+    import copy
+
+    import jinja2
+
+    task = _op(output_table=DeltaTable("/lake/t", partition={"day": "{{ ds }}"}))
+    days = []
+    for ds in ("2026-11-30", "2026-12-01"):
+        run = copy.copy(task)
+        run.render_template_fields({"ds": ds}, jinja2.Environment())
+        days.append(run.output_table.partition["day"])
+    assert days == ["2026-11-30", "2026-12-01"] and task.output_table.partition == {"day": "{{ ds }}"}
+
+
 def test_xcom_assets_lineage_and_the_runs_page_name_the_committed_table():
     op = _op(output_table=DeltaTable("s3://lake/tickets", partition={"day": "2026-12-01"}))
     spec, _ = _spec(op)
@@ -119,9 +134,11 @@ def test_xcom_assets_lineage_and_the_runs_page_name_the_committed_table():
         "raydllm-1", result.metrics, result.output_uri, committed)
     lineage = _report.openlineage(value)
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://lake", "tickets")]
-    iceberg = {"format": "iceberg", "table": "analytics.s", "catalog": "lake", "partition": {}, "snapshot_id": 42,
-               "location": "s3://wh/analytics/s"}  # fmt: skip
-    lineage = _report.openlineage({**value, "table": iceberg})
+    assert "symlinks" not in lineage.outputs[0].facets  # a path-based Delta table: its location only
+    iceberg = {"format": "iceberg", "table": "analytics.s", "catalog": "lake", "catalog_uri": "https://cat.example/api",
+               "partition": {}, "snapshot_id": 42, "location": "s3://wh/analytics/s"}  # fmt: skip
+    errors = {**iceberg, "table": "analytics.s_errors", "location": "s3://wh/analytics/s_errors"}
+    lineage = _report.openlineage({**value, "table": iceberg, "error_table": errors})
     symlink = lineage.outputs[0].facets["symlinks"].identifiers[0]
-    assert (lineage.outputs[0].namespace, lineage.outputs[0].name) == ("s3://wh", "analytics/s")
-    assert (symlink.namespace, symlink.name, symlink.type) == ("iceberg://lake", "analytics.s", "TABLE")
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://wh", "analytics/s"), ("s3://wh", "analytics/s_errors")]
+    assert (symlink.namespace, symlink.name, symlink.type) == ("https://cat.example/api", "analytics.s", "TABLE")
