@@ -537,14 +537,18 @@ class _Written:
 
     files: list[Any]
     paths: list[str]
-    schema_id: int | None
-    spec_id: int | None
+    state: tuple[Any, ...]  # the table (uuid), schema and partition spec they were written for
+
+
+def _state(tx: Any) -> tuple[Any, ...]:
+    meta = tx.table_metadata
+    return str(meta.table_uuid), meta.current_schema_id, meta.default_spec_id
 
 
 def _write_files(table: TableSpec, tx: Any, io: Any, files: list[str], schema: Any) -> _Written:
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
-    written = _Written([], [], tx.table_metadata.current_schema_id, tx.table_metadata.default_spec_id)
+    written = _Written([], [], _state(tx))
     try:
         for path in files:
             rows = slice_rows(table, path, schema)
@@ -595,8 +599,9 @@ def _iceberg_attempt(table: TableSpec, catalog: Any, files: list[str], staged: A
                 warnings.simplefilter("ignore", UserWarning)
                 tx.delete(row_filter, snapshot_properties=props)
         io = ice.io
-    meta = tx.table_metadata
-    if written is None or (written.schema_id, written.spec_id) != (meta.current_schema_id, meta.default_spec_id):
+    # Reused only for the same table (a table another writer created meanwhile has its own
+    # uuid and field ids), schema and partition spec.
+    if written is None or written.state != _state(tx):
         if written is not None:
             _remove(written.paths)  # written for another schema or spec: written again
         written = _write_files(table, tx, io, files, schema)
