@@ -54,7 +54,7 @@ SENTIMENT_TABLE = Asset(name="daily_sentiment_table", uri="sqlite:///raydllm/dai
 def sentiment_request(row: dict[str, Any]) -> dict[str, Any]:
     return dict(
         messages=sentiment_messages(row["text"], LABELS),
-        sampling_params=dict(temperature=0, max_tokens=4, structured_outputs=dict(choice=LABELS)),
+        sampling_params=dict(temperature=0, max_tokens=8, structured_outputs=dict(choice=LABELS)),
     )
 
 
