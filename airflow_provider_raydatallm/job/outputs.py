@@ -128,7 +128,7 @@ class Outputs:
                 "(its work directory says). Give each task its own partition values (mapped tasks: "
                 "{{ ti.map_index }} in one), or pass overwrite=True to take the slice over"
             )
-        known = last is not None
+        known = last is not None and commit.same_owner(last, run)
         for table in filter(None, (out.table, out.error_table)):
             tables.preflight(table, secrets, run, out.overwrite, known)
         return known
@@ -175,7 +175,8 @@ class Outputs:
         overwrite = self.spec.output.overwrite
         out, done = self.spec.output, {}
         run = {**self.spec.run.model_dump(), "submission_id": self.spec.run.submission_id}
-        known = self.slice_owner() is not None if out.table is not None else False
+        last = self.slice_owner() if out.table is not None else None
+        known = last is not None and commit.same_owner(last, run)  # this task committed the slice last
         # Both tables' slices are checked before either commit: a refused output table must
         # not leave a replaced error slice behind.
         for table in filter(None, (out.table, out.error_table)):

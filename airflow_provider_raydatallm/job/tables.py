@@ -497,12 +497,12 @@ def _delta_state(table: TableSpec, dt: Any) -> tuple[int, Record | None]:
 
     import pyarrow as pa
 
-    names = pa.schema(dt.schema().to_arrow()).names
-    if any(c not in names for c in table.partition):
+    schema = pa.schema(dt.schema().to_arrow())
+    if any(c not in schema.names for c in table.partition):
         return 0, None
     expr = None
-    for column, value in table.partition.items():
-        term = pds.field(column) == value
+    for column in table.partition:  # the value as the column's type ("2026-12-01" into a date column)
+        term = pds.field(column) == partition_value(table, column, schema.field(column).type)
         expr = term if expr is None else expr & term
     rows_now = dt.to_pyarrow_dataset().count_rows(filter=expr)
     return rows_now, _delta_record(dt, table.slice_key())
@@ -542,7 +542,8 @@ class _Written:
 
 def _state(tx: Any) -> tuple[Any, ...]:
     meta = tx.table_metadata
-    return str(meta.table_uuid), meta.current_schema_id, meta.default_spec_id
+    # The schema itself, not only its id: two writers' schema 1 may hold other columns or ids.
+    return str(meta.table_uuid), meta.current_schema_id, meta.default_spec_id, meta.schema()
 
 
 def _write_files(table: TableSpec, tx: Any, io: Any, files: list[str], schema: Any) -> _Written:

@@ -179,3 +179,27 @@ def test_error_rows_go_to_an_error_table_slice_replaced_by_each_run(fmt, tmp_pat
     assert _version(_read(fmt, tmp_path)[DAY]) == "v2"
     location = tmp_path / ("warehouse/llm/faults" if fmt == "iceberg" else "delta")
     assert not (location / "_raydllm" / "errors").exists()
+
+
+def test_a_delta_table_partitioned_by_a_date_column_takes_the_slices_text_value(tmp_path):
+    """A table created elsewhere with a typed partition column: the slice's value is
+    converted to its type for the ownership count, the predicate and the rows."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, write_deltalake
+
+    uri = str(tmp_path / "typed")
+    day = dt.date(2026, 12, 1)
+    write_deltalake(uri, pa.table({"id": [1, 2], "answer": ["x", "y"], "day": [day, dt.date(2026, 11, 30)]}),
+                    partition_by=["day"])  # fmt: skip
+    table = TableSpec(format="delta", identifier=uri, partition={"day": "2026-12-01"})
+    run = {"namespace": "prod", "dag_id": "d", "task_id": "t", "map_index": -1, "submission_id": "job-typed"}
+    with pytest.raises(tables.TableOutputError, match="holds 1 rows that this provider did not commit"):
+        tables.check_owned(table, {}, run, False, False)
+    staged = tmp_path / "block.parquet"
+    pq.write_table(pa.table({"id": [7, 8], "answer": ["a", "b"]}), staged)
+    done = tables.commit(table, [str(staged)], 2, run, True, {})
+    rows = sorted((r["day"], r["id"]) for r in DeltaTable(uri).to_pyarrow_table().to_pylist())
+    assert rows == [(dt.date(2026, 11, 30), 2), (day, 7), (day, 8)]
+    assert done["version"] == DeltaTable(uri).version()
