@@ -275,6 +275,32 @@ class JobSpec(_Model):
         return version
 
 
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key|authorization|auth", re.I)
+
+
+def secret_property_values(props: dict[str, Any]) -> list[str]:
+    """The secret values of a dict of properties (catalog properties, storage options): the
+    values of keys that name a secret (``credential``, ``token``, ``*_KEY``, ``*password*``
+    ...) and the password in any ``scheme://user:password@host`` value. The Airflow side
+    masks them in the task log; the cluster side scrubs them from catalog errors."""
+    from urllib.parse import urlsplit
+
+    found = []
+    for key, value in props.items():
+        if not isinstance(value, str) or not value:
+            continue
+        if _SECRET_KEY.search(str(key)):
+            found.append(value)
+        elif "://" in value and "@" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:  # not a URL after all: the whole value may be one
+                password = value
+            if password:
+                found.append(password)
+    return found
+
+
 def infer_input_format(uris: list[str]) -> InputFormat:
     """The format implied by the URIs' extension, e.g. ``posts.csv`` -> ``csv``."""
     found = set()

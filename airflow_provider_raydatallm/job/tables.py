@@ -33,7 +33,7 @@ from typing import Any
 
 from airflow_provider_raydatallm.job import commit as dirs
 from airflow_provider_raydatallm.job.processor import resolve_secret
-from airflow_provider_raydatallm.job.spec import JobSpec, TableSpec
+from airflow_provider_raydatallm.job.spec import JobSpec, TableSpec, secret_property_values
 
 log = logging.getLogger("raydllm.job")
 
@@ -84,25 +84,10 @@ def ensure_namespace(catalog: Any, namespace: str) -> None:
             raise
 
 
-_SECRET_KEY = ("secret", "password", "passwd", "token", "credential", "key", "authorization")
-
-
 def scrub(text: str, props: dict[str, str]) -> str:
-    """``text`` without the secret values of ``props`` (values of keys naming a secret, and
-    the password of any ``scheme://user:password@host`` value): catalog errors may quote them."""
-    from urllib.parse import urlsplit
-
-    for key, value in props.items():
-        if not isinstance(value, str) or not value:
-            continue
-        hidden = [value] if any(word in key.lower() for word in _SECRET_KEY) else []
-        if "://" in value and "@" in value:
-            try:
-                hidden.append(urlsplit(value).password or "")
-            except ValueError:
-                hidden.append(value)
-        for secret in filter(None, hidden):
-            text = text.replace(secret, "***")
+    """``text`` without the secret values of ``props``: catalog errors may quote them."""
+    for secret in secret_property_values(props):
+        text = text.replace(secret, "***")
     return text
 
 
@@ -622,6 +607,10 @@ def _remove(paths: list[str]) -> None:
             pass
 
 
+def _conflicted(table: TableSpec, err: BaseException) -> TableOutputError:
+    return TableOutputError(f"{table.display()}: {COMMIT_ATTEMPTS} commits conflicted with other writers; last: {err}")
+
+
 def _pause(attempt: int) -> float:
     return min(10.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0)
 
@@ -642,8 +631,7 @@ def commit_iceberg(table: TableSpec, files: list[str], rows: int, run: dict[str,
         except (CommitFailedException, TableAlreadyExistsError) as err:  # created by another writer meanwhile
             if attempt == COMMIT_ATTEMPTS:
                 _remove(written.paths if written else [])
-                raise TableOutputError(f"{table.display()}: {COMMIT_ATTEMPTS} commits conflicted with other writers; "
-                                       f"last: {err}") from None  # fmt: skip
+                raise _conflicted(table, err) from None
             time.sleep(_pause(attempt))
             continue
         except BaseException:
@@ -654,8 +642,7 @@ def commit_iceberg(table: TableSpec, files: list[str], rows: int, run: dict[str,
         except (CommitFailedException, TableAlreadyExistsError) as err:  # another writer first: nothing of ours landed
             if attempt == COMMIT_ATTEMPTS:
                 _remove(written.paths)
-                raise TableOutputError(f"{table.display()}: {COMMIT_ATTEMPTS} commits conflicted with other writers; "
-                                       f"last: {err}") from None  # fmt: skip
+                raise _conflicted(table, err) from None
             pause = _pause(attempt)
             log.info("%s: another writer committed first; retrying on the new table state in %.1f s", table.display(),
                      pause)  # fmt: skip
@@ -744,8 +731,7 @@ def commit_delta(table: TableSpec, files: list[str], rows: int, run: dict[str, A
             )  # fmt: skip
         except CommitFailedError as err:  # the log moved on in a way delta-rs does not retry by itself
             if attempt == COMMIT_ATTEMPTS:
-                raise TableOutputError(f"{table.display()}: {COMMIT_ATTEMPTS} commits conflicted with other writers; "
-                                       f"last: {err}") from None  # fmt: skip
+                raise _conflicted(table, err) from None
             pause = _pause(attempt)
             log.info("%s: another writer committed first (%s); retrying in %.1f s", table.display(), err, pause)
             time.sleep(pause)

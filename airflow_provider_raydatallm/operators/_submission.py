@@ -23,6 +23,7 @@ from airflow_provider_raydatallm.job.spec import (
     RunIdentity,
     SecretRef,
     infer_input_format,
+    secret_property_values,
 )
 from airflow_provider_raydatallm.operators import _checks
 
@@ -96,32 +97,13 @@ def with_tables(op: Any, spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     return spec.model_copy(update={"output": output}), shipped
 
 
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key|authorization|auth", re.I)
-
-
 def secret_values(shipped: str) -> list[str]:
-    """What to mask of a shipped JSON object of properties (catalog properties, storage
-    options): the values of keys that name a secret (``credential``, ``token``, ``*_KEY``,
-    ``*password*`` ...) and the password in any ``scheme://user:password@host`` value."""
-    from urllib.parse import urlsplit
-
+    """What to mask of a shipped JSON object of properties (``secret_property_values``)."""
     try:
         values = json.loads(shipped)
     except ValueError:
         return [shipped]
-    if not isinstance(values, dict):
-        return [shipped]
-    found = []
-    for key, value in values.items():
-        if not isinstance(value, str) or not value:
-            continue
-        if _SECRET_KEY.search(str(key)):
-            found.append(value)
-        elif "://" in value and "@" in value:
-            password = urlsplit(value).password
-            if password:
-                found.append(password)
-    return found
+    return secret_property_values(values) if isinstance(values, dict) else [shipped]
 
 
 def processor_spec(config: Any, task_id: str, url_from_connection: bool = False) -> ProcessorSpec:
