@@ -18,10 +18,13 @@ ds_small = ds_small.repartition(num_blocks=num_partitions)
 
 processor_config = vLLMEngineProcessorConfig(
     model_source=model,
-    engine_kwargs=dict(max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=True),
+    engine_kwargs=dict(max_model_len=256, kv_cache_memory_bytes=2**30, enforce_eager=True),
     placement_group_config=dict(bundles=[{"CPU": 1}]),
     batch_size=256,
     concurrency=1,
+    # As the operator's cpu_vllm_config: the engine tokenizes and detokenizes itself.
+    tokenize_stage=False,
+    detokenize_stage=False,
 )
 
 CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",

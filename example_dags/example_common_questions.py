@@ -8,7 +8,7 @@ would be exported; the answers land in Parquet under ``{{ params.output_root }}/
 
 Runs as written on this repository's local CPU cluster with the default model
 (SmolLM2-135M-Instruct). For a GPU cluster: drop ``placement_group_config`` and
-``gpu_memory_utilization``, set ``model_source`` (e.g. meta-llama/Llama-3.1-8B-Instruct),
+``kv_cache_memory_bytes``, set ``model_source`` (e.g. meta-llama/Llama-3.1-8B-Instruct),
 ``accelerator_type``, ``concurrency`` and ``engine_kwargs.tensor_parallel_size``.
 """
 

@@ -19,7 +19,7 @@ Polars, Trino or ``deltalake``); a local path here, ``s3://...`` with ``conn_id`
 
 GPU cluster: ``model_source="unsloth/Llama-3.1-8B-Instruct"``, ``accelerator_type="L4"``,
 ``concurrency=4``, ``batch_size=256``, ``engine_kwargs={"max_model_len": 256}`` as in the
-seed, and drop the CPU-only ``placement_group_config`` / ``gpu_memory_utilization``.
+seed, and drop the CPU-only ``placement_group_config`` / ``kv_cache_memory_bytes``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ example runs as written; turn it off to read your own export.
 
 Runs as written on this repository's local CPU cluster with the default model. For a GPU
 cluster: in ``cpu_vllm_config`` terms, drop ``placement_group_config`` and
-``gpu_memory_utilization``, set ``model_source``, ``accelerator_type`` (e.g. "L4"),
+``kv_cache_memory_bytes``, set ``model_source``, ``accelerator_type`` (e.g. "L4"),
 ``concurrency`` (replicas per partition task) and ``engine_kwargs.tensor_parallel_size``;
 raise ``num_partitions`` to keep all GPUs busy.
 """

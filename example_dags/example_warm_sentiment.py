@@ -20,7 +20,7 @@ with an OpenAI request body as ``payload`` (docs/serve.md).
 Runs as written on this repository's local CPU cluster with the default model. For a GPU
 cluster see docs/serve.md: in ``cpu_serve_llm_config`` terms, set ``model_source``,
 ``accelerator_type`` and ``engine_kwargs.tensor_parallel_size``, drop
-``placement_group_config`` and ``gpu_memory_utilization``, and size ``autoscaling_config``
+``placement_group_config`` and ``kv_cache_memory_bytes``, and size ``autoscaling_config``
 (replicas) and the batch tasks' ``concurrency`` to the GPUs you have.
 """
 

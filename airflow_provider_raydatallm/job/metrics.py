@@ -42,6 +42,15 @@ class JobMetrics(BaseModel):
     # Rows an earlier try of the same task instance wrote, carried over without processing
     # them again (rows_in counts them; rows_per_second does not).
     resumed_rows: int = 0
+    # Where the time went, in order (job/phases.py): seconds per phase from the driver's start
+    # to the commit; the Airflow side adds submission and teardown from Ray's job record.
+    phases: dict[str, float] = Field(default_factory=dict)
+    # The driver's start and the commit's end, seconds since the epoch (the cluster's clock).
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    # The pass's moments, seconds after the driver's start: first_in (the first rows reached
+    # the preprocess), engine_ready, first_out (the first rows left the engine), last_out.
+    moments: dict[str, float] = Field(default_factory=dict)
 
 
 class JobResult(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from airflow_provider_raydatallm.job.spec import ProcessorSpec, SecretRef
@@ -91,6 +92,37 @@ def build_processor(config: Any, preprocess: Any, postprocess: Any) -> Any:
     # build_processor since Ray 2.5x; the seeds' build_llm_processor on older releases.
     build = getattr(llm, "build_processor", None) or getattr(llm, "build_llm_processor")
     return build(config, preprocess=preprocess, postprocess=postprocess)
+
+
+# The ray.data.llm stages each processor builds: their modules import the engine's library
+# (vLLM: several seconds), which the driver needs only to build the processor.
+_STAGES = {
+    "vLLMEngineProcessorConfig": ("ChatTemplateStage", "TokenizeStage", "vLLMEngineStage"),
+    "SGLangEngineProcessorConfig": ("ChatTemplateStage", "TokenizeStage", "SGLangEngineStage"),
+}
+
+
+def prewarm(processor_type: str) -> threading.Thread | None:
+    """Import the processor's stage modules in a background thread, so the driver's lock,
+    pre-flight and input count overlap them; building the processor later finds them
+    loaded (or waits for the import under Python's import lock). Best effort: a failure
+    here is the build's to report."""
+    names = _STAGES.get(processor_type)
+    if not names:
+        return None
+
+    def load() -> None:
+        try:
+            from ray.llm._internal.batch import stages
+
+            for name in names:
+                getattr(stages, name)
+        except Exception:  # noqa: BLE001 (the build imports them again and names the error)
+            pass
+
+    thread = threading.Thread(target=load, name="raydllm-prewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def ray_version() -> str:

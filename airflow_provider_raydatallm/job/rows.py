@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,9 +39,14 @@ PROMPT_CHARS = 2000  # of a prompt kept in an error record
 # JSON list of the input columns the postprocess returned unchanged (the very value it was
 # given): only those get their input type back (sink.restore_types).
 PASSED = "__raydllm_passed"
+# When the row reached the user's preprocess and left the processor (epoch seconds), and the
+# engine's own seconds on it: the start-up breakdown (job/phases.py) reads them per block.
+T_IN = "__raydllm_t_in"
+T_OUT = "__raydllm_t_out"
+ENGINE_SECONDS = "__raydllm_engine_s"
 RAY_ERROR = "__inference_error__"  # set by ray.data.llm stages when should_continue_on_error
 INTERNAL_COLUMNS = (ROW_ID, ERROR, ROW_JSON, IN_TOKENS, OUT_TOKENS, INFERRED, COLUMNS, MODEL_OUTPUT, MODEL_NAME, PASSED,
-                    PROMPT, RAY_ERROR)  # fmt: skip
+                    PROMPT, RAY_ERROR, T_IN, T_OUT, ENGINE_SECONDS)  # fmt: skip
 # Columns a processor adds to a row it ran on; a row without any of them was not inferred.
 RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "vLLMEngineProcessorConfig": ("generated_text", "embeddings"),
@@ -135,6 +141,7 @@ class Preprocess:
         self.fn, self.columns, self.id_column, self.continue_on_error = fn, columns, id_column, continue_on_error
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
         rid = row_id(row, self.columns, self.id_column)
         try:
             out = dict(self.fn(row)) if self.fn else {}
@@ -142,8 +149,9 @@ class Preprocess:
             if not self.continue_on_error:
                 raise RowError(f"preprocess failed on row {rid}: {_describe(exc)}") from exc
             # A non-empty RAY_ERROR makes every ray.data.llm stage pass the row through untouched.
-            return {ROW_ID: rid, RAY_ERROR: f"preprocess: {_describe(exc)}"}
+            return {ROW_ID: rid, RAY_ERROR: f"preprocess: {_describe(exc)}", T_IN: now}
         out[ROW_ID] = rid
+        out[T_IN] = now
         out[RAY_ERROR] = ""  # "" is good to Ray; a missing value in a mixed block is None: an error
         return out
 
@@ -161,6 +169,7 @@ class Postprocess:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         rid = str(row.get(ROW_ID, ""))
         tokens = token_counts(row)
+        times = {T_IN: row.get(T_IN), T_OUT: time.time(), ENGINE_SECONDS: engine_seconds(row)}
         given = {k: row[k] for k in self.columns if k in row}  # before the postprocess can reassign them
         try:
             out = dict(self.fn(row)) if self.fn else dict(row)
@@ -169,12 +178,12 @@ class Postprocess:
                 raise RowError(f"postprocess failed on row {rid}: {_describe(exc)}") from exc
             return {
                 ROW_ID: rid, ERROR: f"postprocess: {_describe(exc)}", RAY_ERROR: "", ROW_JSON: row_json(row, self.columns),
-                MODEL_OUTPUT: model_output_of(row), PROMPT: prompt_of(row), **tokens,
+                MODEL_OUTPUT: model_output_of(row), PROMPT: prompt_of(row), **tokens, **times,
             }  # fmt: skip
         inferred = not self.result_columns or any(row.get(c) is not None for c in self.result_columns)
         returned = json.dumps([k for k in out if not str(k).startswith("__raydllm_") and k != RAY_ERROR])
         passed = json.dumps([k for k in out if k in given and unchanged(out[k], given[k])])
-        out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, COLUMNS: returned, **tokens})
+        out.update({ROW_ID: rid, ERROR: "", RAY_ERROR: "", INFERRED: inferred, COLUMNS: returned, **tokens, **times})
         out[MODEL_NAME] = model_name_of(row)
         out[PASSED] = passed
         return out
@@ -191,6 +200,19 @@ def unchanged(returned: Any, given: Any) -> bool:
         return bool(returned == given)
     except (TypeError, ValueError):  # arrays compare element-wise: not a plain pass-through
         return False
+
+
+def engine_seconds(row: dict[str, Any]) -> float | None:
+    """The engine's own seconds on a row (vLLM and SGLang ``time_taken_llm``, Serve
+    ``time_taken``), None when the stage reports none (HTTP) or the row failed there."""
+    for key in ("time_taken_llm", "time_taken"):
+        try:
+            value = float(row[key]) if row.get(key) is not None else -1.0  # numpy scalars too
+        except (TypeError, ValueError):
+            continue
+        if value >= 0:
+            return value
+    return None
 
 
 def model_name_of(row: dict[str, Any]) -> str:

@@ -13,10 +13,10 @@ import os
 import time
 from typing import Any
 
-from airflow_provider_raydatallm.job import callables, io, preflight, progress as progress_log, resume, rows, sink, tables
+from airflow_provider_raydatallm.job import callables, io, phases, preflight, progress as progress_log, resume, rows, sink, tables
 from airflow_provider_raydatallm.job.metrics import JobMetrics, JobResult, first_error_records, split_wall, stage_seconds
 from airflow_provider_raydatallm.job.outputs import Outputs
-from airflow_provider_raydatallm.job.processor import build_config, build_processor, max_concurrency
+from airflow_provider_raydatallm.job.processor import build_config, build_processor, max_concurrency, prewarm
 from airflow_provider_raydatallm.job.spec import JobSpec
 
 log = logging.getLogger("raydllm.job")
@@ -227,7 +227,7 @@ def read(spec: JobSpec, config: Any, progress: resume.Progress, outputs: Outputs
 
 def process(
     spec: JobSpec, config: Any, user: tuple[Any, Any], ds: Any, columns: list[str], outputs: Outputs, empty: bool,
-    types: bytes = b"", shown: progress_log.ProgressLog | None = None,
+    types: bytes = b"", shown: progress_log.ProgressLog | None = None, clock: phases.Clock | None = None,
 ) -> tuple[dict, list, dict, str, list[str]]:
     """One streaming pass: every block is written (good rows to the output's staging, error
     records to the error output's) as it leaves the processor; only tallies come back, and
@@ -246,6 +246,8 @@ def process(
     write = sink.WriteBlock(outputs.output.staging_uri, outputs.errors.staging_uri, spec.output.format, columns,
                             record=outputs.resumable, input_types=types)  # fmt: skip
     pipeline = processor(ds).map_batches(write, batch_format="pyarrow", batch_size=None)
+    if clock is not None:
+        clock.mark("built")
     # The tallies (one small row per written block) come back as blocks are written: the
     # progress line counts them as they come, and the pass keeps its stats.
     tallies: list[dict[str, Any]] = []
@@ -255,32 +257,43 @@ def process(
             if shown is not None:
                 shown.block(int(tally["ok"]), int(tally["errors"]))
     counts, first_errors, files = sink.totals(tallies)
+    if clock is not None:
+        clock.pass_times(tallies)
+        clock.mark("pass_end")
     return counts, first_errors, files, pipeline.stats(), sink.models(tallies)
 
 
-def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobResult:
+def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None, started_at: float | None = None) -> JobResult:
     """Run one batch; ``tag`` names this job's staging (the submission id); ``secrets`` are
-    the shipped values the spec refers to."""
+    the shipped values the spec refers to; ``started_at``: when the driver started (epoch
+    seconds; now by default)."""
     import ray
 
-    started = time.monotonic()
+    clock = phases.Clock(started_at)
+    started = time.monotonic() - (time.time() - clock.marks["started"])
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     log.info("Ray %s, cluster resources %s", ray.__version__, ray.cluster_resources())
     user = callables.load(spec.preprocess), callables.load(spec.postprocess)
     config = build_config(spec.processor, spec.should_continue_on_error, secrets)
+    # The engine's library loads while the lock, pre-flight and count run (seconds for vLLM).
+    prewarm(spec.processor.type)
     spec = tables.with_work_dirs(spec, secrets or {})  # a table output's rows wait in its work directory
+    clock.mark("connected")
     outputs = Outputs.open(spec, tag)
     outputs.claim()  # before any actor or engine starts
+    clock.mark("locked")
     try:
         preflight.run_all(spec, tag)
         if spec.output.table is not None:
             outputs.check_slice(secrets or {})
+        clock.mark("checked")
         # The progress line, every RAYDLLM_PROGRESS_SECONDS: reading the input, then rows done.
         with progress_log.ProgressLog(None) as shown:
             ds, columns, rows_in, partitions, progress, types = read(spec, config, outputs.progress(), outputs)
+            clock.mark("counted")
             shown.rows_known(rows_in, progress.rows)
             counts, first_errors, files, stats_text, models = process(
-                spec, config, user, ds, columns, outputs, rows_in == progress.rows, types, shown
+                spec, config, user, ds, columns, outputs, rows_in == progress.rows, types, shown, clock
             )  # fmt: skip
         for key in resume.COUNTED:
             counts[key] += progress.counts[key]
@@ -296,6 +309,10 @@ def run(spec: JobSpec, tag: str, secrets: dict[str, str] | None = None) -> JobRe
     metrics = _metrics(time.monotonic() - started, rows_in, counts, partitions, stats_text, progress)
     committed = outputs.commit(files, progress, counts, {"metrics": metrics.model_dump(), "format": spec.output.format},
                                secrets)  # fmt: skip
+    clock.mark("committed")
+    metrics = metrics.model_copy(update={"phases": phases.phase_seconds(clock.marks), "started_at": clock.marks["started"],
+                                         "ended_at": clock.marks["committed"], "moments": phases.moments(clock.marks)})  # fmt: skip
+    log.info("where the time went (driver start to commit):\n%s", phases.table(metrics.phases))
     where = spec.output.table.display() if spec.output.table else spec.output.uri
     errors_where = spec.output.error_table.display() if spec.output.error_table else spec.output.error_uri
     log.info("committed %d rows to %s (%d error rows to %s)", counts["ok"], where, counts["errors"], errors_where)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import time
 import uuid
 from typing import Any
 
@@ -256,6 +257,7 @@ class WriteBlock:
         return pa.table(
             {
                 **{key: [value] for key, value in tally.items()},
+                **{key: pa.array([value], pa.float64()) for key, value in block_times(records).items()},
                 "errors": [len(errors)],
                 "ok_file": [ok_file],
                 "error_file": [error_file],
@@ -263,6 +265,18 @@ class WriteBlock:
                 "models": [json.dumps(sorted({str(r.get(rows.MODEL_NAME) or "") for r in ok_rows} - {""})[:MAX_MODELS])],
             }
         )
+
+
+def block_times(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """When the block's first rows entered the processor and left it, when it was written,
+    and the engine's seconds on its longest row (job/phases.py)."""
+    ins = [r[rows.T_IN] for r in records if r.get(rows.T_IN) is not None]
+    outs = [r[rows.T_OUT] for r in records if r.get(rows.T_OUT) is not None]
+    engine = [r[rows.ENGINE_SECONDS] for r in records if r.get(rows.ENGINE_SECONDS) is not None]
+    return {
+        "t_in": float(min(ins)) if ins else None, "t_out": float(min(outs)) if outs else None,
+        "t_written": time.time(), "engine_seconds": float(max(engine)) if engine else None,
+    }  # fmt: skip
 
 
 def models(tallies: list[dict[str, Any]]) -> list[str]:

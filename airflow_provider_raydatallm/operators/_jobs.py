@@ -38,6 +38,7 @@ from airflow_provider_raydatallm import namespace as deployment
 from airflow_provider_raydatallm.exceptions import RayJobAlreadyExistsError, RayJobNotFoundError, RayLLMConfigError
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobInfo, RayJobStatus
 from airflow_provider_raydatallm.job.spec import SECRETS_FILE, JobSpec
+from airflow_provider_raydatallm.job.worker_setup import with_hook
 from airflow_provider_raydatallm.operators import _submission as sub
 
 MAX_ATTEMPTS = 100
@@ -108,6 +109,7 @@ def submit(hook: RayHook, spec: JobSpec, submission_id: str, how: Submission) ->
     spec_package, py_modules = upload(hook, spec, how.secrets)
     runtime_env = dict(how.runtime_env or {})
     runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + py_modules
+    runtime_env = with_hook(runtime_env)  # vLLM's teardown noise, in every worker of the job
     metadata = {
         # The user's job_metadata first: the keys below, which name the task instance the job
         # belongs to (adoption, the UI's ownership check), always win.

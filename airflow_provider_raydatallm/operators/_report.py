@@ -76,6 +76,24 @@ def summary_line(job_id: str, m: JobMetrics, output_uri: str, table: dict[str, A
     )
 
 
+def with_job_phases(m: JobMetrics, info: Any) -> JobMetrics:
+    """The job's phases with submission and teardown from Ray's job record (``info``:
+    start_time, end_time in ms)."""
+    from airflow_provider_raydatallm.job.phases import with_job_record
+
+    if not m.phases:
+        return m
+    full = with_job_record(m.phases, m.started_at, m.ended_at, getattr(info, "start_time", None),
+                           getattr(info, "end_time", None))  # fmt: skip
+    return m.model_copy(update={"phases": full})
+
+
+def phases_table(phases: dict[str, float]) -> str:
+    from airflow_provider_raydatallm.job.phases import table
+
+    return table(phases)
+
+
 def asset_extra(result: dict[str, Any]) -> dict[str, Any]:
     """The extra of an asset event this task emits: counts, tokens, model, where rows went."""
     m = result.get("metrics") or {}

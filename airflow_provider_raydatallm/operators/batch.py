@@ -317,7 +317,11 @@ class RayLLMBatchOperator(BaseOperator):
                 hook.address, job_id, info.status.value, "the job printed no result line (is it this provider's job?)",
                 outcome.log_tail(hook, job_id),
             )  # fmt: skip
+        result.metrics = _report.with_job_phases(result.metrics, info)
         self.log.info("%s", _report.summary_line(job_id, result.metrics, result.output_uri, result.table))
+        if result.metrics.phases:
+            self.log.info("Where the time went (Ray job %s, submission to its end):\n%s", job_id,
+                          _report.phases_table(result.metrics.phases))  # fmt: skip
         value = _report.result_value(info.job_id, job_id, record, result)
         self._lineage = value
         return value

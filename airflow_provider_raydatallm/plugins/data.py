@@ -154,6 +154,7 @@ def batch_runs(
                 "end_date": _iso(ti.end_date),
                 "model": model_label(result.get("model") or record.get("model")),
                 **{k: metrics.get(k) for k in METRIC_KEYS},
+                "phases": phases_shown(metrics.get("phases")),
                 "output_uri": output_shown(result, record),
                 "submission_id": result.get("submission_id") or record.get("submission_id"),
                 "dashboard_url": safe_link(record.get("dashboard_url")),
@@ -162,6 +163,15 @@ def batch_runs(
             }
         )
     return rows
+
+
+def phases_shown(phases: Any) -> dict[str, float] | None:
+    """A run's phases as the page draws them: names and seconds only (XCom is user land)."""
+    if not isinstance(phases, dict):
+        return None
+    shown = {str(k)[:40]: round(float(v), 3) for k, v in list(phases.items())[:20]
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}  # fmt: skip
+    return shown or None
 
 
 def output_shown(result: dict[str, Any], record: dict[str, Any]) -> str | None:

@@ -46,7 +46,7 @@ def seed_postprocess(row: dict[str, Any]) -> dict[str, Any]:
     return {"inferred_industry": row["generated_text"], **row}
 
 
-SEED_CONFIG = cpu_vllm_config(batch_size=256, engine_kwargs={"max_model_len": 256, "gpu_memory_utilization": 0.3,
+SEED_CONFIG = cpu_vllm_config(batch_size=256, engine_kwargs={"max_model_len": 256, "kv_cache_memory_bytes": 2**30,
                                                               "enforce_eager": True})  # fmt: skip
 
 with DAG("bench_seed003", schedule=None, start_date=START, params=PARAMS):

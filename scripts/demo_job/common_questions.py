@@ -25,7 +25,7 @@ def main() -> None:
     model = os.environ["RAYDLLM_MODEL"]
     config = vLLMEngineProcessorConfig(
         model_source=model,
-        engine_kwargs=dict(max_model_len=1024, gpu_memory_utilization=0.3, enforce_eager=True),
+        engine_kwargs=dict(max_model_len=1024, kv_cache_memory_bytes=2**30, enforce_eager=True),
         # One CPU bundle: the default asks for a GPU and waits forever on a CPU-only cluster.
         placement_group_config=dict(bundles=[{"CPU": 1}]),
         batch_size=16,

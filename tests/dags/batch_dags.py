@@ -174,14 +174,11 @@ with _dag("test_placement_l4"):
     # {"GPU": 1, "CPU": 1} per replica; here the custom resource gpu_slot (one per local worker
     # node, scripts/local_ray.py) stands in for the GPU this machine lacks. concurrency=(2, 2)
     # starts both replicas at once (an int n autoscales from 1 to n in Ray 2.60); the CPU
-    # stages keep one actor each. Two engines run at once on this one machine: each reserves
-    # gpu_memory_utilization of the memory for its KV cache (0.3, ~7 GiB, by default), so
-    # they take 0.1 each (the model needs ~25 MB of KV cache at max_model_len 1024); two at
-    # 0.3 beside the rest of the session ran the node out of memory once.
+    # stages keep one actor each. Two engines run at once on this one machine, each with
+    # cpu_vllm_config's 1 GiB KV cache (the model needs ~25 MB at max_model_len 1024).
     _batch(
         processor_config=cpu_vllm_config(
             accelerator_type="L4", concurrency=(2, 2), batch_size=8,
-            engine_kwargs={"max_model_len": 1024, "gpu_memory_utilization": 0.1, "enforce_eager": True},
             placement_group_config={"bundles": [{"CPU": 1, "gpu_slot": 1}]},
             chat_template_stage={"concurrency": 1}, tokenize_stage={"concurrency": 1},
             detokenize_stage={"concurrency": 1},

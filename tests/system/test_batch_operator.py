@@ -51,12 +51,22 @@ def test_seed000_questions_non_deferrable(test_dags, tmp_path, capfd, caplog):
     assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (4, 4, 0)
     assert metrics["output_tokens"] > 0 and metrics["input_tokens"] > 0
     assert any("vLLMEngineStageUDF" in stage for stage in metrics["stage_seconds"])
-    assert manifest["metrics"] == metrics and manifest["submission_id"] == result["submission_id"]
+    # The manifest is written by the commit, before the commit's end and the job's teardown
+    # are known: the same metrics but for the start-up breakdown, which XCom carries whole.
+    timing = ("phases", "started_at", "ended_at", "moments")
+    assert {k: v for k, v in manifest["metrics"].items() if k not in timing} == {
+        k: v for k, v in metrics.items() if k not in timing
+    } and manifest["submission_id"] == result["submission_id"]
+    assert list(metrics["phases"])[0] == "submission" and list(metrics["phases"])[-1] == "teardown"
+    assert {"driver start", "engine start", "inference", "commit"} <= set(metrics["phases"])
+    # The phases tile the job from its submission to its end, as Ray's job record has it.
+    assert sum(metrics["phases"].values()) >= metrics["wall_seconds"] - 1
     assert result["dashboard_url"].endswith(f"/#/jobs/{result['submission_id']}")
     link = test_dags.xcom(run, "answer", key="ray_job")
     assert link["dashboard_url"] == result["dashboard_url"]
     logged = capfd.readouterr().out
     assert f"Ray job {result['submission_id']}: its log follows" in logged
+    assert f"Where the time went (Ray job {result['submission_id']}, submission to its end)" in logged
     # The job's log reads top to bottom: no colour codes, short lines, attributed, bounded.
     # The relayed lines are stdlib records of "airflow.task.ray" (the task log's in a real
     # Airflow; under pytest, dag.test() hands them to pytest's log capture).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -15,7 +16,10 @@ COLUMNS = ["Index", "Company"]
 
 def test_preprocess_keeps_an_id_and_turns_failures_into_error_rows():
     wrap = rows.Preprocess(lambda r: {"messages": [r["Company"]]}, COLUMNS, "Index", continue_on_error=True)
-    assert wrap({"Index": 7, "Company": "Acme"}) == {"messages": ["Acme"], rows.ROW_ID: "7", rows.RAY_ERROR: ""}
+    before = time.time()
+    out = wrap({"Index": 7, "Company": "Acme"})
+    assert before <= out.pop(rows.T_IN) <= time.time()  # when the row reached the processor (phases)
+    assert out == {"messages": ["Acme"], rows.ROW_ID: "7", rows.RAY_ERROR: ""}
     failing = rows.Preprocess(lambda r: 1 / 0, COLUMNS, None, continue_on_error=True)
     out = failing({"Index": 7, "Company": "Acme"})
     assert out[rows.RAY_ERROR].startswith("preprocess: ZeroDivisionError") and out[rows.ROW_ID].startswith("sha1:")

@@ -38,6 +38,27 @@ const RDL = {
     else parts.push(p.done ? "rate not known yet" : "starting");
     return parts.join(" · ");
   },
+  // The run's phases (seconds, in order) as one stacked bar with the phase names and
+  // seconds in its title, and "N s outside inference" beside it.
+  PHASE_COLORS: ["#9aa5b1", "#7b8794", "#c3a3d6", "#a3c4f3", "#8bd3c7", "#f6c177", "#f4a261", "#e76f51",
+                 "#2a9d8f", "#b5c99a", "#90be6d", "#adb5bd", "#ced4da"],
+  phasesBar(phases, width) {
+    const entries = Object.entries(phases || {}).filter(([, v]) => typeof v === "number" && v >= 0);
+    const total = entries.reduce((a, [, v]) => a + v, 0);
+    if (!entries.length || total <= 0) return "";
+    const outside = entries.filter(([k]) => k !== "inference").reduce((a, [, v]) => a + v, 0);
+    const title = entries.map(([k, v]) => `${k}: ${v.toFixed(1)} s`).join("\n") + `\ntotal: ${total.toFixed(1)} s`;
+    const bar = RDL.el("span", { class: "phases", title, role: "img", style: `width:${width || 160}px`,
+      "aria-label": entries.map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(", ") });
+    entries.forEach(([k, v], i) => {
+      if (v <= 0) return;
+      bar.append(RDL.el("span", { class: "phase", "data-phase": k,
+        style: `width:${(100 * v) / total}%;background:${RDL.PHASE_COLORS[i % RDL.PHASE_COLORS.length]}` }));
+    });
+    const wrap = RDL.el("span", { class: "phases-cell" }, bar,
+      RDL.el("span", { class: "small muted" }, ` ${outside.toFixed(1)} s outside inference`));
+    return wrap;
+  },
   when(iso) {
     if (!iso) return "";
     const d = new Date(iso);

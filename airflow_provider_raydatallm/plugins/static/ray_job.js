@@ -88,6 +88,17 @@ function resultView(result, errorsHidden) {
     card("output tokens/s", RDL.rate(m.output_tokens_per_second), "m-output-tokens-per-second"),
     card("start-up and other s", RDL.num(m.startup_seconds, 1), "m-startup"), card("inference s", RDL.num(m.inference_seconds, 1), "m-inference"));
   box.append(cards);
+  const phases = Object.entries(m.phases || {}).filter(([, v]) => typeof v === "number" && v >= 0);
+  if (phases.length) {
+    const total = phases.reduce((a, [, v]) => a + v, 0);
+    const t = RDL.el("table", { id: "phases" });
+    t.append(RDL.el("thead", {}, RDL.el("tr", {}, RDL.el("th", {}, "Phase"), RDL.el("th", { class: "num" }, "s"),
+      RDL.el("th", { class: "num" }, "share"))));
+    t.append(RDL.el("tbody", {}, ...phases.map(([k, v]) => RDL.el("tr", { "data-phase": k },
+      RDL.el("td", {}, k), RDL.el("td", { class: "num" }, v.toFixed(1)),
+      RDL.el("td", { class: "num" }, total ? `${Math.round((100 * v) / total)}%` : "")))));
+    box.append(RDL.el("h2", {}, "Where the time went"), RDL.phasesBar(Object.fromEntries(phases), 420), t);
+  }
   if (result.table) {
     const t = result.table;
     const slice = Object.entries(t.partition || {}).map(([k, v]) => `${k}=${v}`).join(", ");

@@ -16,6 +16,7 @@ const COLUMNS = [
   { key: "output_tokens_per_second", label: "Output tokens/s", num: true, fmt: RDL.rate },
   { key: "startup_seconds", label: "Start-up s", num: true, fmt: (v) => RDL.num(v, 1) },
   { key: "inference_seconds", label: "Inference s", num: true, fmt: (v) => RDL.num(v, 1) },
+  { key: "phases", label: "Where the time went", sortable: false, render: (r) => RDL.phasesBar(r.phases) },
   { key: "run_after", label: "Run after", fmt: RDL.when },
   { key: "output_uri", label: "Output" },
   { key: "links", label: "Links", sortable: false, render: links },
