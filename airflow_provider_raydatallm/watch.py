@@ -65,6 +65,89 @@ STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 RELAYED = logging.getLogger("airflow.task.ray")
 
 
+class StatusBoard:
+    """The status of every job the triggers of one event loop watch on one Ray connection,
+    from one ``GET /api/jobs/`` per half poll interval instead of one request per trigger
+    and interval (1,000 deferred tasks polling every 10 s are 100 requests a second; shared,
+    two a poll interval, whatever their number).
+
+    A watcher asks :meth:`info` for its job: a snapshot younger than half its poll interval
+    answers at once; an older one is refreshed once for every watcher that asks meanwhile
+    (one request in flight). A job the list does not show (just submitted, deleted), or a
+    list that fails, is None: the watcher reads its job alone, with its own retries and
+    verdicts (:class:`ReadFailures`); after a failed list the board answers None without
+    asking again for the rest of that half interval. Boards live per event loop, so a
+    triggerer's loop and a worker's ``asyncio.run`` never share one.
+    """
+
+    _boards: dict[tuple[int, str], StatusBoard] = {}
+
+    def __init__(self, ray_conn_id: str, hook_class: type = RayHook):
+        self.ray_conn_id, self.hook_class = ray_conn_id, hook_class
+        self.hook: Any = None
+        self.users = 0
+        self.jobs: dict[str, Any] = {}
+        self.at = float("-inf")  # monotonic time of the snapshot
+        self.failed_at = float("-inf")
+        self.refreshing: asyncio.Future[None] | None = None
+        self.requests = 0  # list requests made (the benchmark reports it)
+
+    @classmethod
+    def join(cls, ray_conn_id: str, hook_class: type = RayHook) -> StatusBoard:
+        key = (id(asyncio.get_running_loop()), ray_conn_id)
+        board = cls._boards.get(key)
+        if board is None:
+            board = cls._boards[key] = cls(ray_conn_id, hook_class)
+        board.users += 1
+        return board
+
+    async def leave(self) -> None:
+        self.users -= 1
+        if self.users > 0:
+            return
+        for key, board in list(self._boards.items()):
+            if board is self:
+                del self._boards[key]
+        if self.hook is not None:
+            hook, self.hook = self.hook, None
+            try:
+                await hook.aclose()
+            except Exception:  # noqa: BLE001 (closing an idle client)
+                pass
+
+    async def info(self, job_id: str, max_age: float) -> Any:
+        """The job's latest status (``RayJobInfo``) no older than ``max_age`` seconds, or None."""
+        now = time.monotonic()
+        if now - self.at > max_age:
+            if now - self.failed_at < max_age:
+                return None
+            if self.refreshing is None or self.refreshing.done():
+                self.refreshing = asyncio.ensure_future(self._refresh())
+            try:
+                await asyncio.shield(self.refreshing)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 (the watcher reads its job alone and judges the failure)
+                return None
+        return self.jobs.get(job_id)
+
+    async def _refresh(self) -> None:
+        if self.hook is None:
+            self.hook = self.hook_class(ray_conn_id=self.ray_conn_id)
+        self.requests += 1
+        try:
+            listed = await self.hook.alist_jobs()
+        except Exception:
+            self.failed_at = time.monotonic()
+            raise
+        jobs: dict[str, Any] = {}
+        for job in listed:
+            for key in (job.job_id, job.submission_id):
+                if key:
+                    jobs[key] = job
+        self.jobs, self.at = jobs, time.monotonic()
+
+
 def is_transient(err: Exception) -> bool:
     """A failed read worth repeating: nothing answered, 429, any 5xx (500 included), or an
     answer that is not Ray's JSON (a proxy's error page). Not 401/403/404 or other 4xx."""
@@ -265,8 +348,12 @@ class JobWatch:
         log: logging.Logger,
         log_offset: int = 0,
         checkpoint: Callable[[int], Awaitable[None]] | None = None,
+        share_status: bool = False,
     ) -> None:
+        """``share_status``: read the status from the loop's :class:`StatusBoard` (triggers:
+        many watchers in one process), else with a request per poll (a worker's one job)."""
         self.hook, self.job_id, self.policy, self.log = hook, job_id, policy, log
+        self.share_status = share_status
         self.offset = log_offset
         self.checkpoint = checkpoint
         self._partial = ""
@@ -364,19 +451,32 @@ class JobWatch:
     def _event(self, status: str, job_status: str | None, message: str) -> RayJobEvent:
         return RayJobEvent(status=status, job_id=self.job_id, job_status=job_status, message=message, log_offset=self.offset)
 
+    async def _status(self, board: StatusBoard | None) -> Any:
+        """The job's status: from the shared board when it has the job, else read alone."""
+        if board is not None:
+            info = await board.info(self.job_id, self.policy.poll_interval / 2)
+            if info is not None:
+                return info
+        return await self.hook.aget_job_info(self.job_id)
+
     async def run(self) -> RayJobEvent:
         follower = None
         if self.following:
             self.log.info("Ray job %s: its log follows as [ray...] lines (fetch_logs=%r; the whole log: "
                           "the task's 'Ray job' link)", self.job_id, self.policy.fetch_logs)  # fmt: skip
             follower = asyncio.create_task(self._follow())
+        board = None
+        if self.share_status and getattr(self.hook, "ray_conn_id", None):
+            board = StatusBoard.join(self.hook.ray_conn_id, type(self.hook))
         try:
-            return await self._loop(follower)
+            return await self._loop(follower, board)
         finally:
             if follower is not None and not follower.done():
                 follower.cancel()
+            if board is not None:
+                await board.leave()
 
-    async def _loop(self, follower: asyncio.Task | None) -> RayJobEvent:
+    async def _loop(self, follower: asyncio.Task | None, board: StatusBoard | None = None) -> RayJobEvent:
         policy, said = self.policy, ""
         failures = ReadFailures(policy)
         stuck_since: float | None = None
@@ -384,7 +484,10 @@ class JobWatch:
         next_demand_check = time.monotonic() + min(DEMAND_CHECK_SECONDS, policy.poll_interval)
         while True:
             try:
-                info = await self.hook.aget_job_info(self.job_id)
+                # The board's snapshot only while the job runs normally: after a failed read,
+                # and in the fast polls at the job's end, the job is read alone.
+                shared = board if not failures.count and stream_closed is None else None
+                info = await self._status(shared)
             except RayProviderError as err:  # anything else is a bug: let the trigger fail
                 why = failures.give_up(err)
                 if why is not None:

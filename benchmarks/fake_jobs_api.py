@@ -16,6 +16,8 @@ import time
 from aiohttp import WSMsgType, web
 
 STARTED: dict[str, float] = {}
+LISTED = [0]  # GET /api/jobs/ requests served
+INFO = [0]  # GET /api/jobs/{id} requests served
 
 
 def _job(request: web.Request) -> tuple[str, float, float]:
@@ -29,13 +31,28 @@ def _log(start: float, upto: float) -> str:
     return "".join(f"fake job line {k}\n" for k in range(int(max(0.0, upto - start)) + 1))
 
 
-async def info(request: web.Request) -> web.Response:
-    job_id, start, duration = _job(request)
+def _body(job_id: str, start: float, duration: float) -> dict:
     done = time.monotonic() - start >= duration
-    return web.json_response({
-        "type": "SUBMISSION", "job_id": "ff000000", "submission_id": job_id, "entrypoint": "python fake.py",
+    return {
+        "type": "SUBMISSION", "job_id": None, "submission_id": job_id, "entrypoint": "python fake.py",
         "status": "SUCCEEDED" if done else "RUNNING", "message": "done" if done else "running", "metadata": {},
-    })  # fmt: skip
+    }  # fmt: skip
+
+
+async def info(request: web.Request) -> web.Response:
+    INFO[0] += 1
+    job_id, start, duration = _job(request)
+    return web.json_response(_body(job_id, start, duration))
+
+
+async def jobs(request: web.Request) -> web.Response:
+    """Every job asked about so far (as Ray lists every job it knows), counted."""
+    LISTED[0] += 1
+    return web.json_response([_body(j, s, float(j.split("-")[1])) for j, s in list(STARTED.items())])
+
+
+async def listed(request: web.Request) -> web.Response:
+    return web.json_response({"list_requests": LISTED[0], "info_requests": INFO[0]})
 
 
 async def logs(request: web.Request) -> web.Response:
@@ -63,6 +80,8 @@ async def tail(request: web.Request) -> web.WebSocketResponse:
 
 def main() -> None:
     app = web.Application()
+    app.router.add_get("/api/jobs/", jobs)
+    app.router.add_get("/fake/listed", listed)
     app.router.add_get("/api/jobs/{job_id}", info)
     app.router.add_get("/api/jobs/{job_id}/logs", logs)
     app.router.add_get("/api/jobs/{job_id}/logs/tail", tail)

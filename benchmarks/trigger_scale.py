@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 TARGET_MS = 50.0
+OWN_TARGET_MS = 50.0  # of the longest stall, the part that is our code (issue: 1,000 triggers, fake API)
 PROBE_SECONDS = 0.01
 
 
@@ -116,7 +117,12 @@ def fake(n: int) -> dict:
         # transport, websockets) happen once per process, not per trigger.
         asyncio.run(_run(["fake-1-warmup"], "ray_fake", poll=0.5))
         jobs = [f"fake-{20 + i % 21}-{i}" for i in range(n)]
-        return asyncio.run(_run(jobs, "ray_fake", poll=5.0))
+        before = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/fake/listed", timeout=10))
+        result = asyncio.run(_run(jobs, "ray_fake", poll=5.0))
+        after = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/fake/listed", timeout=10))
+        result["list_requests"] = after["list_requests"] - before["list_requests"]
+        result["info_requests"] = after["info_requests"] - before["info_requests"]
+        return result
     finally:
         server.terminate()
         server.wait(10)
@@ -150,29 +156,36 @@ def main() -> None:
     # The triggers' log lines go where a triggerer sends them: a file, not the terminal.
     common.WORK.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=common.WORK / "trigger_scale.log", level=logging.INFO, force=True)
-    rows = ["| against | triggers | ended SUCCEEDED | wall s | max stall ms | p99 stall ms | median stall ms | "
-            "max stall: our code on the loop (CPU, no GC) ms | full GCs (max ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    worst = own = 0.0
+    rows = ["| against | triggers | ended SUCCEEDED | wall s | status requests (list / one job) | max stall ms | "
+            "p99 stall ms | median stall ms | max stall: our code on the loop (CPU, no GC) ms | full GCs (max ms) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    worst = own = fake_own = 0.0
     for name, count, runner in (("local fake Jobs API", args.fake, fake), ("real Ray head", args.real, real)):
         if not count:
             continue
         result = runner(count)
         print(name, json.dumps(result), flush=True)
         worst, own = max(worst, result["max_stall_ms"]), max(own, result["max_own_stall_ms"])
-        rows.append(f"| {name} | {result['triggers']} | {result['succeeded']} | {result['wall_s']:.1f} | "
+        if runner is fake:
+            fake_own = result["max_own_stall_ms"]
+        requests = f"{result['list_requests']} / {result['info_requests']}" if "list_requests" in result else "–"
+        rows.append(f"| {name} | {result['triggers']} | {result['succeeded']} | {result['wall_s']:.1f} | {requests} | "
                     f"{result['max_stall_ms']:.1f} | {result['p99_stall_ms']:.1f} | {result['median_stall_ms']:.2f} | "
                     f"{result['max_own_stall_ms']:.1f} | {result['gc_gen2_runs']} ({result['gc_gen2_max_ms']:.0f}) |")  # fmt: skip
     verdict = "pass" if worst < TARGET_MS else "miss"
+    own_verdict = "pass" if fake_own <= OWN_TARGET_MS else "miss"
     body = "\n".join([
         f"Command: `python benchmarks/trigger_scale.py --fake {args.fake} --real {args.real}` ({time.strftime('%Y-%m-%d')}; "
         f"{common.machine()}). All triggers of a row run concurrently in one asyncio loop (as in one triggerer), "
-        "each following its job's log through the websocket and polling its status every 5 s; a probe in the same "
-        "loop wakes every 10 ms and records how late it woke.",
+        "each following its job's log through the websocket, their statuses read from one shared `GET /api/jobs/` "
+        "per half poll interval (5 s; a job the list does not show yet is read alone); a probe in the same loop "
+        "wakes every 10 ms and records how late it woke.",
         "", *rows, "",
         f"Longest event-loop stall: **{worst:.1f} ms** (target < {TARGET_MS:.0f} ms: {verdict}). Of a stall, the "
         "part the triggers' own code ran on the loop is the CPU time the loop's thread used meanwhile, less the "
         "garbage collector's full passes (they stop the whole process, whatever runs in it); the rest is the "
-        f"process waiting for a core on this 2-core machine. Longest such part: **{own:.1f} ms**.",
+        f"process waiting for a core on this 2-core machine. Longest such part: **{own:.1f} ms**; against the "
+        f"fake API at {args.fake} triggers **{fake_own:.1f} ms** (target <= {OWN_TARGET_MS:.0f} ms: {own_verdict}).",
     ])  # fmt: skip
     print(body)
     if not args.no_doc:

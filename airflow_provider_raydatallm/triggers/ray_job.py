@@ -221,7 +221,8 @@ class RayJobTrigger(BaseTrigger):
                     self.log.info("Carrying on with Ray job %s's log at character %d (what came before is above)",
                                   self.job_id, saved)  # fmt: skip
                     offset = saved
-            watch = JobWatch(hook, self.job_id, policy, self.log, offset, self._save_offset if following else None)
+            watch = JobWatch(hook, self.job_id, policy, self.log, offset, self._save_offset if following else None,
+                             share_status=True)  # fmt: skip
             event = await watch.run()
             yield TriggerEvent(event.to_payload())
         finally:
