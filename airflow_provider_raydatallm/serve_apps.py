@@ -6,17 +6,33 @@ Serve's REST config is one document for the whole cluster (``hooks._serve_api``)
 change here is read -> edit -> write, then read again to check it took. Two clients that
 write at the same moment can undo each other's change; the check after the write catches
 it for this app (and tries again), and the wait fails clearly if the app vanishes later.
+
+Leases: an app is shared by every DAG run that deploys it (two DAGs, or overlapping runs of
+one). Each deploy takes a lease for its run before it deploys; a teardown drops only its own
+run's lease and removes the app only when no lease is left (or none came back within the
+idle time it was given). A lease is a record in the cluster's Jobs API (a job that runs
+``true`` at once, submission id ``raydllm-lease-<app>-<run hash>``, with the app, the run and
+an expiry in its metadata), so every Airflow using the cluster sees the same leases, and
+they show in the Ray dashboard. A lease past its expiry (a run that never tore down: its
+DAG run deleted) no longer holds the app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_raydatallm.exceptions import RayProviderError, RayServeDeployError
+from airflow_provider_raydatallm.exceptions import (
+    RayAPIError,
+    RayJobAlreadyExistsError,
+    RayJobNotFoundError,
+    RayProviderError,
+    RayServeDeployError,
+)
 from airflow_provider_raydatallm.hooks import _serve_api as api
 from airflow_provider_raydatallm.hooks.ray import RayHook
 from airflow_provider_raydatallm.watch import backoff, is_transient
@@ -26,6 +42,112 @@ REMOVE_WAIT_SECONDS = 120.0
 # After a PUT the app is listed at once; a short grace covers a dashboard answering from
 # a controller that has not applied it yet.
 GONE_GRACE_SECONDS = 30.0
+
+
+LEASE_PREFIX = "raydllm-lease-"
+LEASE_APP_KEY = "raydllm_lease_app"
+LEASE_HOLDER_KEY = "raydllm_lease_holder"
+LEASE_EXPIRES_KEY = "raydllm_lease_expires"  # epoch seconds
+DEFAULT_LEASE_SECONDS = 24 * 3600.0
+LEASE_DELETE_SECONDS = 30.0  # a lease job runs `true`; it is deleted once it has ended
+
+
+def lease_id(app: str, holder: str) -> str:
+    """The lease's submission id: the app and a hash of the run holding it."""
+    return f"{LEASE_PREFIX}{app}-{hashlib.sha256(holder.encode()).hexdigest()[:12]}"
+
+
+async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: logging.Logger) -> str:
+    """Record that ``holder`` (a DAG run) uses ``app`` for ``seconds`` at most; the same run
+    taking it again keeps the one lease."""
+    sid = lease_id(app, holder)
+    metadata = {LEASE_APP_KEY: app, LEASE_HOLDER_KEY: holder, LEASE_EXPIRES_KEY: f"{time.time() + seconds:.0f}"}
+    try:
+        await hook.asubmit_job("true", submission_id=sid, metadata=metadata, entrypoint_num_cpus=0)
+        log.info("Lease %s on Serve application %s for %s (for at most %.0f s)", sid, app, holder, seconds)
+    except RayJobAlreadyExistsError:
+        log.info("Lease %s on Serve application %s is already held by this run", sid, app)
+    return sid
+
+
+async def live_leases(hook: RayHook, app: str, now: float | None = None) -> list[Any]:
+    """The unexpired leases on ``app`` (``RayJobInfo`` records)."""
+    now = time.time() if now is None else now
+    found = []
+    for job in await hook.alist_jobs():
+        meta = job.metadata or {}
+        if meta.get(LEASE_APP_KEY) != app or not (job.submission_id or "").startswith(LEASE_PREFIX):
+            continue
+        try:
+            expires = float(meta.get(LEASE_EXPIRES_KEY, "0"))
+        except ValueError:
+            expires = 0.0
+        if expires > now:
+            found.append(job)
+    return found
+
+
+async def drop_lease(hook: RayHook, sid: str, log: logging.Logger) -> bool:
+    """Delete one lease record (stopping its `true` job first if it still runs); False when
+    there was none."""
+    deadline = time.monotonic() + LEASE_DELETE_SECONDS
+    while True:
+        try:
+            await hook.adelete_job(sid)
+            log.info("Dropped lease %s", sid)
+            return True
+        except RayJobNotFoundError:
+            return False
+        except RayAPIError as err:  # still running (Ray deletes only ended jobs)
+            if time.monotonic() > deadline:
+                raise RayServeDeployError(f"could not drop lease {sid}: {err}") from None
+            try:
+                await hook.astop_job(sid)
+            except RayProviderError:
+                pass
+            await asyncio.sleep(1)
+
+
+async def release(hook: RayHook, app: str, sid: str | None, log: logging.Logger, idle: float = 0.0,
+                  poll: float = 5.0, wait: float = REMOVE_WAIT_SECONDS) -> tuple[bool, list[str]]:  # fmt: skip
+    """The teardown: drop lease ``sid`` (this run's), then remove the app if no lease is
+    left, after waiting up to ``idle`` seconds for one to come. Returns (removed, the runs
+    still holding it)."""
+    if sid:
+        await drop_lease(hook, sid, log)
+    deadline = time.monotonic() + max(0.0, idle)
+    while True:
+        others = await live_leases(hook, app)
+        if others:
+            holders = sorted(str((j.metadata or {}).get(LEASE_HOLDER_KEY, j.submission_id)) for j in others)
+            log.info("Serve application %s is kept: %d other run(s) hold a lease on it (%s)", app, len(holders),
+                     ", ".join(holders))  # fmt: skip
+            return False, holders
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return await remove(hook, app, log, wait=wait), []
+
+
+async def abandon(hook: RayHook, app: str, sid: str | None, log: logging.Logger, created: bool,
+                  config_hash: str | None = None) -> bool:  # fmt: skip
+    """A deploy that failed or was killed: drop its lease; remove the app it created unless
+    another run holds a lease on it (or it runs another config by now). True if removed."""
+    if sid:
+        await drop_lease(hook, sid, log)
+    if not created:
+        return False
+    others = await live_leases(hook, app)
+    if others:
+        log.info("Serve application %s is left running: %d other run(s) hold a lease on it", app, len(others))
+        return False
+    return await remove(hook, app, log, only_hash=config_hash)
+
+
+def holder_of(context: Any) -> str:
+    """The run a deploy or teardown task belongs to, as its lease names it: ``dag_id/run_id``."""
+    ti = context["ti"]
+    return f"{ti.dag_id}/{ti.run_id}"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ T = TypeVar("T")
 XCOM_APP_KEY = "ray_serve_app"
 # Pushed as XComs of their own too, so a DAG can write ``deploy.output["deployment_name"]``
 # (indexing a task's output selects an XCom key).
-XCOM_FIELDS = ("app_name", "deployment_name", "model_id", "route_prefix", "base_url", "chat_completions_url")
+XCOM_FIELDS = ("app_name", "deployment_name", "model_id", "route_prefix", "base_url", "chat_completions_url", "lease")
 DEFAULT_DEPLOY_TIMEOUT = 3600.0  # a big model's first download and load on a fresh node
 DEFAULT_PENDING_TIMEOUT = 900.0
 
@@ -83,7 +83,11 @@ class RayServeLLMDeployOperator(BaseOperator):
     :param timeout: seconds to wait for RUNNING (default 3600).
     :param pending_timeout: seconds replicas may wait for resources no node has (e.g. an
         ``accelerator_type`` the cluster lacks) before the task fails; None waits on.
-    :param remove_on_failure: remove an app this task created when the task fails.
+    :param remove_on_failure: remove an app this task created when the task fails (unless
+        another run holds a lease on it by then).
+    :param lease_timeout: how long this DAG run's lease holds the app at most (default 24 h):
+        the deploy takes a lease for its run before it deploys, and the run's teardown drops
+        it; a run that never tears down (its DAG run deleted) stops holding the app after this.
     """
 
     template_fields: Sequence[str] = ("app_name", "llm_configs", "route_prefix", "runtime_env")
@@ -105,6 +109,7 @@ class RayServeLLMDeployOperator(BaseOperator):
         timeout: float | timedelta | None = DEFAULT_DEPLOY_TIMEOUT,
         pending_timeout: float | timedelta | None = DEFAULT_PENDING_TIMEOUT,
         remove_on_failure: bool = True,
+        lease_timeout: float | timedelta = serve_apps.DEFAULT_LEASE_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -120,7 +125,9 @@ class RayServeLLMDeployOperator(BaseOperator):
         self.timeout = seconds(timeout)
         self.pending_timeout = seconds(pending_timeout)
         self.remove_on_failure = remove_on_failure
+        self.lease_timeout = seconds(lease_timeout) or serve_apps.DEFAULT_LEASE_SECONDS
         self._created: tuple[str, str] | None = None  # (app, config hash) this execute() created
+        self._lease: str | None = None
         if not isinstance(poll_interval, (int, float)) or isinstance(poll_interval, bool) or not poll_interval > 0:
             raise RayLLMConfigError(f"task {self.task_id}: poll_interval={poll_interval!r}: must be a number > 0")
         if proxy_location not in (None, "EveryNode", "HeadOnly", "Disabled"):
@@ -151,14 +158,23 @@ class RayServeLLMDeployOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.app_config()
-        deployed = _with_hook(
-            self.ray_conn_id,
-            lambda hook: serve_apps.deploy(hook, config, self.log, self.http_options, self.proxy_location),
-        )
+        holder = serve_apps.holder_of(context)
+        # The lease first: a teardown of another run that looks now sees this run on the app.
+        self._lease = lease = _with_hook(self.ray_conn_id, lambda hook: serve_apps.take_lease(
+            hook, config["name"], holder, self.lease_timeout, self.log))  # fmt: skip
+        try:
+            deployed = _with_hook(
+                self.ray_conn_id,
+                lambda hook: serve_apps.deploy(hook, config, self.log, self.http_options, self.proxy_location),
+            )
+        except BaseException:
+            _with_hook(self.ray_conn_id, lambda hook: serve_apps.drop_lease(hook, lease, self.log))
+            raise
         created = deployed.created and self.remove_on_failure
         self._created = (deployed.app_name, deployed.config_hash) if created else None
         context["ti"].xcom_push(key=XCOM_APP_KEY, value={"app_name": deployed.app_name, "config_hash": deployed.config_hash,
-                                                         "created": deployed.created, "changed": deployed.changed})  # fmt: skip
+                                                         "created": deployed.created, "changed": deployed.changed,
+                                                         "lease": lease})  # fmt: skip
         deadline = task_deadline(self.timeout, self.execution_timeout, context["ti"])
         if self.deferrable:
             from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger  # not needed to parse a DAG
@@ -167,7 +183,7 @@ class RayServeLLMDeployOperator(BaseOperator):
                 trigger=RayServeAppTrigger(
                     app_name=deployed.app_name, config_hash=deployed.config_hash, ray_conn_id=self.ray_conn_id,
                     poll_interval=self.poll_interval, deadline=deadline, pending_timeout=self.pending_timeout,
-                    remove_on_kill=created,
+                    remove_on_kill=created, lease=lease,
                 ),
                 method_name="execute_complete",
                 kwargs={"created": created},
@@ -178,69 +194,87 @@ class RayServeLLMDeployOperator(BaseOperator):
             self.ray_conn_id,
             lambda hook: serve_apps.wait_running(hook, deployed.app_name, deployed.config_hash, policy, self.log),
         )
-        return self._complete(context, event, deployed.config_hash, created)
+        return self._complete(context, event, deployed.config_hash, created, lease)
 
     def execute_complete(self, context: Context, event: dict[str, Any], created: bool = False) -> dict[str, Any]:
         record = context["ti"].xcom_pull(task_ids=self.task_id, key=XCOM_APP_KEY, map_indexes=context["ti"].map_index)
-        return self._complete(context, event, (record or {}).get("config_hash", ""), created)
+        record = record or {}
+        return self._complete(context, event, record.get("config_hash", ""), created, record.get("lease"))
 
-    def _complete(self, context: Context, event: dict[str, Any], config_hash: str, created: bool) -> dict[str, Any]:
+    def _complete(self, context: Context, event: dict[str, Any], config_hash: str, created: bool,
+                  lease: str | None = None) -> dict[str, Any]:  # fmt: skip
         name = event.get("app_name") or self.app_name
         if event.get("status") == "running":
             value = _with_hook(self.ray_conn_id, lambda hook: serve_apps.app_value(hook, name))
+            value["lease"] = lease
             self.log.info("Serve application %s is RUNNING: deployment %s, OpenAI base URL in the cluster %s",
                           name, value["deployment_name"], value["base_url"])  # fmt: skip
             for key in XCOM_FIELDS:
                 context["ti"].xcom_push(key=key, value=value[key])
-            self._created = None
+            self._created = self._lease = None
             return value
-        if created:
-            _with_hook(self.ray_conn_id, lambda hook: serve_apps.remove(hook, name, self.log, only_hash=config_hash))
+        removed = _with_hook(self.ray_conn_id, lambda hook: serve_apps.abandon(
+            hook, name, lease, self.log, created=created, config_hash=config_hash))  # fmt: skip
         raise RayServeDeployError(
             f"task {self.task_id}: Serve application {name} did not become RUNNING ({event.get('status')}): "
-            f"{event.get('message')}" + (" It was removed." if created else "")
+            f"{event.get('message')}" + (" It was removed." if removed else "")
         )
 
     def on_kill(self) -> None:
-        """Marked failed / cleared while waiting on a worker: remove the app this task created."""
-        if self._created:
-            name, config_hash = self._created
-            _with_hook(self.ray_conn_id, lambda hook: serve_apps.remove(hook, name, self.log, only_hash=config_hash))
+        """Marked failed / cleared while waiting on a worker: drop this run's lease and remove
+        the app this task created, unless another run holds a lease on it."""
+        lease, self._lease = self._lease, None
+        if self._created or lease:
+            name, config_hash = self._created or (self.app_name, None)
+            _with_hook(self.ray_conn_id, lambda hook: serve_apps.abandon(
+                hook, name, lease, self.log, created=self._created is not None, config_hash=config_hash))  # fmt: skip
 
 
 class RayServeLLMDeleteOperator(BaseOperator):
     """
-    Delete a Ray Serve application this provider deployed (the teardown of
-    :class:`RayServeLLMDeployOperator`); other applications keep running. An app that is
-    already gone is a success; an app this provider did not deploy is refused.
+    The teardown of :class:`RayServeLLMDeployOperator`: drop this DAG run's lease on the app
+    and delete the app when no other run holds one (another DAG, or an overlapping run of
+    this one, that deployed the same app is still using it: the app stays, and that run's
+    own teardown deletes it). Other applications keep running. An app that is already gone
+    is a success; an app this provider did not deploy is refused.
 
-    Returns ``{"app_name", "removed"}``.
+    Returns ``{"app_name", "removed", "kept_for"}`` (``kept_for``: the runs still holding it).
 
     :param app_name: the Serve application, e.g. ``deploy.output["app_name"]``. Templated.
+    :param lease: the lease to drop, as the deploy returned it (``deploy.output["lease"]``);
+        default: this DAG run's. Templated.
+    :param idle_timeout: seconds to wait, once no lease is left, for another run to take one
+        before deleting the app (the task holds its worker slot meanwhile); default 0.
     :param ray_conn_id: the ``ray`` connection.
     :param wait_timeout: seconds to wait until Serve has deleted the app.
     """
 
-    template_fields: Sequence[str] = ("app_name",)
+    template_fields: Sequence[str] = ("app_name", "lease")
     ui_color = "#fef3c7"
 
     def __init__(
         self,
         *,
         app_name: str,
+        lease: str | None = None,
+        idle_timeout: float | timedelta = 0.0,
         ray_conn_id: str = RayHook.default_conn_name,
         wait_timeout: float = serve_apps.REMOVE_WAIT_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.app_name = app_name
+        self.lease = lease
+        self.idle_timeout = seconds(idle_timeout) or 0.0
         self.ray_conn_id = ray_conn_id
         self.wait_timeout = wait_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.app_name, str) or not api.APP_NAME.fullmatch(self.app_name):
             raise RayLLMConfigError(f"task {self.task_id}: app_name={self.app_name!r}: not a Serve application name")
-        removed = _with_hook(
-            self.ray_conn_id, lambda hook: serve_apps.remove(hook, self.app_name, self.log, wait=self.wait_timeout)
-        )
-        return {"app_name": self.app_name, "removed": removed}
+        lease = self.lease or serve_apps.lease_id(self.app_name, serve_apps.holder_of(context))
+        if not lease.startswith(serve_apps.LEASE_PREFIX):
+            raise RayLLMConfigError(f"task {self.task_id}: lease={self.lease!r}: not a lease the deploy returned")
+        removed, kept_for = _with_hook(self.ray_conn_id, lambda hook: serve_apps.release(
+            hook, self.app_name, lease, self.log, idle=self.idle_timeout, wait=self.wait_timeout))  # fmt: skip
+        return {"app_name": self.app_name, "removed": removed, "kept_for": kept_for}

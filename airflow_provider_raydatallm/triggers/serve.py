@@ -39,6 +39,7 @@ class RayServeAppTrigger(BaseTrigger):
         deadline: float | None = None,
         pending_timeout: float | None = None,
         remove_on_kill: bool = False,
+        lease: str | None = None,
     ) -> None:
         super().__init__()
         if not float(poll_interval) > 0:
@@ -50,6 +51,7 @@ class RayServeAppTrigger(BaseTrigger):
         self.deadline = float(deadline) if deadline is not None else None
         self.pending_timeout = float(pending_timeout) if pending_timeout is not None else None
         self.remove_on_kill = remove_on_kill
+        self.lease = lease
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -62,6 +64,7 @@ class RayServeAppTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "pending_timeout": self.pending_timeout,
                 "remove_on_kill": self.remove_on_kill,
+                "lease": self.lease,
             },
         )
 
@@ -75,11 +78,12 @@ class RayServeAppTrigger(BaseTrigger):
             await hook.aclose()
 
     async def on_kill(self) -> None:
-        """The user marked the task failed / success or cleared it: remove the app it created."""
+        """The user marked the task failed / success or cleared it: drop the run's lease and
+        remove the app it created, unless another run holds a lease on it."""
         if not self.remove_on_kill:
             return
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         try:
-            await serve_apps.remove(hook, self.app_name, self.log, only_hash=self.config_hash)
+            await serve_apps.abandon(hook, self.app_name, self.lease, self.log, created=True, config_hash=self.config_hash)
         finally:
             await hook.aclose()

@@ -46,5 +46,7 @@ with DAG("serve_http_batch", schedule=None, start_date=START,
         id_column="post_id", output_uri="{{ params.output }}", poll_interval=2,
     )  # fmt: skip
 
-with DAG("serve_delete", schedule=None, start_date=START, params={"app_name": Param("", type="string")}):
-    RayServeLLMDeleteOperator(task_id="delete_llm", app_name="{{ params.app_name }}")
+with DAG("serve_delete", schedule=None, start_date=START,
+         params={"app_name": Param("", type="string"), "lease": Param("", type="string")}):
+    # The lease of the deploy run this teardown ends (deploy and teardown in one run need none).
+    RayServeLLMDeleteOperator(task_id="delete_llm", app_name="{{ params.app_name }}", lease="{{ params.lease }}")

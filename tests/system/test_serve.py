@@ -4,10 +4,13 @@ ServeDeploymentProcessorConfig and through the app's OpenAI route, and their tea
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 import subprocess
 import textwrap
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +18,8 @@ import pytest
 from demo_helpers import social_posts, write_jsonl
 
 from airflow_provider_raydatallm.configs import DEFAULT_MODEL_ID
-from airflow_provider_raydatallm.hooks.ray import RayHook
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator
 from tests.system.conftest import ROOT, DagRunner
 
 pytestmark = pytest.mark.system
@@ -80,10 +84,14 @@ def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(r
     deployed = runner.xcom(first, "deploy_llm")
     assert deployed["base_url"] == f"http://127.0.0.1:8410/{app}/v1" and _apps()[app].status == "RUNNING"
 
-    again = runner.run("serve_deploy", {"app_name": app})  # the same config: nothing is sent
+    # Another run deploys the same app (another DAG sharing the engine, or an overlapping
+    # run): the same config, nothing is sent; each run holds its own lease on the app.
+    again = runner.run("serve_deploy", {"app_name": app}, logical_date=dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc))
+    leases = [runner.xcom(run, "deploy_llm", key="ray_serve_app")["lease"] for run in (first, again)]
     assert runner.xcom(again, "deploy_llm", key="ray_serve_app") == {
-        "app_name": app, "config_hash": deployed["config_hash"], "created": False, "changed": False,
+        "app_name": app, "config_hash": deployed["config_hash"], "created": False, "changed": False, "lease": leases[1],
     }  # fmt: skip
+    assert leases[0] != leases[1] and runner.xcom(again, "deploy_llm")["lease"] == leases[1]
 
     # The seed's OpenAI-client query (section 5.3), streaming, from the cluster's environment.
     seed = textwrap.dedent(f"""
@@ -99,16 +107,39 @@ def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(r
     assert answer.returncode == 0, answer.stderr[-2000:]
     assert answer.stdout.strip(), "the deployed app streamed no text"
 
+    # The first run tears down while the second run's batch is running on the app: the app
+    # stays (the second run holds a lease) and the batch completes on it.
     posts = write_jsonl(tmp_path / "posts.jsonl", social_posts("2026-11-23", 8))
+    teardown: dict = {}
+
+    def first_run_tears_down_mid_batch() -> None:
+        hook, deadline = RayHook(), time.monotonic() + 180
+        while time.monotonic() < deadline and not any(
+            j.status is RayJobStatus.RUNNING and (j.metadata or {}).get("airflow_dag_id") == "serve_http_batch"
+            for j in hook.list_jobs()
+        ):  # fmt: skip
+            time.sleep(0.5)
+        teardown["running"] = time.monotonic() < deadline
+        teardown["result"] = RayServeLLMDeleteOperator(task_id="delete_llm", app_name=app, lease=leases[0]).execute({})
+        teardown["app_status"] = _apps()[app].status if app in _apps() else None
+
+    thread = threading.Thread(target=first_run_tears_down_mid_batch)
+    thread.start()
     batch = runner.run("serve_http_batch", {"url": deployed["chat_completions_url"], "input": str(posts),
                                             "output": str(tmp_path / "out")})  # fmt: skip
+    thread.join(60)
+    assert teardown["running"], "the batch job never ran"
+    assert teardown["result"] == {"app_name": app, "removed": False, "kept_for": [f"serve_deploy/{again.run_id}"]}
+    assert teardown["app_status"] == "RUNNING"
     assert runner.states(batch) == {"classify": "success"}
     result = runner.xcom(batch, "classify")
     table = pq.read_table(tmp_path / "out")
     assert table.num_rows == 8 and set(table.column("sentiment").to_pylist()) <= LABELS
     assert result["metrics"]["error_rows"] == 0 and result["metrics"]["output_tokens"] > 0
 
-    gone = runner.run("serve_delete", {"app_name": app})
-    assert runner.xcom(gone, "delete_llm") == {"app_name": app, "removed": True} and app not in _apps()
-    twice = runner.run("serve_delete", {"app_name": app})
-    assert runner.xcom(twice, "delete_llm") == {"app_name": app, "removed": False}
+    # The second run's teardown drops the last lease: the app goes; its lease records too.
+    gone = runner.run("serve_delete", {"app_name": app, "lease": leases[1]})
+    assert runner.xcom(gone, "delete_llm") == {"app_name": app, "removed": True, "kept_for": []} and app not in _apps()
+    assert not [j for j in RayHook().list_jobs() if (j.submission_id or "") in leases]
+    twice = runner.run("serve_delete", {"app_name": app, "lease": leases[1]})
+    assert runner.xcom(twice, "delete_llm") == {"app_name": app, "removed": False, "kept_for": []}

@@ -139,7 +139,7 @@ def test_trigger_serializes_every_argument():
     assert path == "airflow_provider_raydatallm.triggers.serve.RayServeAppTrigger"
     assert RayServeAppTrigger(**kwargs).serialize() == (path, kwargs)
     assert kwargs == {"app_name": "llm", "config_hash": "h1", "ray_conn_id": "c", "poll_interval": 2.0, "deadline": 5.0,
-                      "pending_timeout": 9.0, "remove_on_kill": True}  # fmt: skip
+                      "pending_timeout": 9.0, "remove_on_kill": True, "lease": None}  # fmt: skip
 
 
 class ChatCompletionRequest:  # stands in for Ray's class: the Airflow side has no Ray

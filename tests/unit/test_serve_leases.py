@@ -1,0 +1,120 @@
+"""Leases on a shared Serve app (serve_apps): a teardown drops only its run's lease and
+deletes the app only when no lease is left (or none came back within the idle time); an
+expired lease no longer holds it; a failed deploy never pulls an app another run uses.
+Against an in-memory Jobs API (the leases are job records); the real cluster runs the
+same in tests/system/test_serve.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from airflow_provider_raydatallm import serve_apps
+from airflow_provider_raydatallm.exceptions import RayAPIError, RayJobAlreadyExistsError, RayJobNotFoundError
+from airflow_provider_raydatallm.hooks.ray import RayJobInfo, RayJobStatus
+
+LOG = logging.getLogger("test")
+
+
+class Jobs:
+    """The Jobs API as the leases use it: submit (unique ids), list, stop, delete (ended only)."""
+
+    def __init__(self):
+        self.jobs: dict[str, RayJobInfo] = {}
+
+    async def asubmit_job(self, entrypoint, submission_id, metadata, entrypoint_num_cpus):
+        assert entrypoint == "true" and entrypoint_num_cpus == 0
+        if submission_id in self.jobs:
+            raise RayJobAlreadyExistsError("http://x", submission_id)
+        self.jobs[submission_id] = RayJobInfo(job_id=None, submission_id=submission_id, status=RayJobStatus.RUNNING,
+                                              metadata=dict(metadata))  # fmt: skip
+        return submission_id
+
+    async def alist_jobs(self):
+        return list(self.jobs.values())
+
+    async def astop_job(self, sid):
+        job = self.jobs[sid]
+        self.jobs[sid] = RayJobInfo(job_id=None, submission_id=sid, status=RayJobStatus.STOPPED, metadata=job.metadata)
+        return True
+
+    async def adelete_job(self, sid):
+        if sid not in self.jobs:
+            raise RayJobNotFoundError("http://x", sid)
+        if not self.jobs[sid].status.is_terminal:
+            raise RayAPIError("http://x", "job is running", 400, sid)
+        del self.jobs[sid]
+        return True
+
+
+@pytest.fixture
+def removed(monkeypatch):
+    calls: list[tuple[str, str | None]] = []
+
+    async def remove(hook, name, log, only_hash=None, wait=0):
+        calls.append((name, only_hash))
+        return True
+
+    monkeypatch.setattr(serve_apps, "remove", remove)
+    return calls
+
+
+def test_the_first_teardown_keeps_the_app_for_the_other_run_and_the_last_one_deletes_it(removed):
+    async def main():
+        jobs = Jobs()
+        a = await serve_apps.take_lease(jobs, "warm", "daily_a/run1", 3600, LOG)
+        b = await serve_apps.take_lease(jobs, "warm", "daily_b/run7", 3600, LOG)
+        assert a != b and a.startswith(serve_apps.LEASE_PREFIX + "warm-")
+        assert await serve_apps.take_lease(jobs, "warm", "daily_a/run1", 3600, LOG) == a  # the same run: one lease
+        await serve_apps.take_lease(jobs, "other-app", "daily_c/run1", 3600, LOG)
+        assert await serve_apps.release(jobs, "warm", a, LOG) == (False, ["daily_b/run7"])
+        assert removed == [] and a not in jobs.jobs and b in jobs.jobs
+        assert await serve_apps.release(jobs, "warm", b, LOG) == (True, [])
+        assert removed == [("warm", None)] and set(jobs.jobs) == {serve_apps.lease_id("other-app", "daily_c/run1")}
+
+    asyncio.run(main())
+
+
+def test_an_expired_lease_no_longer_holds_the_app(removed):
+    async def main():
+        jobs = Jobs()
+        await serve_apps.take_lease(jobs, "warm", "deleted_run/x", 0.01, LOG)
+        time.sleep(0.05)
+        assert await serve_apps.live_leases(jobs, "warm") == []
+        assert (await serve_apps.release(jobs, "warm", None, LOG))[0] is True
+
+    asyncio.run(main())
+
+
+def test_the_idle_time_lets_a_run_that_comes_meanwhile_keep_the_app(removed):
+    async def main():
+        jobs = Jobs()
+        mine = await serve_apps.take_lease(jobs, "warm", "a/1", 3600, LOG)
+
+        async def late_run():
+            await asyncio.sleep(0.2)
+            await serve_apps.take_lease(jobs, "warm", "b/2", 3600, LOG)
+
+        late = asyncio.ensure_future(late_run())
+        kept = await serve_apps.release(jobs, "warm", mine, LOG, idle=2.0, poll=0.05)
+        await late
+        assert kept == (False, ["b/2"]) and removed == []
+
+    asyncio.run(main())
+
+
+def test_a_failed_deploy_drops_its_lease_and_removes_its_app_only_when_nobody_else_holds_it(removed):
+    async def main():
+        jobs = Jobs()
+        mine = await serve_apps.take_lease(jobs, "warm", "a/1", 3600, LOG)
+        await serve_apps.take_lease(jobs, "warm", "b/2", 3600, LOG)
+        assert await serve_apps.abandon(jobs, "warm", mine, LOG, created=True, config_hash="h") is False
+        assert removed == [] and mine not in jobs.jobs
+        other = serve_apps.lease_id("warm", "b/2")
+        assert await serve_apps.abandon(jobs, "warm", other, LOG, created=True, config_hash="h") is True
+        assert removed == [("warm", "h")]
+
+    asyncio.run(main())
