@@ -22,7 +22,7 @@ help:
 	@echo "make demo      set up, start the local Ray head, run the daily sentiment DAG, print its result"
 	@echo "make demo-questions  the seed's four common questions through the same path"
 	@echo "make test      set up and run the whole test suite (starts its own Ray head)"
-	@echo "make bench     benchmarks (benchmarks/): warm vs cold engines, operator overhead, end of job to success,"
+	@echo "make bench     benchmarks (benchmarks/): warm vs cold engines with the start-up breakdown, the vLLM stage vs LLM.chat, operator overhead, end of job to success,"
 	@echo "               trigger at scale, DAG-parse cost, provider vs raw Ray Data; figures into docs/benchmarks.md"
 	@echo "make bench-2m  the seed's 2M-row customers file through the provider's job, with a plot"
 	@echo "make ray-up    start the local Ray head (dashboard http://127.0.0.1:8265)"
@@ -108,6 +108,7 @@ bench: setup ray-up bench-deps
 	.venv/bin/python benchmarks/end_to_success.py --repeat 5
 	.venv/bin/python benchmarks/overhead.py --repeat 3 --rows 100
 	.venv/bin/python benchmarks/warm_cold.py --posts 200
+	.venv/bin/python benchmarks/engine_ceiling.py --prompts 180
 	.venv/bin/python benchmarks/scale.py --sizes 20000 200000 --repeat 2 --resume
 
 bench-2m: setup ray-up bench-deps

@@ -55,3 +55,29 @@ with DAG("bench_seed003", schedule=None, start_date=START, params=PARAMS):
         input_uri="{{ params.input }}", limit="{{ params.limit }}", num_partitions="{{ params.partitions }}",
         output_uri="{{ params.output }}", poll_interval=2,
     )  # fmt: skip
+
+
+# The engine ceiling: the same prompts, engine settings and JSON schema as the direct
+# LLM.chat run in benchmarks/engine_ceiling.py (copied here as values: the job gets them
+# with the callables, the benchmarks package is not on the cluster).
+from benchmarks import engine_ceiling as _ceiling  # noqa: E402
+
+CEILING_SAMPLING = dict(**_ceiling.SAMPLING, structured_outputs=dict(json=_ceiling.SCHEMA))
+CEILING_SYSTEM = _ceiling.SYSTEM
+
+
+def ceiling_preprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(messages=[{"role": "system", "content": CEILING_SYSTEM}, {"role": "user", "content": row["text"]}],
+                sampling_params=CEILING_SAMPLING)
+
+
+def ceiling_postprocess(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "answer": row["generated_text"]}
+
+
+with DAG("bench_engine_ceiling", schedule=None, start_date=START, params=PARAMS):
+    RayLLMBatchOperator(
+        task_id="classify", processor_config=cpu_vllm_config(), preprocess=ceiling_preprocess,
+        postprocess=ceiling_postprocess, input_uri="{{ params.input }}", input_format="jsonl", id_column="id",
+        output_uri="{{ params.output }}",
+    )  # fmt: skip
