@@ -58,20 +58,27 @@ def lease_id(app: str, holder: str) -> str:
 
 
 async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: logging.Logger) -> str:
-    """Record that ``holder`` (a DAG run) uses ``app`` for ``seconds`` at most; the same run
-    taking it again keeps the one lease."""
+    """Record that ``holder`` (a deployment namespace's DAG run) uses ``app`` for ``seconds``
+    at most; the same run taking it again renews its one lease."""
     sid = lease_id(app, holder)
-    metadata = {LEASE_APP_KEY: app, LEASE_HOLDER_KEY: holder, LEASE_EXPIRES_KEY: f"{time.time() + seconds:.0f}"}
-    try:
-        await hook.asubmit_job("true", submission_id=sid, metadata=metadata, entrypoint_num_cpus=0)
-        log.info("Lease %s on Serve application %s for %s (for at most %.0f s)", sid, app, holder, seconds)
-    except RayJobAlreadyExistsError:
-        log.info("Lease %s on Serve application %s is already held by this run", sid, app)
+    metadata = {LEASE_APP_KEY: app, LEASE_HOLDER_KEY: holder, LEASE_EXPIRES_KEY: f"{time.time() + seconds:.3f}"}
+    for attempt in (1, 2):
+        try:
+            # bare: the lease runs `true`, without the connection's runtime_env (pip, working_dir ...)
+            await hook.asubmit_job("true", submission_id=sid, metadata=metadata, entrypoint_num_cpus=0, bare=True)
+            log.info("Lease %s on Serve application %s for %s (for at most %.0f s)", sid, app, holder, seconds)
+            return sid
+        except RayJobAlreadyExistsError:
+            if attempt == 2:
+                raise
+            log.info("Lease %s on Serve application %s was held by this run already: renewing it", sid, app)
+            await drop_lease(hook, sid, log)  # renewed with a new expiry
     return sid
 
 
 async def live_leases(hook: RayHook, app: str, now: float | None = None) -> list[Any]:
-    """The unexpired leases on ``app`` (``RayJobInfo`` records)."""
+    """The unexpired leases on ``app`` (``RayJobInfo`` records); expired lease records of the
+    app that have ended are deleted on the way (best effort)."""
     now = time.time() if now is None else now
     found = []
     for job in await hook.alist_jobs():
@@ -84,6 +91,11 @@ async def live_leases(hook: RayHook, app: str, now: float | None = None) -> list
             expires = 0.0
         if expires > now:
             found.append(job)
+        elif job.status.is_terminal:
+            try:
+                await hook.adelete_job(job.submission_id)
+            except RayProviderError:
+                pass
     return found
 
 
@@ -126,7 +138,7 @@ async def release(hook: RayHook, app: str, sid: str | None, log: logging.Logger,
         if time.monotonic() >= deadline:
             break
         await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-    return await remove(hook, app, log, wait=wait), []
+    return await remove(hook, app, log, wait=wait, unless_leased=True), []
 
 
 async def abandon(hook: RayHook, app: str, sid: str | None, log: logging.Logger, created: bool,
@@ -141,13 +153,22 @@ async def abandon(hook: RayHook, app: str, sid: str | None, log: logging.Logger,
     if others:
         log.info("Serve application %s is left running: %d other run(s) hold a lease on it", app, len(others))
         return False
-    return await remove(hook, app, log, only_hash=config_hash)
+    return await remove(hook, app, log, only_hash=config_hash, unless_leased=True)
 
 
-def holder_of(context: Any) -> str:
-    """The run a deploy or teardown task belongs to, as its lease names it: ``dag_id/run_id``."""
+def holder_of(context: Any, namespace: str) -> str:
+    """The run a deploy or teardown task belongs to, as its lease names it:
+    ``<deployment namespace>:<dag_id>/<run_id>`` (staging and production share clusters and
+    run ids; the namespace keeps their leases apart)."""
     ti = context["ti"]
-    return f"{ti.dag_id}/{ti.run_id}"
+    return f"{namespace}:{ti.dag_id}/{ti.run_id}"
+
+
+async def namespace_of(hook: RayHook) -> str:
+    """The deployment namespace (the connection's, else Airflow's config; namespace.py)."""
+    from airflow_provider_raydatallm import namespace
+
+    return namespace.resolve((await hook.aconfig()).namespace)
 
 
 @dataclass(frozen=True)
@@ -217,11 +238,16 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
 
 
 async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str | None = None,
-                 wait: float = REMOVE_WAIT_SECONDS) -> bool:  # fmt: skip
+                 wait: float = REMOVE_WAIT_SECONDS, unless_leased: bool = False) -> bool:  # fmt: skip
     """Remove one app this provider deployed and wait until Serve has deleted it; False when
-    there was nothing to remove. ``only_hash``: remove it only if it still runs that config."""
+    there was nothing to remove. ``only_hash``: remove it only if it still runs that config;
+    ``unless_leased``: before each write, leave it if a run holds a lease on it by then (a
+    deploy that came while this removal was under way)."""
     address = (await hook.aconfig()).base_url
     for attempt in range(1, WRITE_ATTEMPTS + 1):
+        if unless_leased and await live_leases(hook, name):
+            log.info("Serve application %s is kept: a run took a lease on it while it was being removed", name)
+            return False
         state = await hook.aget_serve_state()
         app = state.apps.get(name)
         if app is None:

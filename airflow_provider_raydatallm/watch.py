@@ -81,6 +81,9 @@ class StatusBoard:
     """
 
     _boards: dict[tuple[int, str], StatusBoard] = {}
+    # Below this many watchers on a loop and connection each reads its own job: one small
+    # GET per poll is cheaper than the whole list (every job the cluster knows) twice.
+    SHARE_FROM = 8
 
     def __init__(self, ray_conn_id: str, hook_class: type = RayHook):
         self.ray_conn_id, self.hook_class = ray_conn_id, hook_class
@@ -108,6 +111,12 @@ class StatusBoard:
         for key, board in list(self._boards.items()):
             if board is self:
                 del self._boards[key]
+        if self.refreshing is not None and not self.refreshing.done():
+            self.refreshing.cancel()  # nobody waits for it; its client closes below
+            try:
+                await self.refreshing
+            except BaseException:  # noqa: BLE001 (cancelled, or failed: nobody needs it)
+                pass
         if self.hook is not None:
             hook, self.hook = self.hook, None
             try:
@@ -116,7 +125,10 @@ class StatusBoard:
                 pass
 
     async def info(self, job_id: str, max_age: float) -> Any:
-        """The job's latest status (``RayJobInfo``) no older than ``max_age`` seconds, or None."""
+        """The job's latest status (``RayJobInfo``) no older than ``max_age`` seconds, or None
+        (too few watchers to share, the list does not show the job, or it failed)."""
+        if self.users < self.SHARE_FROM:
+            return None
         now = time.monotonic()
         if now - self.at > max_age:
             if now - self.failed_at < max_age:

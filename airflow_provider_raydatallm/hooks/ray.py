@@ -183,7 +183,9 @@ class RayHook(BaseHook):
     # -- the Jobs API as calls ---------------------------------------------------------------
 
     def _submit_call(self, config: RayConnectionConfig, entrypoint: str, **options: Any) -> _Call:
-        runtime_env = api.merge_runtime_env(config.runtime_env, options.pop("runtime_env", None))
+        # bare: a record-only job (a Serve lease) without the connection's runtime_env
+        base = {} if options.pop("bare", False) else config.runtime_env
+        runtime_env = api.merge_runtime_env(base, options.pop("runtime_env", None))
         metadata = {**config.metadata, **(options.pop("metadata", None) or {})}
         body = api.submit_body(entrypoint, runtime_env=runtime_env, metadata=metadata, **options)
         return _Call(

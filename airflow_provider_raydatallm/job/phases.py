@@ -46,23 +46,30 @@ class Clock:
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks[name] = at if at is not None else time.time()
 
-    def pass_times(self, tallies: list[dict[str, Any]]) -> None:
+    def pass_times(self, tallies: list[dict[str, Any]], now: float | None = None) -> None:
         """The pass's own moments from the written blocks' tallies: the first rows into the
-        processor, the engine ready (the first block out less the engine's time on its
-        longest row), the first rows out, the last block written."""
+        processor, the engine ready (the earliest moment the engine began a row it timed: a
+        row's exit less the engine's seconds on it), the first rows out, the last block
+        written. Each moment is kept between its neighbours (the rows' times come from the
+        workers' clocks)."""
         ins = [t["t_in"] for t in tallies if t.get("t_in")]
-        outs = [t for t in tallies if t.get("t_out")]
+        outs = [t["t_out"] for t in tallies if t.get("t_out")]
+        engine = [t["t_engine"] for t in tallies if t.get("t_engine")]
         written = [t["t_written"] for t in tallies if t.get("t_written")]
+        floor = self.marks.get("built", self.marks["started"])
+        ceiling = max(floor, time.time() if now is None else now)  # the pass ended on the driver by now
+
+        def within(value: float) -> float:
+            return min(max(value, floor), ceiling)
+
         if ins:
-            self.marks["first_in"] = min(ins)
+            self.marks["first_in"] = floor = within(min(ins))
+        if engine:
+            self.marks["engine_ready"] = floor = within(min(engine))
         if outs:
-            first = min(outs, key=lambda t: t["t_out"])
-            self.marks["first_out"] = first["t_out"]
-            if first.get("engine_seconds"):
-                ready = first["t_out"] - float(first["engine_seconds"])
-                self.marks["engine_ready"] = max(ready, self.marks.get("first_in", ready))
+            self.marks["first_out"] = within(min(outs))
         if written:
-            self.marks["last_out"] = max(written)
+            self.marks["last_out"] = within(max(written))
 
 
 # Each phase of the job's own: (name, the mark it starts at, the mark it ends at). A phase
@@ -91,7 +98,7 @@ def phase_seconds(marks: dict[str, float]) -> dict[str, float]:
         if end not in marks or last is None:
             continue
         out[name] = round(max(0.0, marks[end] - last), 3)
-        last = marks[end]
+        last = max(last, marks[end])  # the phases tile the time from the start to the last mark
     return out
 
 

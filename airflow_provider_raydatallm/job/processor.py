@@ -87,6 +87,9 @@ def request_classes(names: dict[str, str] | None) -> dict[str, Any]:
 
 
 def build_processor(config: Any, preprocess: Any, postprocess: Any) -> Any:
+    # The stage modules load in one thread at a time: wait for the prewarm's import.
+    for thread in _PREWARM:
+        thread.join()
     import ray.data.llm as llm
 
     # build_processor since Ray 2.5x; the seeds' build_llm_processor on older releases.
@@ -122,7 +125,11 @@ def prewarm(processor_type: str) -> threading.Thread | None:
 
     thread = threading.Thread(target=load, name="raydllm-prewarm", daemon=True)
     thread.start()
+    _PREWARM.append(thread)
     return thread
+
+
+_PREWARM: list[threading.Thread] = []
 
 
 def ray_version() -> str:

@@ -68,6 +68,8 @@ def _probe(table: Any) -> Any:
 # reader (the same read tasks, run in this process), not by a Ray Data pass: that pass would
 # start a worker process for the job first (5-8 s on a small node, for a few rows).
 LOCAL_COUNT_BYTES = int(os.environ.get("RAYDLLM_LOCAL_COUNT_BYTES") or 32 * 2**20)
+LOCAL_COUNT_FILES = 64  # more files than this are read by a pass (spread over the cluster)
+_COMPRESSED = (".gz", ".bz2", ".zst", ".zstd", ".xz", ".lz4", ".snappy", ".zip", ".br")
 
 
 def _local_probes(ds: Any, columns: list[str] | None, limit: int | None) -> list[dict[str, Any]] | None:
@@ -84,10 +86,14 @@ def _local_probes(ds: Any, columns: list[str] | None, limit: int | None) -> list
             op = op.input_dependencies[0]
         if not isinstance(op, Read) or set(steps) - {"Project", "Limit"}:
             return None
-        size = op.datasource.estimate_inmemory_data_size()
-        if size is None or size > LOCAL_COUNT_BYTES:
+        source = op.datasource
+        paths, sizes = list(source._paths()), list(source._file_sizes())
+        # Only a few files of known size, not compressed (their bytes say little of the rows).
+        if (not paths or len(paths) > LOCAL_COUNT_FILES or any(s is None for s in sizes)
+                or sum(sizes) > LOCAL_COUNT_BYTES or any(str(p).lower().endswith(_COMPRESSED) for p in paths)
+                or (getattr(source, "_open_stream_args", None) or {}).get("compression")):  # fmt: skip
             return None
-        tasks = op.datasource.get_read_tasks(1)
+        tasks = source.get_read_tasks(1)
     except Exception:  # noqa: BLE001 (Ray's internals moved: count by a pass, as before)
         return None
     probes, left = [], limit

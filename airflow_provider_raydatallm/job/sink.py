@@ -269,13 +269,15 @@ class WriteBlock:
 
 def block_times(records: list[dict[str, Any]]) -> dict[str, float | None]:
     """When the block's first rows entered the processor and left it, when it was written,
-    and the engine's seconds on its longest row (job/phases.py)."""
+    and when the engine began the first of its rows (job/phases.py)."""
     ins = [r[rows.T_IN] for r in records if r.get(rows.T_IN) is not None]
     outs = [r[rows.T_OUT] for r in records if r.get(rows.T_OUT) is not None]
-    engine = [r[rows.ENGINE_SECONDS] for r in records if r.get(rows.ENGINE_SECONDS) is not None]
+    # When the engine began each row it timed: the earliest is when it took its first request.
+    began = [r[rows.T_OUT] - r[rows.ENGINE_SECONDS] for r in records
+             if r.get(rows.T_OUT) is not None and r.get(rows.ENGINE_SECONDS) is not None]  # fmt: skip
     return {
         "t_in": float(min(ins)) if ins else None, "t_out": float(min(outs)) if outs else None,
-        "t_written": time.time(), "engine_seconds": float(max(engine)) if engine else None,
+        "t_written": time.time(), "t_engine": float(min(began)) if began else None,
     }  # fmt: skip
 
 

@@ -6,8 +6,13 @@ reads the engine's outputs; that task then finds the engine gone and logs
 the batch has finished and while its actor is torn down (seen in about 1 run in 4 here).
 A person reading a successful run's log should not find an ERROR traceback there: once
 vLLM has logged that it is shutting down (``[shutdown] MPClient: start``), that one record
-becomes one INFO line saying it is teardown. The same record while the engine runs (an
-engine that really died) stays an ERROR with its traceback.
+becomes one INFO line saying it is teardown. The same record while the engine runs, or
+after vLLM said the engine process exited unexpectedly (killed, out of memory: vLLM then
+shuts down too), stays an ERROR with its traceback.
+
+The hook is left out of a job whose environment may not hold this package in every worker
+(:func:`with_hook`): a container or conda environment, or a processor stage with its own
+``py_modules`` or ``working_dir``.
 
 Nothing here imports vLLM: the filters sit on vLLM's logger names and act only if vLLM is
 imported and logs. A hook the user's own ``runtime_env`` named is run too
@@ -26,14 +31,17 @@ TEARDOWN_MESSAGE = (
     "the engine's output handler stopped with the engine (EngineDeadError during vLLM's shutdown, after this "
     "actor's batches: teardown, not a failure)"
 )
-_state = {"shutting_down": False}
+_state = {"shutting_down": False, "crashed": False}
 
 
 class ShutdownSeen(logging.Filter):
-    """Notes that vLLM's engine client began its shutdown."""
+    """Notes that vLLM's engine client began its shutdown, and whether the engine had died."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("[shutdown]"):
+        message = str(record.msg)
+        if message.startswith("[shutdown]") and "unexpectedly" in message:
+            _state["crashed"] = True
+        elif message.startswith("[shutdown] MPClient: start"):
             _state["shutting_down"] = True
         return True
 
@@ -43,8 +51,9 @@ class TeardownNotFailure(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if (_state["shutting_down"] and record.levelno >= logging.ERROR and "output_handler failed" in str(record.msg)
-                and exc is not None and type(exc).__name__ == "EngineDeadError"):  # fmt: skip
+        if (_state["shutting_down"] and not _state["crashed"] and record.levelno >= logging.ERROR
+                and "output_handler failed" in str(record.msg) and exc is not None
+                and type(exc).__name__ == "EngineDeadError"):  # fmt: skip
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg, record.args = TEARDOWN_MESSAGE, ()
             record.exc_info, record.exc_text = None, None
@@ -60,11 +69,24 @@ def setup() -> None:
         getattr(importlib.import_module(module), name)()
 
 
-def with_hook(runtime_env: dict) -> dict:
-    """``runtime_env`` with this hook; a hook the user named there runs from it."""
+# Environments in which a worker may not import this package: the hook stays out.
+_OWN_PYTHON = ("container", "image_uri", "conda")
+_STAGE_OWN_CODE = ("py_modules", "working_dir") + _OWN_PYTHON
+
+
+def with_hook(runtime_env: dict, connection_env: dict | None = None, processor_env: dict | None = None) -> dict:
+    """The job's ``runtime_env`` with this hook; a hook the user named (in ``runtime_env``,
+    else the connection's) runs from it. Unchanged when the job's or a processor stage's
+    environment may lack this package (the hook would fail every such worker's start)."""
     env = dict(runtime_env)
-    user = env.get("worker_process_setup_hook")
+    connection_env, processor_env = connection_env or {}, processor_env or {}
+    if any(env.get(k) or connection_env.get(k) for k in _OWN_PYTHON) or any(processor_env.get(k) for k in _STAGE_OWN_CODE):
+        return env
+    user = env.get("worker_process_setup_hook") or connection_env.get("worker_process_setup_hook")
     if user and user != HOOK:
-        env["env_vars"] = {**(env.get("env_vars") or {}), USER_HOOK_ENV: str(user)}
+        if not isinstance(user, str) or "." not in user:
+            raise TypeError(f"worker_process_setup_hook={user!r}: give it as 'module.function' (a job's runtime_env "
+                            "goes to Ray as JSON)")  # fmt: skip
+        env["env_vars"] = {**(env.get("env_vars") or {}), USER_HOOK_ENV: user}
     env["worker_process_setup_hook"] = HOOK
     return env

@@ -109,7 +109,10 @@ def submit(hook: RayHook, spec: JobSpec, submission_id: str, how: Submission) ->
     spec_package, py_modules = upload(hook, spec, how.secrets)
     runtime_env = dict(how.runtime_env or {})
     runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + py_modules
-    runtime_env = with_hook(runtime_env)  # vLLM's teardown noise, in every worker of the job
+    try:  # vLLM's teardown noise, in every worker of the job
+        runtime_env = with_hook(runtime_env, hook.config.runtime_env, spec.processor.kwargs.get("runtime_env"))
+    except TypeError as err:
+        raise RayLLMConfigError(f"task {spec.run.task_id}: runtime_env {err}") from None
     metadata = {
         # The user's job_metadata first: the keys below, which name the task instance the job
         # belongs to (adoption, the UI's ownership check), always win.

@@ -158,10 +158,12 @@ class RayServeLLMDeployOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.app_config()
-        holder = serve_apps.holder_of(context)
         # The lease first: a teardown of another run that looks now sees this run on the app.
-        self._lease = lease = _with_hook(self.ray_conn_id, lambda hook: serve_apps.take_lease(
-            hook, config["name"], holder, self.lease_timeout, self.log))  # fmt: skip
+        async def lease_it(hook: RayHook) -> str:
+            holder = serve_apps.holder_of(context, await serve_apps.namespace_of(hook))
+            return await serve_apps.take_lease(hook, config["name"], holder, self.lease_timeout, self.log)
+
+        self._lease = lease = _with_hook(self.ray_conn_id, lease_it)
         try:
             deployed = _with_hook(
                 self.ray_conn_id,
@@ -272,9 +274,14 @@ class RayServeLLMDeleteOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.app_name, str) or not api.APP_NAME.fullmatch(self.app_name):
             raise RayLLMConfigError(f"task {self.task_id}: app_name={self.app_name!r}: not a Serve application name")
-        lease = self.lease or serve_apps.lease_id(self.app_name, serve_apps.holder_of(context))
-        if not lease.startswith(serve_apps.LEASE_PREFIX):
+        if self.lease and not str(self.lease).startswith(serve_apps.LEASE_PREFIX):
             raise RayLLMConfigError(f"task {self.task_id}: lease={self.lease!r}: not a lease the deploy returned")
-        removed, kept_for = _with_hook(self.ray_conn_id, lambda hook: serve_apps.release(
-            hook, self.app_name, lease, self.log, idle=self.idle_timeout, wait=self.wait_timeout))  # fmt: skip
+
+        async def release(hook: RayHook) -> tuple[bool, list[str]]:
+            lease = self.lease or serve_apps.lease_id(
+                self.app_name, serve_apps.holder_of(context, await serve_apps.namespace_of(hook)))
+            return await serve_apps.release(hook, self.app_name, lease, self.log, idle=self.idle_timeout,
+                                            wait=self.wait_timeout)  # fmt: skip
+
+        removed, kept_for = _with_hook(self.ray_conn_id, release)
         return {"app_name": self.app_name, "removed": removed, "kept_for": kept_for}

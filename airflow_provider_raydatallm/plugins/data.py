@@ -12,6 +12,7 @@ only."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from collections import defaultdict
@@ -169,8 +170,16 @@ def phases_shown(phases: Any) -> dict[str, float] | None:
     """A run's phases as the page draws them: names and seconds only (XCom is user land)."""
     if not isinstance(phases, dict):
         return None
-    shown = {str(k)[:40]: round(float(v), 3) for k, v in list(phases.items())[:20]
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}  # fmt: skip
+    shown: dict[str, float] = {}
+    for key, value in list(phases.items())[:20]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        try:
+            seconds = float(value)
+        except (OverflowError, ValueError):
+            continue
+        if math.isfinite(seconds) and 0 <= seconds < 10**9:
+            shown[str(key)[:40]] = round(seconds, 3)
     return shown or None
 
 

@@ -79,7 +79,9 @@ class RayServeAppTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """The user marked the task failed / success or cleared it: drop the run's lease and
-        remove the app it created, unless another run holds a lease on it."""
+        remove the app it created, unless another run holds a lease on it. A deploy that did
+        not create the app keeps its lease (Airflow also calls on_kill on a copy of the
+        trigger that only moved to another triggerer): it expires after ``lease_timeout``."""
         if not self.remove_on_kill:
             return
         hook = RayHook(ray_conn_id=self.ray_conn_id)

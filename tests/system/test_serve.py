@@ -129,7 +129,9 @@ def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(r
                                             "output": str(tmp_path / "out")})  # fmt: skip
     thread.join(60)
     assert teardown["running"], "the batch job never ran"
-    assert teardown["result"] == {"app_name": app, "removed": False, "kept_for": [f"serve_deploy/{again.run_id}"]}
+    result = teardown["result"]
+    assert (result["app_name"], result["removed"]) == (app, False) and len(result["kept_for"]) == 1, result
+    assert result["kept_for"][0].endswith(f":serve_deploy/{again.run_id}")  # <namespace>:<dag>/<run>
     assert teardown["app_status"] == "RUNNING"
     assert runner.states(batch) == {"classify": "success"}
     result = runner.xcom(batch, "classify")

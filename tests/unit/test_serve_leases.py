@@ -25,8 +25,8 @@ class Jobs:
     def __init__(self):
         self.jobs: dict[str, RayJobInfo] = {}
 
-    async def asubmit_job(self, entrypoint, submission_id, metadata, entrypoint_num_cpus):
-        assert entrypoint == "true" and entrypoint_num_cpus == 0
+    async def asubmit_job(self, entrypoint, submission_id, metadata, entrypoint_num_cpus, bare):
+        assert entrypoint == "true" and entrypoint_num_cpus == 0 and bare  # no connection runtime_env for a record
         if submission_id in self.jobs:
             raise RayJobAlreadyExistsError("http://x", submission_id)
         self.jobs[submission_id] = RayJobInfo(job_id=None, submission_id=submission_id, status=RayJobStatus.RUNNING,
@@ -54,7 +54,8 @@ class Jobs:
 def removed(monkeypatch):
     calls: list[tuple[str, str | None]] = []
 
-    async def remove(hook, name, log, only_hash=None, wait=0):
+    async def remove(hook, name, log, only_hash=None, wait=0, unless_leased=False):
+        assert unless_leased  # a removal after a lease check looks again before each write
         calls.append((name, only_hash))
         return True
 
@@ -68,7 +69,10 @@ def test_the_first_teardown_keeps_the_app_for_the_other_run_and_the_last_one_del
         a = await serve_apps.take_lease(jobs, "warm", "daily_a/run1", 3600, LOG)
         b = await serve_apps.take_lease(jobs, "warm", "daily_b/run7", 3600, LOG)
         assert a != b and a.startswith(serve_apps.LEASE_PREFIX + "warm-")
-        assert await serve_apps.take_lease(jobs, "warm", "daily_a/run1", 3600, LOG) == a  # the same run: one lease
+        first_expiry = jobs.jobs[a].metadata[serve_apps.LEASE_EXPIRES_KEY]
+        time.sleep(1.1)
+        assert await serve_apps.take_lease(jobs, "warm", "daily_a/run1", 3600, LOG) == a  # the same run: one lease,
+        assert jobs.jobs[a].metadata[serve_apps.LEASE_EXPIRES_KEY] > first_expiry  # renewed
         await serve_apps.take_lease(jobs, "other-app", "daily_c/run1", 3600, LOG)
         assert await serve_apps.release(jobs, "warm", a, LOG) == (False, ["daily_b/run7"])
         assert removed == [] and a not in jobs.jobs and b in jobs.jobs
@@ -78,12 +82,14 @@ def test_the_first_teardown_keeps_the_app_for_the_other_run_and_the_last_one_del
     asyncio.run(main())
 
 
-def test_an_expired_lease_no_longer_holds_the_app(removed):
+def test_an_expired_lease_no_longer_holds_the_app_and_its_ended_record_goes(removed):
     async def main():
         jobs = Jobs()
-        await serve_apps.take_lease(jobs, "warm", "deleted_run/x", 0.01, LOG)
+        sid = await serve_apps.take_lease(jobs, "warm", "deleted_run/x", 0.01, LOG)
         time.sleep(0.05)
-        assert await serve_apps.live_leases(jobs, "warm") == []
+        assert await serve_apps.live_leases(jobs, "warm") == [] and sid in jobs.jobs  # still running `true`
+        await jobs.astop_job(sid)
+        assert await serve_apps.live_leases(jobs, "warm") == [] and sid not in jobs.jobs
         assert (await serve_apps.release(jobs, "warm", None, LOG))[0] is True
 
     asyncio.run(main())

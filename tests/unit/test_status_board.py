@@ -64,22 +64,37 @@ def test_two_hundred_watchers_asking_at_once_make_one_request_and_each_gets_its_
 
 def test_a_job_the_list_lacks_or_a_failed_list_is_none_and_a_failed_list_is_not_retried_at_once():
     async def main():
-        board = StatusBoard.join("ray_default", ListingHook)
+        board = [StatusBoard.join("ray_default", ListingHook) for _ in range(StatusBoard.SHARE_FROM)][0]
         assert await board.info("raydllm-999", 5.0) is None  # just submitted or deleted: read alone
         ListingHook.fail = True
         await asyncio.sleep(0.25)  # the snapshot is older than 0.2 s
         assert await board.info("raydllm-1", 0.2) is None and ListingHook.calls == 2
         assert await board.info("raydllm-1", 0.2) is None and ListingHook.calls == 2  # not asked again yet
-        await board.leave()
+        for _ in range(StatusBoard.SHARE_FROM):
+            await board.leave()
 
     asyncio.run(main())
 
 
-def test_boards_are_per_connection_and_per_event_loop():
-    async def two():
+def test_boards_are_per_connection_and_a_few_watchers_read_their_jobs_alone():
+    async def main():
         a, b = StatusBoard.join("ray_a", ListingHook), StatusBoard.join("ray_b", ListingHook)
-        assert a is not b
+        assert a is not b and len(StatusBoard._boards) == 2
+        assert await a.info("raydllm-1", 5.0) is None and ListingHook.calls == 0  # one watcher: no list
         await a.leave(), await b.leave()
-        return id(a)
+        assert not StatusBoard._boards
 
-    assert asyncio.run(two()) != asyncio.run(two()) or not StatusBoard._boards
+    asyncio.run(main())
+
+
+def test_the_last_watcher_leaving_mid_refresh_cancels_it_before_closing_the_client():
+    async def main():
+        boards = [StatusBoard.join("ray_default", ListingHook) for _ in range(10)]
+        asking = asyncio.ensure_future(boards[0].info("raydllm-1", 5.0))
+        await asyncio.sleep(0.01)  # the list request is in flight
+        asking.cancel()
+        for b in boards:
+            await b.leave()
+        assert boards[0].refreshing.cancelled() and boards[0].hook is None
+
+    asyncio.run(main())
