@@ -60,6 +60,13 @@ def run_way(dag_id: str, partitions: int, posts: int, tag: str) -> tuple[float, 
     return seconds, xcoms, sorted(spans, key=lambda s: s[1])
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
 def plot(timelines: dict[str, list[tuple[str, float, float]]], path: Path) -> None:
     """One row per task instance, per way: where each run's time went."""
     import matplotlib
@@ -81,10 +88,7 @@ def plot(timelines: dict[str, list[tuple[str, float, float]]], path: Path) -> No
     ax.invert_yaxis()
     ax.set_xlabel("seconds from the start of the DAG run")
     ax.set_title("Task instances of the three ways (dag.test runs mapped tasks one after another)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"plot: {path}")
+    _save(fig, path)
 
 
 def mean_phases(results: list[dict]) -> dict[str, float]:
@@ -124,10 +128,7 @@ def plot_phases(per_task: dict[str, list[dict[str, float]]], path: Path) -> None
     ax.legend(handles, ORDER, fontsize=6, ncol=4, loc="lower right")
     ax.set_xlabel("seconds of the task's Ray job, from its submission to its end")
     ax.set_title("Where each batch task's time went: (a) cold engines, (c) warm Serve deployment", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"plot: {path}")
+    _save(fig, path)
 
 
 def breakeven(cold_task: float, cold_engine: float, warm_task: float, deploy: float, teardown: float) -> list[str]:
