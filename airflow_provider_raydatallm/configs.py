@@ -50,13 +50,14 @@ def cpu_vllm_config(**overrides: Any) -> dict[str, Any]:
     - ``placement_group_config``: ``{"bundles": [{"CPU": 1}]}`` (the default bundle asks
       for a GPU and would wait for one forever)
     - ``batch_size``: 16; ``concurrency``: 1 (one engine)
-    - ``tokenize_stage``, ``detokenize_stage``: ``False``: the engine tokenizes the prompts
-      and detokenizes its answers itself (vLLM does both by default), so a task starts two
-      actor processes fewer (each loads the tokenizer; on a small CPU node they compete
-      with the engine's start). The answers and token counts are the same.
+    - ``tokenize_stage``: ``False``: the engine tokenizes the prompts itself, so a task starts
+      one actor process fewer (it loads the tokenizer; on a small CPU node it competes with
+      the engine's start). The prompts and token counts are the same. The detokenize stage
+      stays: the seeds' ``sampling_params`` ask vLLM for tokens only (``detokenize=False``)
+      and take the text from it.
 
-    On a GPU cluster drop ``placement_group_config``, ``kv_cache_memory_bytes`` and the two
-    stage switches (separate CPU stages keep tokenizing off the GPU's actor), and set
+    On a GPU cluster drop ``placement_group_config``, ``kv_cache_memory_bytes`` and the
+    stage switch (a separate CPU stage keeps tokenizing off the GPU's actor), and set
     ``accelerator_type``, ``concurrency`` and ``tensor_parallel_size`` for your hardware.
     """
     config: dict[str, Any] = {
@@ -67,7 +68,6 @@ def cpu_vllm_config(**overrides: Any) -> dict[str, Any]:
         "batch_size": 16,
         "concurrency": 1,
         "tokenize_stage": False,
-        "detokenize_stage": False,
     }
     config.update(overrides)
     return config

@@ -22,9 +22,8 @@ processor_config = vLLMEngineProcessorConfig(
     placement_group_config=dict(bundles=[{"CPU": 1}]),
     batch_size=256,
     concurrency=1,
-    # As the operator's cpu_vllm_config: the engine tokenizes and detokenizes itself.
+    # As the operator's cpu_vllm_config: the engine tokenizes the prompts itself.
     tokenize_stage=False,
-    detokenize_stage=False,
 )
 
 CHOICES = ["Law Firm", "Healthcare", "Technology", "Retail", "Consulting", "Manufacturing", "Finance",

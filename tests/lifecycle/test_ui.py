@@ -211,6 +211,15 @@ def test_runs_page_and_ray_job_tab_in_a_browser(real_airflow, finished):
         assert _cell(frame, row, "model") == result["model"]
         assert _cell(frame, row, "state") == "success"
         assert frame.locator(".chart[data-dag='raydllm_ui'] circle.rate-point").count() >= 1
+        # Where the run's time went: a bar of its phases (XCom metrics.phases), named in its title.
+        bar = frame.locator(f"{row} td[data-col='phases'] .phases")
+        assert bar.count() == 1 and bar.locator(".phase").count() >= 4
+        title = bar.get_attribute("title")
+        for phase in ("submission", "driver start", "inference", "commit", "teardown"):
+            assert f"{phase}: " in title, title
+        total = float(title.rstrip().rsplit("total: ", 1)[1].split()[0])
+        assert abs(total - sum(m["phases"].values())) < 0.11, title
+        assert "s outside inference" in _cell(frame, row, "phases")
         # Sorting by a column reorders the table.
         frame.locator("th[data-key='rows_in']").click()
         assert "sorted-desc" in frame.locator("th[data-key='rows_in']").get_attribute("class")
@@ -249,6 +258,10 @@ def test_runs_page_and_ray_job_tab_in_a_browser(real_airflow, finished):
         assert frame.locator("#m-error-rows .v").inner_text() == "1"
         assert frame.locator("#first-errors tbody tr").count() == 1
         assert frame.locator("#job-state").inner_text() == "SUCCEEDED"
+        phases = real_airflow.xcom("raydllm_ui", slow, "ask")["metrics"]["phases"]
+        assert frame.locator("#phases tbody tr").count() == len(phases)
+        shown = float(frame.locator("#phases tbody tr[data-phase='inference'] td").nth(1).inner_text())
+        assert abs(shown - phases["inference"]) < 0.051
         page.screenshot(path=str(SHOTS / "ray-job-tab-finished.png"))
 
         # A viewer without access to a DAG does not see its runs on the page.
