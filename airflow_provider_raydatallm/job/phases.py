@@ -72,21 +72,20 @@ class Clock:
             self.marks["last_out"] = within(max(written))
 
 
-# Each phase of the job's own: (name, the mark it starts at, the mark it ends at). A phase
-# whose end mark is missing is skipped and the next one starts where the last one present
-# ended (an HTTP endpoint reports no engine time; a resumed task with every row written
-# has no pass).
+# Each phase of the job's own: (name, the mark it ends at); it starts where the one before it
+# ended (the first at the driver's start). A phase whose mark is missing is skipped (an HTTP
+# endpoint reports no engine time; a resumed task with every row written has no pass).
 _SPANS = (
-    (DRIVER, "started", "connected"),
-    (LOCK, None, "locked"),
-    (PREFLIGHT, None, "checked"),
-    (COUNT, None, "counted"),
-    (BUILD, None, "built"),
-    (FIRST_BLOCK, None, "first_in"),
-    (ENGINE, None, "engine_ready"),
-    (INFERENCE, None, "last_out"),
-    (PASS_END, None, "pass_end"),
-    (COMMIT, None, "committed"),
+    (DRIVER, "connected"),
+    (LOCK, "locked"),
+    (PREFLIGHT, "checked"),
+    (COUNT, "counted"),
+    (BUILD, "built"),
+    (FIRST_BLOCK, "first_in"),
+    (ENGINE, "engine_ready"),
+    (INFERENCE, "last_out"),
+    (PASS_END, "pass_end"),
+    (COMMIT, "committed"),
 )
 
 
@@ -94,7 +93,7 @@ def phase_seconds(marks: dict[str, float]) -> dict[str, float]:
     """Seconds per phase, in order, from the driver's marks."""
     out: dict[str, float] = {}
     last = marks.get("started")
-    for name, _start, end in _SPANS:
+    for name, end in _SPANS:
         if end not in marks or last is None:
             continue
         out[name] = round(max(0.0, marks[end] - last), 3)
