@@ -30,7 +30,10 @@ help:
 	@echo "make airflow   a real local Airflow 3 (UI http://127.0.0.1:8088) with this provider, the example DAGs and"
 	@echo "               ray_default on the local head; prints the login. make airflow-down stops it (make ray-down the head)"
 
-setup: venv venv-ray model browser
+# The two environments, the model and the browser install side by side (about a minute
+# less than one after another on a fresh clone); each one's output is printed when it ends.
+setup:
+	@$(MAKE) --no-print-directory -j4 --output-sync=target venv venv-ray model browser
 
 # The browser test drives Debian's Chromium through Playwright (no browser download).
 browser:

