@@ -32,8 +32,13 @@ help:
 
 # The two environments, the model and the browser install side by side (about a minute
 # less than one after another on a fresh clone); each one's output is printed when it ends.
+# Only there: a `make -jN demo` would otherwise build a venv from two places at once (setup's
+# own make and a target's prerequisite), so the top level stays serial.
+ifndef RAYDLLM_SETUP
+.NOTPARALLEL:
+endif
 setup:
-	@$(MAKE) --no-print-directory -j4 --output-sync=target venv venv-ray model browser
+	@$(MAKE) --no-print-directory -j4 --output-sync=target RAYDLLM_SETUP=1 venv venv-ray model browser
 
 # The browser test drives Debian's Chromium through Playwright (no browser download).
 browser:
@@ -46,7 +51,7 @@ browser:
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv
-	.venv/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test,examples]" $(QUIET_PIP)
+	mkdir -p .cache && flock .cache/.editable.lock .venv/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test,examples]" $(QUIET_PIP)
 	touch $@
 
 venv-ray: .venv-ray/.installed
@@ -61,7 +66,7 @@ else
 		-r requirements-cluster.txt $(QUIET_PIP)
 	.venv-ray/bin/pip uninstall -q -y torchvision torchaudio torchcodec $(QUIET_PIP)
 endif
-	.venv-ray/bin/pip install -q --no-deps -e . $(QUIET_PIP)
+	mkdir -p .cache && flock .cache/.editable.lock .venv-ray/bin/pip install -q --no-deps -e . $(QUIET_PIP)
 	touch $@
 
 model: $(MODEL_DIR)/.ready

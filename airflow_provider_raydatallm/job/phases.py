@@ -3,7 +3,7 @@
 The driver marks the wall-clock time (``time.time()``, seconds since the epoch) as each of
 its steps ends; the pass's rows carry when they entered the processor and when they left it,
 and each written block's tally brings back the earliest of those, when it was written and
-how long the engine took over its longest row. ``phase_seconds`` turns the marks into the
+the earliest moment a row of it reached the engine (its exit less its own engine time). ``phase_seconds`` turns the marks into the
 phases a person reads, in order; the Airflow side adds the two that only Ray's job record
 knows (submission with the runtime environment before the driver, teardown after the
 commit: :func:`with_job_record`).
@@ -21,7 +21,7 @@ SUBMISSION = "submission"  # the Jobs API took the job -> the driver runs (runti
 DRIVER = "driver start"  # interpreter, Ray connection, the user's callables, the processor config
 LOCK = "lock"  # the output's lock
 PREFLIGHT = "pre-flight"  # output and input checks, a table's slice
-COUNT = "input count"  # a second read of the input for its rows and columns (none when counted in the pass)
+COUNT = "input count"  # the input's rows and columns: read in the driver (small text inputs) or a streaming pass
 BUILD = "processor build"  # ray.data.llm builds the stages (imports the engine's library)
 FIRST_BLOCK = "first block in"  # the pass starts -> the first rows reach the user's preprocess
 ENGINE = "engine start"  # -> the engine took its first request (its actor started and loaded the model)

@@ -61,10 +61,10 @@ def build_config(spec: ProcessorSpec, continue_on_error: bool, secrets: dict[str
 
 
 def request_classes(names: dict[str, str] | None) -> dict[str, Any]:
-    """dtype_mapping as classes: ``"module:Class"`` imported; a bare name of Ray Serve's
-    OpenAI request classes (``ray.serve.llm.openai_api_models``), or unset (all of them),
-    as the stand-ins of job/requests.py, which import that module only in the Serve stage's
-    actor, where the requests are made (it imports the engine's library)."""
+    """dtype_mapping as classes: ``"module:Class"`` imported; Ray Serve's chat and
+    completion request classes (``ray.serve.llm.openai_api_models``), by bare name or by
+    default, as the stand-ins of job/requests.py, which import that module only in the Serve
+    stage's actor, where the requests are made (it imports the engine's library)."""
     import importlib
 
     from airflow_provider_raydatallm.job import requests
@@ -74,9 +74,9 @@ def request_classes(names: dict[str, str] | None) -> dict[str, Any]:
     classes = {}
     for key, path in names.items():
         module, _, attr = path.rpartition(":")
-        # A bare name, or a class of Ray's OpenAI models module (given as a class on the Airflow
-        # side: its module path is Ray's internal one).
-        if attr in requests.BY_NAME and (not module or module.endswith(".openai_api_models")):
+        # A bare name, or Ray's own class (a class given on the Airflow side ships as its
+        # module path: ray.serve.llm.openai_api_models or Ray's internal one).
+        if attr in requests.BY_NAME and (not module or (module.startswith("ray.") and module.endswith(".openai_api_models"))):
             classes[key] = requests.BY_NAME[attr]
             continue
         try:

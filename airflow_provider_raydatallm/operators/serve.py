@@ -8,6 +8,7 @@ Both talk to the dashboard's Serve REST API (no Ray import here). See docs/serve
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,7 +43,26 @@ def _with_hook(conn_id: str, work: Callable[[RayHook], Awaitable[T]]) -> T:
         finally:
             await hook.aclose()
 
-    return asyncio.run(main())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    # Inside a running loop: on_kill, which Airflow calls from its SIGTERM handler while the
+    # task waits in asyncio.run on the same thread. The cleanup gets a thread and loop of its own.
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(main())
+        except BaseException as err:  # noqa: BLE001 (raised again in the caller's thread)
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="raydllm-serve-cleanup")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class RayServeLLMDeployOperator(BaseOperator):

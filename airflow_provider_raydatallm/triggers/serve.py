@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -79,13 +80,35 @@ class RayServeAppTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """The user marked the task failed / success or cleared it: drop the run's lease and
-        remove the app it created, unless another run holds a lease on it. A deploy that did
-        not create the app keeps its lease (Airflow also calls on_kill on a copy of the
-        trigger that only moved to another triggerer): it expires after ``lease_timeout``."""
-        if not self.remove_on_kill:
+        remove the app this deploy created, unless another run holds a lease on it. Airflow
+        also cancels a copy of the trigger that only moved to another triggerer "by user
+        action": the task instance is asked first, and a deploy still deferred (or resumed)
+        keeps its lease and app, as does one Airflow could not be asked about (its lease
+        expires after ``lease_timeout``)."""
+        if not (self.remove_on_kill or self.lease):
             return
+        # Airflow cancels on_kill again at each sync with its triggerer: it runs to its end.
+        self._killing = asyncio.ensure_future(self._abandon_unless_waited_on())
+        await asyncio.shield(self._killing)
+
+    async def _abandon_unless_waited_on(self) -> None:
+        from airflow_provider_raydatallm.triggers.ray_job import LOOKUP_TIMEOUT_SECONDS, UNKNOWN, _task_state
+
+        ti = getattr(self, "task_instance", None)
+        if ti is not None and getattr(ti, "run_id", None):
+            try:
+                state = await asyncio.wait_for(_task_state(ti), LOOKUP_TIMEOUT_SECONDS)
+            except Exception as err:  # noqa: BLE001 (any failure means: cannot tell)
+                self.log.warning("could not read the state of the deploy task instance: %r", err)
+                state = UNKNOWN
+            if state in ("deferred", "running", UNKNOWN):
+                self.log.info("Trigger cancelled, keeping Serve application %s and this run's lease: the task "
+                              "instance is %s (this copy moved to another triggerer, or the task resumed)",
+                              self.app_name, "unknown to this triggerer" if state == UNKNOWN else state)  # fmt: skip
+                return
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         try:
-            await serve_apps.abandon(hook, self.app_name, self.lease, self.log, created=True, config_hash=self.config_hash)
+            await serve_apps.abandon(hook, self.app_name, self.lease, self.log, created=self.remove_on_kill,
+                                     config_hash=self.config_hash)  # fmt: skip
         finally:
             await hook.aclose()

@@ -19,11 +19,18 @@ import ray.cloudpickle as cloudpickle
 from airflow_provider_raydatallm.job.processor import build_config
 from airflow_provider_raydatallm.job.spec import ProcessorSpec
 
+# A user's own module, named like Ray's, with a request class of the same name.
+import types
+sys.modules["mycorp"] = types.ModuleType("mycorp")
+sys.modules["mycorp.openai_api_models"] = own = types.ModuleType("mycorp.openai_api_models")
+own.ChatCompletionRequest = type("ChatCompletionRequest", (), {"__module__": "mycorp.openai_api_models"})
+
 spec = ProcessorSpec(type="ServeDeploymentProcessorConfig",
                      kwargs={"deployment_name": "LLMServer:m", "app_name": "a", "batch_size": 4})
 config = build_config(spec, False)
 named = build_config(spec.model_copy(update={"kwargs": {**spec.kwargs, "dtype_mapping": {
-    "Chat": "ChatCompletionRequest", "Mine": "ray.serve.llm.openai_api_models:CompletionRequest"}}}), False)
+    "Chat": "ChatCompletionRequest", "Mine": "ray.serve.llm.openai_api_models:CompletionRequest",
+    "Own": "mycorp.openai_api_models:ChatCompletionRequest"}}}), False)
 before = "vllm" in sys.modules
 # What the stage's actor gets: the classes travel by reference, then make real requests.
 shipped = cloudpickle.loads(cloudpickle.dumps(config.dtype_mapping))
@@ -49,8 +56,10 @@ def test_the_driver_names_serve_request_classes_and_the_actor_makes_real_request
     report, invalid = lines[-2], lines[-1]
     stand_in = "airflow_provider_raydatallm.job.requests:"
     assert report["type"] == "ServeDeploymentProcessorConfig" and report["vllm_before"] is False
-    assert report["names"] == ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"]
-    assert report["named"] == {"Chat": stand_in + "ChatCompletionRequest", "Mine": stand_in + "CompletionRequest"}
+    assert report["names"] == ["ChatCompletionRequest", "CompletionRequest"]
+    # A class of the user's own, even one named like Ray's, is imported as given.
+    assert report["named"] == {"Chat": stand_in + "ChatCompletionRequest", "Mine": stand_in + "CompletionRequest",
+                               "Own": "mycorp.openai_api_models:ChatCompletionRequest"}
     # The real class, with the engine's library loaded only now, where requests are made.
     assert report["request"] == "ray.serve.llm.openai_api_models:ChatCompletionRequest"
     assert report["max_tokens"] == 3 and report["vllm_after"] is True

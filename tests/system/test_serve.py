@@ -44,40 +44,15 @@ def _apps() -> dict:
     return RayHook().get_serve_state().apps
 
 
-def test_warm_sentiment_example_deploys_classifies_on_the_deployment_and_tears_down(examples, tmp_path):
-    conf = {"posts_root": str(tmp_path / "posts"), "output_root": str(tmp_path / "out"), "num_partitions": 2,
-            "posts_per_day": 12, "sql_conn_id": "warm_test_db", "app_name": "warm-example"}  # fmt: skip
-    run = examples.run("example_warm_sentiment", conf)
-    assert examples.states(run) == {"deploy_llm": "success", "partition_posts": "success", "classify": "success",
-                                    "write_summary": "success", "delete_llm": "success"}  # fmt: skip
-    deployed = examples.xcom(run, "deploy_llm")
-    assert deployed["app_name"] == "warm-example" and deployed["route_prefix"] == "/warm-example"
-    assert deployed["deployment_name"] == "LLMServer:smollm2-135m" and deployed["model_id"] == DEFAULT_MODEL_ID
-    assert deployed["base_url"] == "http://127.0.0.1:8410/warm-example/v1"
-    day_dir = tmp_path / "out" / "sentiment" / "date=2026-11-22"
-    table = pq.read_table(day_dir)
-    assert table.num_rows == 12 and set(table.column("sentiment").to_pylist()) <= LABELS
-    assert sorted(table.column("post_id").to_pylist()) == [p["post_id"] for p in social_posts("2026-11-22", 12)]
-    with sqlite3.connect(tmp_path / "out" / "sentiment.db") as conn:
-        assert sum(c for (c,) in conn.execute("SELECT count FROM daily_sentiment WHERE day = '2026-11-22'")) == 12
-    # The batch jobs used the deployment: a Serve stage, no engine of their own.
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=run.run_id, key="return_value", task_ids="classify",
-                                                  dag_ids="example_warm_sentiment")).all()  # fmt: skip
-        results = [XComModel.deserialize_value(r) for r in rows]
-    assert len(results) == 2
-    for result in results:
-        stages = " ".join(result["metrics"]["stage_seconds"])
-        assert "ServeDeployment" in stages and "vLLM" not in stages, stages
-        assert result["metrics"]["output_tokens"] > 0
-    assert "warm-example" not in _apps()
-
-
-def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(runner, tmp_path):
-    app = "warm-http"
+def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches_and_the_warm_example_shares_it(
+    runner, examples, tmp_path
+):
+    """One app for every Serve way of this module (an app's engine start is the slow part):
+    two runs of one DAG deploy it, the seed's OpenAI client and an HTTP batch use it, the
+    first run tears down mid-batch, the warm sentiment example (another DAG) deploys the same
+    app, classifies on it and tears down while the second run still holds it; the second
+    run's teardown removes it."""
+    app = "warm-shared"
     first = runner.run("serve_deploy", {"app_name": app})
     assert runner.states(first) == {"deploy_llm": "success"}
     assert runner.xcom(first, "deploy_llm", key="ray_serve_app")["changed"] is True
@@ -128,7 +103,7 @@ def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(r
     batch = runner.run("serve_http_batch", {"url": deployed["chat_completions_url"], "input": str(posts),
                                             "output": str(tmp_path / "out")})  # fmt: skip
     thread.join(60)
-    assert teardown["running"], "the batch job never ran"
+    assert teardown.get("running"), f"the batch job never ran, or the teardown did not end: {teardown}"
     result = teardown["result"]
     assert (result["app_name"], result["removed"]) == (app, False) and len(result["kept_for"]) == 1, result
     assert result["kept_for"][0].endswith(f":serve_deploy/{again.run_id}")  # <namespace>:<dag>/<run>
@@ -139,9 +114,46 @@ def test_deploy_is_idempotent_answers_the_seeds_openai_client_and_http_batches(r
     assert table.num_rows == 8 and set(table.column("sentiment").to_pylist()) <= LABELS
     assert result["metrics"]["error_rows"] == 0 and result["metrics"]["output_tokens"] > 0
 
+    # Another DAG shares the app: the warm sentiment example, as written, with this app's
+    # name. Its deploy finds the app as configured (nothing sent), its batch jobs classify on
+    # the deployment (a Serve stage, no engine of their own), and its teardown keeps the app
+    # for the run that still holds it.
+    conf = {"posts_root": str(tmp_path / "posts"), "output_root": str(tmp_path / "warm"), "num_partitions": 2,
+            "posts_per_day": 12, "sql_conn_id": "warm_test_db", "app_name": app}  # fmt: skip
+    run = examples.run("example_warm_sentiment", conf)
+    assert examples.states(run) == {"deploy_llm": "success", "partition_posts": "success", "classify": "success",
+                                    "write_summary": "success", "delete_llm": "success"}  # fmt: skip
+    shared = examples.xcom(run, "deploy_llm", key="ray_serve_app")
+    assert (shared["created"], shared["changed"], shared["config_hash"]) == (False, False, deployed["config_hash"])
+    deployed_here = examples.xcom(run, "deploy_llm")
+    assert deployed_here["app_name"] == app and deployed_here["route_prefix"] == f"/{app}"
+    assert deployed_here["deployment_name"] == "LLMServer:smollm2-135m" and deployed_here["model_id"] == DEFAULT_MODEL_ID
+    day_dir = tmp_path / "warm" / "sentiment" / "date=2026-11-22"
+    table = pq.read_table(day_dir)
+    assert table.num_rows == 12 and set(table.column("sentiment").to_pylist()) <= LABELS
+    assert sorted(table.column("post_id").to_pylist()) == [p["post_id"] for p in social_posts("2026-11-22", 12)]
+    with sqlite3.connect(tmp_path / "warm" / "sentiment.db") as conn:
+        assert sum(c for (c,) in conn.execute("SELECT count FROM daily_sentiment WHERE day = '2026-11-22'")) == 12
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=run.run_id, key="return_value", task_ids="classify",
+                                                  dag_ids="example_warm_sentiment")).all()  # fmt: skip
+        results = [XComModel.deserialize_value(r) for r in rows]
+    assert len(results) == 2
+    for result in results:
+        stages = " ".join(result["metrics"]["stage_seconds"])
+        assert "ServeDeployment" in stages and "vLLM" not in stages, stages
+        assert result["metrics"]["output_tokens"] > 0
+    kept = examples.xcom(run, "delete_llm")
+    assert (kept["removed"], len(kept["kept_for"])) == (False, 1), kept
+    assert kept["kept_for"][0].endswith(f":serve_deploy/{again.run_id}") and _apps()[app].status == "RUNNING"
+
     # The second run's teardown drops the last lease: the app goes; its lease records too.
     gone = runner.run("serve_delete", {"app_name": app, "lease": leases[1]})
     assert runner.xcom(gone, "delete_llm") == {"app_name": app, "removed": True, "kept_for": []} and app not in _apps()
-    assert not [j for j in RayHook().list_jobs() if (j.submission_id or "") in leases]
+    assert shared["lease"] not in leases
+    assert not [j for j in RayHook().list_jobs() if (j.submission_id or "") in [*leases, shared["lease"]]]
     twice = runner.run("serve_delete", {"app_name": app, "lease": leases[1]})
     assert runner.xcom(twice, "delete_llm") == {"app_name": app, "removed": False, "kept_for": []}

@@ -124,3 +124,79 @@ def test_a_failed_deploy_drops_its_lease_and_removes_its_app_only_when_nobody_el
         assert removed == [("warm", "h")]
 
     asyncio.run(main())
+
+
+class FakeHook:
+    """What operators/serve.py and triggers/serve.py build from a connection id: the in-memory
+    Jobs API above, shared by every hook of the test."""
+
+    jobs = Jobs()
+
+    def __init__(self, ray_conn_id: str = "ray_default") -> None:
+        self.ray_conn_id = ray_conn_id
+
+    def __getattr__(self, name):
+        return getattr(FakeHook.jobs, name)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_hooks(monkeypatch, removed):
+    from airflow_provider_raydatallm.operators import serve as serve_ops
+    from airflow_provider_raydatallm.triggers import serve as serve_triggers
+
+    FakeHook.jobs = Jobs()
+    monkeypatch.setattr(serve_ops, "RayHook", FakeHook)
+    monkeypatch.setattr(serve_triggers, "RayHook", FakeHook)
+    return FakeHook.jobs
+
+
+def test_a_deploy_killed_while_it_waits_on_a_worker_drops_its_lease_and_removes_its_app(fake_hooks, removed):
+    """Airflow calls on_kill from its SIGTERM handler on the thread that is inside the deploy's
+    asyncio.run (the wait for RUNNING): the cleanup cannot start a loop there."""
+    from airflow_provider_raydatallm.operators.serve import RayServeLLMDeployOperator
+
+    op = RayServeLLMDeployOperator(task_id="deploy_llm", app_name="warm", llm_configs=[{"model_loading_config": {
+        "model_id": "m", "model_source": "/models/m"}}])  # fmt: skip
+
+    async def waiting_when_killed():
+        op._lease = await serve_apps.take_lease(fake_hooks, "warm", "a/1", 3600, LOG)
+        op._created = ("warm", "h1")
+        op.on_kill()  # as the signal handler does, inside the running loop
+
+    asyncio.run(waiting_when_killed())
+    assert removed == [("warm", "h1")] and fake_hooks.jobs == {} and op._lease is None
+
+
+@pytest.mark.parametrize(
+    ("state", "abandoned"),
+    [("failed", True), (None, True), ("success", True), ("deferred", False), ("running", False), ("<unknown>", False)],
+)
+def test_a_deploy_killed_in_the_triggerer_asks_airflow_before_it_lets_go(fake_hooks, removed, monkeypatch, state, abandoned):
+    """Marked failed / success or cleared: the lease goes and the app it created with it. A copy
+    that only moved to another triggerer (the task instance still deferred), a task that
+    resumed, or a task instance Airflow could not be asked about keeps both."""
+    from types import SimpleNamespace
+
+    from airflow_provider_raydatallm.triggers import ray_job
+    from airflow_provider_raydatallm.triggers.serve import RayServeAppTrigger
+
+    async def task_state(ti):
+        if state == "<unknown>":
+            raise OSError("the API server did not answer")
+        return state
+
+    monkeypatch.setattr(ray_job, "_task_state", task_state)
+
+    async def main():
+        lease = await serve_apps.take_lease(fake_hooks, "warm", "a/1", 3600, LOG)
+        trigger = RayServeAppTrigger("warm", "h1", ray_conn_id="c", poll_interval=1, deadline=None, pending_timeout=9,
+                                     remove_on_kill=True, lease=lease)  # fmt: skip
+        trigger.task_instance = SimpleNamespace(dag_id="d", task_id="deploy_llm", run_id="r1", map_index=-1)
+        await trigger.on_kill()
+        return lease
+
+    lease = asyncio.run(main())
+    assert (lease not in fake_hooks.jobs, removed == [("warm", "h1")]) == (abandoned, abandoned)

@@ -40,8 +40,12 @@ const RDL = {
   },
   // The run's phases (seconds, in order) as one stacked bar with the phase names and
   // seconds in its title, and "N s outside inference" beside it.
-  PHASE_COLORS: ["#9aa5b1", "#7b8794", "#c3a3d6", "#a3c4f3", "#8bd3c7", "#f6c177", "#f4a261", "#e76f51",
-                 "#2a9d8f", "#b5c99a", "#90be6d", "#adb5bd", "#ced4da"],
+  // One colour per phase name (job/phases.py), so a phase looks the same in every row, whichever
+  // phases a run has (an HTTP endpoint reports no "engine start"); unknown names get the grey.
+  PHASE_COLORS: { "submission": "#9aa5b1", "driver start": "#7b8794", "lock": "#c3a3d6", "pre-flight": "#a3c4f3",
+                  "input count": "#8bd3c7", "processor build": "#f6c177", "first block in": "#f4a261",
+                  "engine start": "#e76f51", "inference": "#2a9d8f", "end of pass": "#b5c99a", "commit": "#90be6d",
+                  "teardown": "#adb5bd" },
   phasesBar(phases, width) {
     const entries = Object.entries(phases || {}).filter(([, v]) => typeof v === "number" && v >= 0);
     const total = entries.reduce((a, [, v]) => a + v, 0);
@@ -50,10 +54,10 @@ const RDL = {
     const title = entries.map(([k, v]) => `${k}: ${v.toFixed(1)} s`).join("\n") + `\ntotal: ${total.toFixed(1)} s`;
     const bar = RDL.el("span", { class: "phases", title, role: "img", style: `width:${width || 160}px`,
       "aria-label": entries.map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(", ") });
-    entries.forEach(([k, v], i) => {
+    entries.forEach(([k, v]) => {
       if (v <= 0) return;
       bar.append(RDL.el("span", { class: "phase", "data-phase": k,
-        style: `width:${(100 * v) / total}%;background:${RDL.PHASE_COLORS[i % RDL.PHASE_COLORS.length]}` }));
+        style: `width:${(100 * v) / total}%;background:${RDL.PHASE_COLORS[k] || "#ced4da"}` }));
     });
     const wrap = RDL.el("span", { class: "phases-cell" }, bar,
       RDL.el("span", { class: "small muted" }, ` ${outside.toFixed(1)} s outside inference`));
