@@ -205,9 +205,10 @@ def _refuse_foreign(state: api.ServeState, name: str, route_prefix: str, address
 
 
 async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, http_options: dict[str, Any] | None = None,
-                 proxy_location: str | None = None) -> Deployed:  # fmt: skip
+                 proxy_location: str | None = None, lease: str | None = None) -> Deployed:  # fmt: skip
     """Deploy or update one app config (``api.app_config``); a no-op when the same config is
-    already deployed."""
+    already deployed. ``lease``: the deploying run's own lease; an app that runs another
+    config while other runs hold leases on it is refused, not updated under them."""
     name, wanted = config["name"], api.config_hash(config) or ""
     conn = await hook.aconfig()
     address = conn.base_url
@@ -221,6 +222,16 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
             log.info("Serve application %s is already deployed with this config (%s): nothing to change, it is %s",
                      name, wanted, existing.status)  # fmt: skip
             return Deployed(name, wanted, created=False, changed=False)
+        if existing is not None and lease is not None and api.config_hash(existing.config) != wanted:
+            others = [j for j in await live_leases(hook, name) if j.submission_id != lease]
+            if others:
+                holders = sorted(str((j.metadata or {}).get(LEASE_HOLDER_KEY, j.submission_id)) for j in others)
+                raise RayServeDeployError(
+                    f"Serve application {name!r} at {address} runs another config ({api.config_hash(existing.config)}, "
+                    f"this deploy's is {wanted}) and {len(holders)} other run(s) hold a lease on it: "
+                    f"{', '.join(holders)}. Updating it would restart the engine under their batches: deploy this "
+                    "config under another app_name, or after their teardown"
+                )
         if state.running and (http_options or proxy_location):
             log.warning("Serve already runs at %s with its own HTTP options (%s, proxies %s); http_options and "
                         "proxy_location apply only when the deploy starts Serve", address, state.http_options,

@@ -73,7 +73,8 @@ class RayServeLLMDeployOperator(BaseOperator):
     The app is ``ray.serve.llm:build_openai_app`` over ``llm_configs``, deployed through the
     cluster's dashboard (Serve REST API) beside any other declarative apps, which are kept as
     they are. Deploying the same config again changes nothing (the app keeps running and
-    serving); a changed config updates the app in place. An app of the same name that this
+    serving); a changed config updates the app in place, unless other DAG runs hold leases on
+    it (then the deploy fails and names them). An app of the same name that this
     provider did not deploy is refused, never replaced.
 
     Use it as a setup task and :class:`RayServeLLMDeleteOperator` as its teardown, around the
@@ -187,7 +188,7 @@ class RayServeLLMDeployOperator(BaseOperator):
         try:
             deployed = _with_hook(
                 self.ray_conn_id,
-                lambda hook: serve_apps.deploy(hook, config, self.log, self.http_options, self.proxy_location),
+                lambda hook: serve_apps.deploy(hook, config, self.log, self.http_options, self.proxy_location, lease),
             )
         except BaseException:
             _with_hook(self.ray_conn_id, lambda hook: serve_apps.drop_lease(hook, lease, self.log))

@@ -184,6 +184,40 @@ async def test_deploy_of_the_same_config_sends_nothing(serve):
     assert _puts(serve) == []
 
 
+def _lease_record(app: str, holder: str) -> dict:
+    import time
+
+    return {"job_id": None, "submission_id": serve_apps.lease_id(app, holder), "status": "RUNNING", "entrypoint": "true",
+            "metadata": {serve_apps.LEASE_APP_KEY: app, serve_apps.LEASE_HOLDER_KEY: holder,
+                         serve_apps.LEASE_EXPIRES_KEY: f"{time.time() + 3600:.3f}"}}  # fmt: skip
+
+
+@pytest.mark.parametrize("others", [[], ["ns:daily_b/run7"]])
+async def test_a_changed_config_is_refused_while_other_runs_hold_the_app(serve, others):
+    """Another DAG deploys the same app name with another config: with no other lease it is an
+    update in place; while another run holds a lease, the engine would restart under its batch."""
+    old = api.app_config("llm", "/llm", [{**LLM, "engine_kwargs": {"max_model_len": 512}}])
+    ours = api.app_config("llm", "/llm", [LLM])
+    mine = serve_apps.lease_id("llm", "ns:daily_a/run1")
+    serve.answer("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(old)}))
+    serve.then("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours, "DEPLOYING")}))
+    serve.answer("PUT", api.APPLICATIONS_PATH, 200, "")
+    serve.answer("GET", "/api/jobs/", 200, [_lease_record("llm", "ns:daily_a/run1"), *(_lease_record("llm", h) for h in others),
+                                            _lease_record("other-app", "ns:daily_c/run1")])  # fmt: skip
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        if others:
+            with pytest.raises(RayServeDeployError, match=r"runs another config .* 1 other run\(s\) hold a lease on it: "
+                                                          r"ns:daily_b/run7\. Updating it would restart"):
+                await serve_apps.deploy(hook, ours, LOG, lease=mine)
+            assert _puts(serve) == []
+        else:
+            deployed = await serve_apps.deploy(hook, ours, LOG, lease=mine)
+            assert (deployed.created, deployed.changed) == (False, True) and len(_puts(serve)) == 1
+    finally:
+        await hook.aclose()
+
+
 async def test_deploy_adds_the_app_beside_others_and_checks_it_took(serve):
     ours = api.app_config("llm", "/llm", [LLM])
     other = {"name": "other", "route_prefix": "/other", "import_path": "m:app"}
