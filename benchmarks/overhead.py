@@ -79,8 +79,9 @@ def main() -> None:
     verdict = "pass" if ratio <= TARGET else "miss"
     body = "\n".join([
         f"Command: `python benchmarks/overhead.py --repeat {args.repeat} --rows {args.rows}` ({time.strftime('%Y-%m-%d')}; "
-        f"{common.machine()}). Seed 003 (industry of {args.rows} customers, {PARTITIONS} partitions, the seed's "
-        "functions and vLLMEngineProcessorConfig with the default model on CPU, batch_size 256, concurrency 1): "
+        f"{common.machine()}). The customer-industries use case (industry of {args.rows} customers, {PARTITIONS} "
+        "partitions, its preprocess and postprocess and vLLMEngineProcessorConfig with the default model on CPU, "
+        "batch_size 256, concurrency 1): "
         "the hand-written script through `ray job submit` (waits and prints the log) vs RayLLMBatchOperator in "
         "dag.test, alternated.",
         "",
