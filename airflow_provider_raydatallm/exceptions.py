@@ -131,3 +131,7 @@ class RayJobUnschedulableError(RayProviderError):
 
 class RayServeDeployError(RayProviderError):
     """A Ray Serve application could not be deployed, became unhealthy, or is not this provider's to change."""
+
+
+class RayServeAppInUseError(RayServeDeployError):
+    """A deploy would change a Serve application's config while other DAG runs hold leases on it."""

@@ -31,6 +31,7 @@ from airflow_provider_raydatallm.exceptions import (
     RayJobAlreadyExistsError,
     RayJobNotFoundError,
     RayProviderError,
+    RayServeAppInUseError,
     RayServeDeployError,
 )
 from airflow_provider_raydatallm.hooks import _serve_api as api
@@ -226,7 +227,7 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
             others = [j for j in await live_leases(hook, name) if j.submission_id != lease]
             if others:
                 holders = sorted(str((j.metadata or {}).get(LEASE_HOLDER_KEY, j.submission_id)) for j in others)
-                raise RayServeDeployError(
+                raise RayServeAppInUseError(
                     f"Serve application {name!r} at {address} runs another config ({api.config_hash(existing.config)}, "
                     f"this deploy's is {wanted}) and {len(holders)} other run(s) hold a lease on it: "
                     f"{', '.join(holders)}. Updating it would restart the engine under their batches: deploy this "
@@ -242,7 +243,8 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
         await hook.aput_serve_applications(body)
         after = (await hook.aget_serve_state()).apps.get(name)
         if after is not None and api.config_hash(after.config) == wanted:
-            return Deployed(name, wanted, created=existing is None, changed=True)
+            # An app that was being deleted is deployed anew: this deploy created it.
+            return Deployed(name, wanted, created=existing is None or existing.status == "DELETING", changed=True)
         log.warning("Serve's config changed under this deploy (another client wrote at the same time): attempt %d of %d",
                     attempt, WRITE_ATTEMPTS)  # fmt: skip
     raise RayServeDeployError(f"Serve application {name!r} at {address}: the config did not stay after {WRITE_ATTEMPTS} writes")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator, conf
 from airflow_provider_raydatallm import serve_apps
-from airflow_provider_raydatallm.exceptions import RayLLMConfigError, RayServeDeployError
+from airflow_provider_raydatallm.exceptions import RayLLMConfigError, RayServeAppInUseError, RayServeDeployError
 from airflow_provider_raydatallm.hooks import _serve_api as api
 from airflow_provider_raydatallm.hooks.ray import RayHook
 from airflow_provider_raydatallm.operators._submission import refuse_secret_env
@@ -190,6 +190,12 @@ class RayServeLLMDeployOperator(BaseOperator):
                 self.ray_conn_id,
                 lambda hook: serve_apps.deploy(hook, config, self.log, self.http_options, self.proxy_location, lease),
             )
+        except RayServeAppInUseError:
+            # Refused before any write: let go as a teardown would. A teardown of the runs
+            # that hold the app may have seen this run's lease meanwhile and kept the app for
+            # it; if no lease is left now, the app goes.
+            _with_hook(self.ray_conn_id, lambda hook: serve_apps.release(hook, config["name"], lease, self.log))
+            raise
         except BaseException:
             _with_hook(self.ray_conn_id, lambda hook: serve_apps.drop_lease(hook, lease, self.log))
             raise

@@ -79,12 +79,13 @@ class RayServeAppTrigger(BaseTrigger):
             await hook.aclose()
 
     async def on_kill(self) -> None:
-        """The user marked the task failed / success or cleared it: drop the run's lease and
+        """The user marked the task failed (or deleted its run): drop the run's lease and
         remove the app this deploy created, unless another run holds a lease on it. Airflow
-        also cancels a copy of the trigger that only moved to another triggerer "by user
-        action": the task instance is asked first, and a deploy still deferred (or resumed)
-        keeps its lease and app, as does one Airflow could not be asked about (its lease
-        expires after ``lease_timeout``)."""
+        also cancels a copy of the trigger that only moved to another triggerer, or a stale
+        one, "by user action": the task instance is asked first, and a deploy in any other
+        state (deferred, resumed, cleared for another try, marked success: its teardown
+        runs) keeps its lease and app, as does one Airflow could not be asked about (its
+        lease expires after ``lease_timeout``)."""
         if not (self.remove_on_kill or self.lease):
             return
         # Airflow cancels on_kill again at each sync with its triggerer: it runs to its end.
@@ -92,7 +93,11 @@ class RayServeAppTrigger(BaseTrigger):
         await asyncio.shield(self._killing)
 
     async def _abandon_unless_waited_on(self) -> None:
-        from airflow_provider_raydatallm.triggers.ray_job import LOOKUP_TIMEOUT_SECONDS, UNKNOWN, _task_state
+        from airflow_provider_raydatallm.triggers.ray_job import ABSENT, LOOKUP_TIMEOUT_SECONDS, UNKNOWN, _task_state
+
+        # The deploy is over for good only in these states (or its run was deleted); marked
+        # success, its teardown runs; cleared, its next try finds the app as it left it.
+        LET_GO = {"failed", "upstream_failed", "skipped", "removed", ABSENT}
 
         ti = getattr(self, "task_instance", None)
         if ti is not None and getattr(ti, "run_id", None):
@@ -101,9 +106,10 @@ class RayServeAppTrigger(BaseTrigger):
             except Exception as err:  # noqa: BLE001 (any failure means: cannot tell)
                 self.log.warning("could not read the state of the deploy task instance: %r", err)
                 state = UNKNOWN
-            if state in ("deferred", "running", UNKNOWN):
+            if state not in LET_GO:
                 self.log.info("Trigger cancelled, keeping Serve application %s and this run's lease: the task "
-                              "instance is %s (this copy moved to another triggerer, or the task resumed)",
+                              "instance is %s (this copy moved to another triggerer or is stale, the task resumed, "
+                              "was cleared or marked success: its next try or its teardown takes over)",
                               self.app_name, "unknown to this triggerer" if state == UNKNOWN else state)  # fmt: skip
                 return
         hook = RayHook(ray_conn_id=self.ray_conn_id)

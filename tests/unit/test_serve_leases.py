@@ -172,12 +172,14 @@ def test_a_deploy_killed_while_it_waits_on_a_worker_drops_its_lease_and_removes_
 
 @pytest.mark.parametrize(
     ("state", "abandoned"),
-    [("failed", True), (None, True), ("success", True), ("deferred", False), ("running", False), ("<unknown>", False)],
+    [("failed", True), ("<absent>", True), (None, False), ("success", False), ("scheduled", False), ("deferred", False),
+     ("running", False), ("<unknown>", False)],
 )
 def test_a_deploy_killed_in_the_triggerer_asks_airflow_before_it_lets_go(fake_hooks, removed, monkeypatch, state, abandoned):
-    """Marked failed / success or cleared: the lease goes and the app it created with it. A copy
-    that only moved to another triggerer (the task instance still deferred), a task that
-    resumed, or a task instance Airflow could not be asked about keeps both."""
+    """Marked failed, or its run deleted: the lease goes and the app it created with it. A copy
+    that only moved to another triggerer (the task instance still deferred) or a stale one (the
+    task resumed: running, scheduled), a task cleared for its next try or marked success (its
+    teardown runs), or a task instance Airflow could not be asked about keeps both."""
     from types import SimpleNamespace
 
     from airflow_provider_raydatallm.triggers import ray_job
@@ -200,3 +202,32 @@ def test_a_deploy_killed_in_the_triggerer_asks_airflow_before_it_lets_go(fake_ho
 
     lease = asyncio.run(main())
     assert (lease not in fake_hooks.jobs, removed == [("warm", "h1")]) == (abandoned, abandoned)
+
+
+def test_a_deploy_refused_for_another_config_lets_go_as_a_teardown_would(fake_hooks, removed, monkeypatch):
+    """Run B deploys another config of an app run A holds: refused. A's teardown may have run
+    while B's lease was up and kept the app for B: B's refusal then removes it, as the last
+    teardown would, instead of leaving it to nobody."""
+    from types import SimpleNamespace
+
+    from airflow_provider_raydatallm.exceptions import RayServeAppInUseError
+    from airflow_provider_raydatallm.operators.serve import RayServeLLMDeployOperator
+
+    async def refused(*args, **kwargs):
+        # A's teardown lands while B's lease is up: A's lease goes, the app is kept for B.
+        a = serve_apps.lease_id("warm", "ns:daily_a/run1")
+        assert await serve_apps.release(fake_hooks, "warm", a, LOG) == (False, ["ns:daily_b/run7"])
+        raise RayServeAppInUseError("runs another config")
+
+    async def namespace_of(hook):
+        return "ns"
+
+    monkeypatch.setattr(serve_apps, "deploy", refused)
+    monkeypatch.setattr(serve_apps, "namespace_of", namespace_of)
+    asyncio.run(serve_apps.take_lease(fake_hooks, "warm", "ns:daily_a/run1", 3600, LOG))
+    op = RayServeLLMDeployOperator(task_id="deploy_llm", app_name="warm", llm_configs=[{"model_loading_config": {
+        "model_id": "m", "model_source": "/models/m"}}])  # fmt: skip
+    ti = SimpleNamespace(dag_id="daily_b", run_id="run7", map_index=-1, xcom_push=lambda **kw: None)
+    with pytest.raises(RayServeAppInUseError):
+        op.execute({"ti": ti})
+    assert fake_hooks.jobs == {} and removed == [("warm", None)]
