@@ -100,6 +100,11 @@ async def live_leases(hook: RayHook, app: str, now: float | None = None) -> list
     return found
 
 
+def holders_of(leases: list[Any]) -> list[str]:
+    """The runs that hold these lease records, sorted (their record id when a holder is missing)."""
+    return sorted(str((j.metadata or {}).get(LEASE_HOLDER_KEY, j.submission_id)) for j in leases)
+
+
 async def drop_lease(hook: RayHook, sid: str, log: logging.Logger) -> bool:
     """Delete one lease record (stopping its `true` job first if it still runs); False when
     there was none."""
@@ -132,7 +137,7 @@ async def release(hook: RayHook, app: str, sid: str | None, log: logging.Logger,
     while True:
         others = await live_leases(hook, app)
         if others:
-            holders = sorted(str((j.metadata or {}).get(LEASE_HOLDER_KEY, j.submission_id)) for j in others)
+            holders = holders_of(others)
             log.info("Serve application %s is kept: %d other run(s) hold a lease on it (%s)", app, len(holders),
                      ", ".join(holders))  # fmt: skip
             return False, holders
@@ -226,7 +231,7 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
         if existing is not None and lease is not None and api.config_hash(existing.config) != wanted:
             others = [j for j in await live_leases(hook, name) if j.submission_id != lease]
             if others:
-                holders = sorted(str((j.metadata or {}).get(LEASE_HOLDER_KEY, j.submission_id)) for j in others)
+                holders = holders_of(others)
                 raise RayServeAppInUseError(
                     f"Serve application {name!r} at {address} runs another config ({api.config_hash(existing.config)}, "
                     f"this deploy's is {wanted}) and {len(holders)} other run(s) hold a lease on it: "
