@@ -72,6 +72,9 @@ class RealAirflow:
         self.base = settings.base
         self.procs: dict[str, int] = dict(pids)
         self._token = ""
+        # Set per test (_test_deadline below): a wait gives up, with the components' logs,
+        # before pytest-timeout ends the test with nothing but thread stacks.
+        self.test_deadline = float("inf")
 
     # -- processes --------------------------------------------------------------------------
 
@@ -179,11 +182,13 @@ class RealAirflow:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
 
     def _wait_state(self, what: str, fetch: Callable[[], dict[str, Any]], states: set[str], timeout: float) -> dict[str, Any]:
-        deadline, found = time.monotonic() + timeout, {}
-        while time.monotonic() < deadline:
+        deadline = min(time.monotonic() + timeout, self.test_deadline)
+        while True:  # one look at least, however late
             found = fetch()
             if found.get("state") in states:
                 return found
+            if time.monotonic() >= deadline:
+                break
             time.sleep(1)
         raise AssertionError(f"{what} never reached {states}: {found}\n{self.diagnostics()}")
 
@@ -204,6 +209,9 @@ class RealAirflow:
     def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", {"new_state": state})
 
+    def mark_run(self, dag_id: str, run_id: str, state: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": state})
+
     def clear(self, dag_id: str, run_id: str, task_id: str) -> None:
         self._request("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances",
                       {"dag_run_id": run_id, "task_ids": [task_id], "dry_run": False, "only_failed": False})  # fmt: skip
@@ -223,6 +231,48 @@ class RealAirflow:
 
     def diagnostics(self) -> str:
         return "\n".join(f"--- {c} ---\n{self.component_log(c)[-2500:]}" for c in COMPONENTS)
+
+
+_STARTED = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """When the test's pytest-timeout clock started (near enough: its setup)."""
+    item.stash[_STARTED] = time.monotonic()
+
+
+def _timeout_of(request) -> float:
+    """The test's pytest-timeout in seconds, as pytest-timeout reads it (marker, then the
+    command line or the environment, then the ini file); 0 when there is none."""
+    marker = request.node.get_closest_marker("timeout")
+    if marker and (marker.args or "timeout" in marker.kwargs):
+        value = marker.args[0] if marker.args else marker.kwargs["timeout"]
+    elif request.config.getoption("timeout", None) is not None:
+        value = request.config.getoption("timeout")
+    elif os.environ.get("PYTEST_TIMEOUT"):
+        value = os.environ["PYTEST_TIMEOUT"]
+    else:
+        value = request.config.getini("timeout")
+    return float(value or 0)
+
+
+@pytest.fixture(autouse=True)
+def _test_deadline(request):
+    """Waits on the real Airflow (RealAirflow._wait_state) end 30 s before the test's
+    pytest-timeout would: a failed wait prints the components' logs, pytest-timeout only
+    thread stacks."""
+    limit = _timeout_of(request)
+    if "real_airflow" not in request.fixturenames or limit <= 0:
+        yield
+        return
+    airflow = request.getfixturevalue("real_airflow")
+    started = request.node.stash.get(_STARTED, time.monotonic())
+    airflow.test_deadline = started + max(limit - 30, limit / 2)
+    try:
+        yield
+    finally:
+        airflow.test_deadline = float("inf")
 
 
 @pytest.fixture(scope="package")
