@@ -4,9 +4,9 @@ The driver marks the wall-clock time (``time.time()``, seconds since the epoch) 
 its steps ends; the pass's rows carry when they entered the processor and when they left it,
 and each written block's tally brings back the earliest of those, when it was written and
 the earliest moment a row of it reached the engine (its exit less its own engine time).
-``phase_seconds`` turns the marks into the phases a person reads, in order; the Airflow side adds the two that only Ray's job record
-knows (submission with the runtime environment before the driver, teardown after the
-commit: :func:`with_job_record`).
+``phase_seconds`` turns the marks into the phases a person reads, in order; the Airflow side
+adds the two that only Ray's job record knows (submission with the runtime environment before
+the driver, teardown after the commit: :func:`with_job_record`).
 
 No import of Ray here: the Airflow side reads the same names.
 """

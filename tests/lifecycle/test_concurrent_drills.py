@@ -34,27 +34,30 @@ def drills(real_airflow, ray_cluster, tmp_path_factory) -> Iterator[dict[str, An
     """Trigger every drill of the module at once: {name: (run ids, paths)}."""
     tmp = tmp_path_factory.mktemp("concurrent-drills")
     started: dict[str, Any] = {}
+    runs: list[tuple[str, str]] = []  # every (DAG, run) triggered, for the teardown
+
+    def trigger(dag_id: str, conf: dict[str, Any]) -> str:
+        runs.append((dag_id, real_airflow.trigger(dag_id, conf)))
+        return runs[-1][1]
 
     conf = {"input": _input(tmp / "timeout.jsonl", 10, 12), "output": str(tmp / "timeout-out")}
-    started["timeout"] = real_airflow.trigger("drill_timeout", conf)
+    started["timeout"] = trigger("drill_timeout", conf)
 
     shared_out = tmp / "shared_out"
     conf = {"input": _input(tmp / "same.jsonl", 4, 5), "output": str(shared_out)}
-    started["same_output"] = ([real_airflow.trigger("drill_same_output", conf) for _ in range(2)], shared_out)
+    started["same_output"] = ([trigger("drill_same_output", conf) for _ in range(2)], shared_out)
 
     shared = tmp / "shared"
     shared.mkdir()
     (shared / "other_table.parquet").write_text("another team's data")
-    foreign = real_airflow.trigger("drill_deferred", {"input": _input(tmp / "in.jsonl", 2, 0), "output": str(shared)})
+    foreign = trigger("drill_deferred", {"input": _input(tmp / "in.jsonl", 2, 0), "output": str(shared)})
     data = tmp / "data"
     conf = {"input": _input(data / "in.jsonl", 2, 0), "output": str(data)}
-    started["refused"] = (foreign, shared, real_airflow.trigger("drill_deferred", conf), data)
+    started["refused"] = (foreign, shared, trigger("drill_deferred", conf), data)
 
     yield started
 
     # Whatever a failed test left running ends here, not in the timing drills after this module.
-    runs = [("drill_timeout", started["timeout"]), *(("drill_same_output", r) for r in started["same_output"][0]),
-            ("drill_deferred", started["refused"][0]), ("drill_deferred", started["refused"][2])]  # fmt: skip
     for dag_id, run_id in runs:
         try:
             real_airflow.wait_run(dag_id, run_id, {"success", "failed"}, timeout=120)
