@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +76,7 @@ class RealAirflow:
         # Set per test (_test_deadline below): a wait gives up, with the components' logs,
         # before pytest-timeout ends the test with nothing but thread stacks.
         self.test_deadline = float("inf")
+        self._writes = threading.Lock()
 
     # -- processes --------------------------------------------------------------------------
 
@@ -153,11 +155,15 @@ class RealAirflow:
         req = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
         req.add_header("Authorization", f"Bearer {self._token}")
         req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                text = resp.read()
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"{method} {path} -> {err.code}: {err.read()[:2000]!r}") from None
+        # Drills run side by side in threads (test_concurrent_recoveries.py): two writes at
+        # once through the API server fail on SQLite ("Database error", 500), so a user's
+        # clicks arrive one at a time here, as from one person at one browser.
+        with self._writes if method != "GET" else contextlib.nullcontext():
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    text = resp.read()
+            except urllib.error.HTTPError as err:
+                raise AssertionError(f"{method} {path} -> {err.code}: {err.read()[:2000]!r}") from None
         return json.loads(text) if text else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:

@@ -52,7 +52,44 @@ def _run(real_airflow, dag_id: str, tmp_path: Path, name: str, rows: int, delay:
 
 
 @pytest.fixture(scope="module")
-def finished(real_airflow, tmp_path_factory) -> dict[str, Any]:
+def pressed_trigger(real_airflow) -> dict[str, Any]:
+    """Trigger pressed on the sentiment example in the UI, before the module's other tests:
+    its run (an engine start, a minute on 2 cores) goes on while they run, and the last test
+    waits for it. Airflow 3.3's dialog fills in the current time as the logical date; runs
+    without one are the drills' REST triggers and tests/unit/test_example_dags_parse.py.
+    What went wrong here is raised by that test, not by every test of the module."""
+    dag = "example_daily_sentiment"
+    pressed: dict[str, Any] = {"dag": dag, "run_id": None, "error": None}
+    try:
+        real_airflow.wait_for_dag(dag)
+        before = {r["dag_run_id"] for r in real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns")["dag_runs"]}
+        pw, browser = _browser()
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            _login(page, real_airflow.base, "admin")
+            page.goto(f"{real_airflow.base}/dags/{dag}")
+            page.get_by_role("button", name="Trigger Dag").click()
+            dialog = page.get_by_role("dialog")
+            # The run parameters form, as a user edits it: one partition of 12 posts (one engine
+            # on this 2-core machine instead of two side by side).
+            dialog.locator("input[name='element_num_partitions']").fill("1")
+            dialog.locator("input[name='element_posts_per_day']").fill("12")
+            dialog.get_by_role("button", name="Trigger", exact=True).click()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and pressed["run_id"] is None:
+                runs = real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns")["dag_runs"]
+                pressed["run_id"] = next((r["dag_run_id"] for r in runs if r["dag_run_id"] not in before), None)
+                time.sleep(1)
+        finally:
+            browser.close()
+            pw.stop()
+    except Exception as err:  # noqa: BLE001 (raised by the test that needs it)
+        pressed["error"] = err
+    return pressed
+
+
+@pytest.fixture(scope="module")
+def finished(real_airflow, tmp_path_factory, pressed_trigger) -> dict[str, Any]:
     """One finished run of each UI DAG: 8 rows, rows 3 and 6 fail in the preprocess."""
     tmp = tmp_path_factory.mktemp("ui")
     runs = {dag: _run(real_airflow, dag, tmp, dag, 8, 0, {3, 6}) for dag in ("raydllm_ui", "raydllm_ui_hidden")}
@@ -363,39 +400,26 @@ def test_plugin_trusts_nothing_it_reads_from_xcom(real_airflow, finished):
     real_airflow._request("PATCH", path, {"value": own, "map_index": -1})
 
 
-def test_trigger_button_runs_the_daily_sentiment_example_and_the_runs_page_lists_it(real_airflow):
+def test_trigger_button_runs_the_daily_sentiment_example_and_the_runs_page_lists_it(real_airflow, pressed_trigger):
     """What a newcomer does after `make airflow` (this Airflow is started by the same
-    script): press Trigger on the sentiment example in the UI (Airflow 3.3's dialog fills in
-    the current time as the logical date; runs without one are the drills' REST triggers and
-    tests/unit/test_example_dags_parse.py), wait for the run to succeed, and find its
-    partition task on the "LLM batch runs" page."""
-    dag = "example_daily_sentiment"
-    real_airflow.wait_for_dag(dag)
-    before = {r["dag_run_id"] for r in real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns")["dag_runs"]}
+    script): press Trigger on the sentiment example in the UI (pressed_trigger, before the
+    module's other tests), wait for the run to succeed, and find its partition task on the
+    "LLM batch runs" page."""
+    dag = pressed_trigger["dag"]
+    if pressed_trigger["error"] is not None:
+        raise pressed_trigger["error"]
+    run_id = pressed_trigger["run_id"]
+    assert run_id, "pressing Trigger made no run"
+    run = real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}")
+    assert run["run_type"] == "manual" and (run["conf"]["num_partitions"], run["conf"]["posts_per_day"]) == (1, 12), run
+    run = real_airflow.wait_run(dag, run_id, {"success", "failed"}, timeout=900)
+    logs = "" if run["state"] == "success" else real_airflow.task_log(dag, run_id, "classify")[-5000:]
+    assert run["state"] == "success", logs
+
     pw, browser = _browser()
     try:
         page = browser.new_page(viewport={"width": 1500, "height": 950})
         _login(page, real_airflow.base, "admin")
-        page.goto(f"{real_airflow.base}/dags/{dag}")
-        page.get_by_role("button", name="Trigger Dag").click()
-        dialog = page.get_by_role("dialog")
-        # The run parameters form, as a user edits it: one partition of 12 posts (one engine
-        # on this 2-core machine instead of two side by side).
-        dialog.locator("input[name='element_num_partitions']").fill("1")
-        dialog.locator("input[name='element_posts_per_day']").fill("12")
-        dialog.get_by_role("button", name="Trigger", exact=True).click()
-        deadline, run_id = time.monotonic() + 60, None
-        while time.monotonic() < deadline and run_id is None:
-            runs = real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns")["dag_runs"]
-            run_id = next((r["dag_run_id"] for r in runs if r["dag_run_id"] not in before), None)
-            time.sleep(1)
-        assert run_id, "pressing Trigger made no run"
-        run = real_airflow._request("GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}")
-        assert run["run_type"] == "manual" and (run["conf"]["num_partitions"], run["conf"]["posts_per_day"]) == (1, 12), run
-        run = real_airflow.wait_run(dag, run_id, {"success", "failed"}, timeout=900)
-        logs = "" if run["state"] == "success" else real_airflow.task_log(dag, run_id, "classify")[-5000:]
-        assert run["state"] == "success", logs
-
         page.goto(f"{real_airflow.base}/plugin/llm-batch-runs")
         frame = _plugin_frame(page, "LLM batch runs")
         rows = frame.locator(f"tr[data-dag='{dag}'][data-run='{run_id}']")

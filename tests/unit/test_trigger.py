@@ -74,10 +74,20 @@ def test_validate_event_refuses_a_foreign_payload():
 
 
 async def test_a_passed_deadline_stops_the_job_it_owns(dashboard):
+    import asyncio
+
     dashboard.answer("GET", "/api/jobs/s1", 200, JOB)
     dashboard.answer("POST", "/api/jobs/s1/stop", 200, {"stopped": True})
+
+    async def stop_takes_effect():  # as Ray does: the job reads STOPPED once the stop arrived
+        while not any(s.method == "POST" for s in dashboard.seen):
+            await asyncio.sleep(0.05)
+        dashboard.answer("GET", "/api/jobs/s1", 200, {**JOB, "status": "STOPPED"})
+
+    ray_side = asyncio.ensure_future(stop_takes_effect())
     (event,) = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, deadline=1.0, fetch_logs=False))
-    assert event.status == "timeout" and "stopped" in event.message
+    ray_side.cancel()
+    assert event.status == "timeout" and event.message == "the task's timeout passed: the job was stopped"
     assert [s.path for s in dashboard.seen if s.method == "POST"] == ["/api/jobs/s1/stop"]
 
 

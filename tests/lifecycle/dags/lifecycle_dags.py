@@ -2,16 +2,14 @@
 
 Each job sends its rows to a local OpenAI-compatible endpoint (connection ``echo``) through
 Ray's HttpRequestProcessorConfig. A row's ``delay`` column is slept in the preprocess, so a
-drill decides how long its job runs (one partition: the delays add up). The prompt comes
-from ``prompt.txt`` beside this file, read when the file is parsed: a drill edits it to
-change the task's spec, as a user editing a DAG would.
+drill decides how long its job runs (one partition: the delays add up). The drill that
+edits a DAG's prompt has its own file (prompt_dags.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, BaseOperator, Param, task
@@ -21,8 +19,7 @@ from airflow_provider_raydatallm.operators import RayLLMBatchOperator
 from airflow_provider_raydatallm.operators.serve import RayServeLLMDeleteOperator, RayServeLLMDeployOperator
 from airflow_provider_raydatallm.tables import IcebergTable
 
-PROMPT_FILE = Path(__file__).with_name("prompt.txt")
-PROMPT = PROMPT_FILE.read_text().strip() if PROMPT_FILE.exists() else "Answer briefly."
+PROMPT = "Answer briefly."
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 PARAMS = {"input": Param("", type="string"), "output": Param("", type="string")}
 HTTP_CONFIG = {"type": "HttpRequestProcessorConfig", "batch_size": 4, "concurrency": 1, "max_retries": 0}
@@ -97,12 +94,12 @@ with _dag("drill_unplaceable"):
     _batch(
         "classify", processor_config=cpu_vllm_config(accelerator_type="H100"), http_conn_id=None,
         preprocess=lambda row: {"messages": [{"role": "user", "content": row["item"]}]}, postprocess=None,
-        deferrable=True, pending_timeout=40,
+        deferrable=True, pending_timeout=15,
     )  # fmt: skip
 
 # A try that fails midway, then its retry (resume) or a clear (from zero). One partition per
 # 4 rows; the failing row's partition fails last, after the others are written.
-for _dag_id, _delay in (("drill_resume", dt.timedelta(seconds=15)), ("drill_resume_clear", dt.timedelta(hours=2))):
+for _dag_id, _delay in (("drill_resume", dt.timedelta(seconds=5)), ("drill_resume_clear", dt.timedelta(hours=2))):
     with _dag(_dag_id):
         _batch("ask", deferrable=True, retries=1, retry_delay=_delay, preprocess=fail_while_flagged, num_partitions=6)
 

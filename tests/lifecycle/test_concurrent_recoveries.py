@@ -1,0 +1,333 @@
+"""Lifecycle drills that act on a run midway, under the real Airflow (tests/lifecycle/
+conftest.py): a try that fails midway, then its retry (resume) or a clear (from zero); a table
+output retried and cleared; a clear after the prompt changed; a worker killed mid-job; a Serve
+LLM app as setup and teardown around mapped batch tasks. Each drill is one script, as a user acting on the run
+would do it; the module's fixture runs the scripts side by side in threads, as a shared
+Airflow runs such runs, and each test waits for its own script and re-raises what it found.
+
+Most of their time is waiting (rows that sleep, retry delays, the scheduler), not CPU:
+the waits of one overlap the CPU work of the others (the Serve drill starts the default model
+on vLLM). None of these drills asserts on a time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from demo_helpers import write_jsonl
+
+from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
+from tests.lifecycle.conftest import DAGS
+from tests.lifecycle.drills import _input, _jobs, _wait_job
+
+pytestmark = pytest.mark.lifecycle
+PROMPT_FILE = DAGS / "prompt.txt"
+
+
+@pytest.fixture(autouse=True)
+def _ray(ray_conn):
+    """The tests' own RayHook reads ray_default from the environment."""
+
+
+class Drill(threading.Thread):
+    """One drill's script in a thread of its own: what it returned, or what it raised."""
+
+    def __init__(self, name: str, script: Callable[[], Any]):
+        super().__init__(name=f"drill-{name}", daemon=True)
+        self.script, self.result, self.error = script, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.script()
+        except BaseException as err:  # noqa: BLE001 (the test re-raises it)
+            self.error = err
+
+    def outcome(self, airflow) -> Any:
+        """Wait for the script (until 30 s before the test's pytest-timeout) and re-raise
+        what it raised: the test fails with the drill's own assertion."""
+        self.join(max(1.0, airflow.test_deadline - time.monotonic()))
+        if self.is_alive():
+            raise AssertionError(f"{self.name} still runs at the test's deadline\n{airflow.diagnostics()}")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _resume_input(path: Path, tag: str, flag: Path) -> str:
+    """24 rows; row 24 fails its partition while ``flag`` exists, 30 s after it reached the
+    preprocess: the other partitions' blocks are written by then, even beside a starting engine."""
+    flag.write_text("fail")
+    rows = [{"id": i, "item": f"{tag} {i}", "delay": 0} for i in range(1, 25)]
+    rows[-1].update(fail_flag=str(flag), delay=30)
+    return str(write_jsonl(path, rows))
+
+
+def _sent(tag: str) -> list[int]:
+    """The rows of a drill's input (items ``<tag> <id>``) sent to the echo endpoint, in order."""
+    from tests import echo_server
+
+    return [int(m.rsplit(" ", 1)[1]) for m in list(echo_server.SEEN) if f" {tag} " in f" {m.rsplit(' ', 1)[0]} "]
+
+
+def _fail_first_try(airflow, tmp: Path, dag_id: str, tag: str) -> tuple[Path, str, list[int]]:
+    """Run ``dag_id`` on the 24-row input until its first try failed midway; then let the
+    failing row pass. Returns (output directory, run id, the rows the first try sent)."""
+    out, flag = tmp / "out", tmp / "fail.flag"
+    conf = {"input": _resume_input(tmp / "in.jsonl", tag, flag), "output": str(out)}
+    run_id = airflow.trigger(dag_id, conf)
+    try:
+        airflow.wait_ti(dag_id, run_id, "ask", {"up_for_retry", "failed"}, 600)
+        return out, run_id, _sent(tag)
+    finally:
+        flag.unlink(missing_ok=True)
+
+
+def resume_after_retry(airflow, tmp: Path) -> None:
+    """A retry resumes where the failed try stopped."""
+    tag = "resume-retry"
+    out, run_id, first_try = _fail_first_try(airflow, tmp, "drill_resume", tag)
+    assert 24 not in first_try  # the failing row's partition never reached the endpoint
+    records = [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
+    written = sorted(int(i) for r in records for i in r["ids"])
+    assert len(written) >= 4 and set(written) <= set(first_try), (written, first_try)  # kept for the retry
+    assert not (out / "_SUCCESS").exists()  # nothing committed
+
+    assert airflow.wait_ti("drill_resume", run_id, "ask", {"success", "failed"}, 600)["state"] == "success"
+    second_try = sorted(_sent(tag)[len(first_try):])
+    assert second_try == sorted(set(range(1, 25)) - set(written))  # only the rows the failed try did not write
+    metrics = airflow.xcom("drill_resume", run_id, "ask")["metrics"]
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["error_rows"]) == (24, 24, 0)
+    assert metrics["resumed_rows"] == len(written)
+    log = airflow.task_log("drill_resume", run_id, "ask", 2)
+    assert f"resuming: {len(written)} of 24 rows were written by an earlier try" in log
+    ids = [r["id"] for r in pq.read_table(out).to_pylist()]
+    assert sorted(ids) == list(range(1, 25))  # every id exactly once
+    assert not (out / "_raydllm").exists()
+    assert [j.status for j in _jobs("drill_resume", run_id)] == [RayJobStatus.FAILED, RayJobStatus.SUCCEEDED]
+
+
+def clear_from_zero(airflow, tmp: Path) -> None:
+    """Clearing a task whose try failed midway starts it from zero."""
+    tag = "resume-clear"
+    out, run_id, first_try = _fail_first_try(airflow, tmp, "drill_resume_clear", tag)
+    assert len(list(out.glob("_raydllm/staging/resume-*/_blocks/*.json"))) >= 1
+
+    airflow.clear("drill_resume_clear", run_id, "ask")  # instead of waiting 2 h for the retry
+    assert airflow.wait_ti("drill_resume_clear", run_id, "ask", {"success", "failed"}, 600)["state"] == "success"
+    assert len(_sent(tag)) - len(first_try) == 24  # every row again
+    metrics = airflow.xcom("drill_resume_clear", run_id, "ask")["metrics"]
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["resumed_rows"]) == (24, 24, 0)
+    assert sorted(r["id"] for r in pq.read_table(out).to_pylist()) == list(range(1, 25))
+
+
+def _table_rows(out: Path) -> tuple[dict[str, list[int]], list[dict]]:
+    """(part -> sorted ids, snapshot summaries) of the drill's Iceberg table."""
+    from pyiceberg.catalog import load_catalog
+
+    table = load_catalog("default", type="sql", uri=f"sqlite:///{out}/catalog.db", warehouse=f"file://{out}/warehouse")\
+        .load_table("drill.answers")  # fmt: skip
+    parts: dict[str, list[int]] = {}
+    for row in table.scan().to_arrow().to_pylist():
+        parts.setdefault(row["part"], []).append(row["id"])
+    return {p: sorted(ids) for p, ids in parts.items()}, [dict(s.summary.additional_properties) for s in table.snapshots()]
+
+
+def table_retried_and_cleared(airflow, tmp: Path) -> None:
+    """A task whose first try fails midway, retried, commits its slice once; clearing the
+    other task replaces its slice (a new snapshot), and neither touches the other's rows."""
+    out, flag = tmp / "out", tmp / "fail.flag"
+    out.mkdir()
+    flag.write_text("fail")
+    rows_a = [{"id": i, "item": f"table-a {i}", "delay": 0} for i in range(1, 9)]
+    rows_a[-1].update(fail_flag=str(flag), delay=3)
+    rows_b = [{"id": i, "item": f"table-b {i}"} for i in range(101, 105)]
+    conf = {"input_a": str(write_jsonl(tmp / "a.jsonl", rows_a)), "input_b": str(write_jsonl(tmp / "b.jsonl", rows_b)),
+            "output": str(out)}  # fmt: skip
+    run_id = airflow.trigger("drill_table", conf)
+    try:
+        airflow.wait_ti("drill_table", run_id, "ask_a", {"up_for_retry", "failed"}, 300)
+    finally:
+        flag.unlink(missing_ok=True)
+    for task_id in ("ask_a", "ask_b"):
+        assert airflow.wait_ti("drill_table", run_id, task_id, {"success", "failed"}, 300)["state"] == "success"
+    parts, snapshots = _table_rows(out)
+    assert parts == {"a": list(range(1, 9)), "b": list(range(101, 105))}
+    committed = airflow.xcom("drill_table", run_id, "ask_a")["table"]
+    assert committed["partition"] == {"day": "2026-12-01", "part": "a"} and committed["rows"] == 8
+    before = len(snapshots)
+
+    # Clear the finished run, as a user does. A clear in the second between the last task's
+    # success and the scheduler closing the run is lost (SQLite, no row lock): the scheduler
+    # still marks the run successful and the task never runs again. So: the run ends first.
+    airflow.wait_run("drill_table", run_id, {"success", "failed"})
+    airflow.clear("drill_table", run_id, "ask_b")
+    airflow.wait_ti("drill_table", run_id, "ask_b", {"queued", "scheduled", "running", "deferred", "success"}, 120)
+    assert airflow.wait_ti("drill_table", run_id, "ask_b", {"success", "failed"}, 300)["state"] == "success"
+    parts, snapshots = _table_rows(out)
+    assert parts == {"a": list(range(1, 9)), "b": list(range(101, 105))}  # replaced, not added to
+    new = snapshots[before:]
+    assert [(s.get("raydllm.slice"), s.get("raydllm.rows")) for s in new] == [("day=2026-12-01/part=b", "4")] * 2
+    assert airflow.xcom("drill_table", run_id, "ask_b")["table"]["snapshot_id"] != committed["snapshot_id"]
+    by_task = {t: [j.status for j in _jobs("drill_table", run_id) if j.metadata.get("airflow_task_id") == t]
+               for t in ("ask_a", "ask_b")}  # fmt: skip
+    assert by_task == {"ask_a": [RayJobStatus.FAILED, RayJobStatus.SUCCEEDED],
+                       "ask_b": [RayJobStatus.SUCCEEDED, RayJobStatus.SUCCEEDED]}  # fmt: skip
+
+
+def clear_with_a_changed_prompt(airflow, tmp: Path) -> None:
+    """A clear runs the task again (a new job, its files replace the first's); after the
+    prompt changed, a clear never reattaches to the old spec's job."""
+    out = tmp / "out"
+    conf = {"input": _input(tmp / "in.jsonl", 3, 0), "output": str(out)}
+    PROMPT_FILE.write_text("Answer briefly.")
+    try:
+        run_id = airflow.trigger("drill_prompt", conf)
+        assert airflow.wait_ti("drill_prompt", run_id, "ask", {"success", "failed"})["state"] == "success"
+        first = json.loads((out / "_SUCCESS").read_text())
+
+        # Clear a finished run, as a user does from the UI (the run ends first: see above).
+        airflow.wait_run("drill_prompt", run_id, {"success", "failed"})
+        airflow.clear("drill_prompt", run_id, "ask")
+        airflow.wait_ti("drill_prompt", run_id, "ask", {"queued", "scheduled", "running", "deferred"}, 120)
+        assert airflow.wait_ti("drill_prompt", run_id, "ask", {"success", "failed"})["state"] == "success"
+        second = json.loads((out / "_SUCCESS").read_text())
+        assert second["submission_id"] != first["submission_id"]
+        assert set(second["files"]).isdisjoint(first["files"]) and not any((out / f).exists() for f in first["files"])
+
+        PROMPT_FILE.write_text("Answer in French.")
+        airflow.wait_run("drill_prompt", run_id, {"success", "failed"})
+        airflow.clear("drill_prompt", run_id, "ask")
+        airflow.wait_ti("drill_prompt", run_id, "ask", {"queued", "scheduled", "running", "deferred"}, 120)
+        assert airflow.wait_ti("drill_prompt", run_id, "ask", {"success", "failed"})["state"] == "success"
+    finally:
+        PROMPT_FILE.unlink(missing_ok=True)
+    jobs = _jobs("drill_prompt", run_id)
+    assert [j.status for j in jobs] == [RayJobStatus.SUCCEEDED] * 3
+    assert jobs[0].metadata["raydllm_spec_hash"] == jobs[1].metadata["raydllm_spec_hash"]
+    assert jobs[2].metadata["raydllm_spec_hash"] != jobs[1].metadata["raydllm_spec_hash"]
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == [1, 2, 3]
+    assert all(r["prompt"] == "Answer in French." and "Answer in French." in r["answer"] for r in rows)
+
+
+def _runner_pid(ti_id: str) -> int:
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if f"airflow worker -- {ti_id}" in args:
+            return int(pid)
+    raise AssertionError(f"no task process for TI {ti_id}:\n{listing}")
+
+
+def worker_killed(airflow, tmp: Path) -> None:
+    """The task's worker process is killed (SIGKILL) while its job runs: the retry
+    reattaches to the one job, and no second job starts. The job runs about 50 s of rows,
+    so it still runs when the retry starts on a loaded machine."""
+    conf = {"input": _input(tmp / "in.jsonl", 6, 8), "output": str(tmp / "out")}
+    run_id = airflow.trigger("drill_worker", conf)
+    ti = airflow.wait_ti("drill_worker", run_id, "ask", {"running"})
+    job = _wait_job("drill_worker", run_id, {RayJobStatus.RUNNING})
+    time.sleep(3)
+    subprocess.run(["kill", "-9", str(_runner_pid(ti["id"]))], check=True)
+    final = airflow.wait_ti("drill_worker", run_id, "ask", {"success", "failed"})
+    assert final["state"] == "success" and final["try_number"] == 2, airflow.diagnostics()
+    jobs = _jobs("drill_worker", run_id)
+    assert [(j.id, j.status) for j in jobs] == [(job.id, RayJobStatus.SUCCEEDED)]
+    assert "Reattaching to Ray job" in airflow.task_log("drill_worker", run_id, "ask", try_number=2)
+    assert sorted(pq.read_table(tmp / "out").column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
+
+
+def _serve_apps() -> dict:
+    return RayHook().get_serve_state().apps
+
+
+def _mapped_state(airflow, dag_id: str, run_id: str, task_id: str, index: int) -> str:
+    return airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{index}")["state"]
+
+
+def serve_setup_and_teardown(airflow, tmp: Path) -> None:
+    """A Serve LLM app deployed by a deferred setup task; mapped partitions send their rows
+    to it; one partition fails, and the teardown deletes the app all the same."""
+    app = "drill-serve-teardown"
+    parts = []
+    for k, items in enumerate((["I love it", "It broke", "Fine"], ["Great", "FAIL"])):
+        rows = [{"id": f"{k}-{i}", "item": item} for i, item in enumerate(items)]
+        parts.append({"input_uri": str(write_jsonl(tmp / f"part-{k}.jsonl", rows)), "output_uri": str(tmp / f"out-{k}")})
+    run_id = airflow.trigger("drill_serve", {"app_name": app, "parts": parts})
+    airflow.wait_ti("drill_serve", run_id, "deploy_llm", {"deferred"}, timeout=300)
+    assert _serve_apps()[app].status in {"DEPLOYING", "RUNNING"}
+    airflow.wait_ti("drill_serve", run_id, "deploy_llm", {"success"}, timeout=600)
+    airflow.wait_ti("drill_serve", run_id, "delete_llm", {"success", "failed"}, timeout=600)
+    assert airflow.ti("drill_serve", run_id, "delete_llm")["state"] == "success"
+    assert [_mapped_state(airflow, "drill_serve", run_id, "classify", i) for i in (0, 1)] == ["success", "failed"]
+    assert app not in _serve_apps()
+    assert pq.read_table(tmp / "out-0").num_rows == 3 and not (tmp / "out-1" / "_SUCCESS").exists()
+    log = airflow.task_log("drill_serve", run_id, "deploy_llm")
+    assert "RUNNING: LLMServer:smollm2-135m HEALTHY" in log  # written by the trigger in the triggerer
+    jobs = _jobs("drill_serve", run_id)
+    assert len(jobs) == 2 and {j.status for j in jobs} == {RayJobStatus.SUCCEEDED, RayJobStatus.FAILED}
+
+
+@pytest.fixture(scope="module")
+def drills(real_airflow, ray_cluster, tmp_path_factory) -> Iterator[dict[str, Drill]]:
+    """Every drill of the module started at once, each in its thread: {name: Drill}."""
+    tmp = tmp_path_factory.mktemp("concurrent-recoveries")
+    scripts = {
+        "resume": lambda: resume_after_retry(real_airflow, tmp / "resume"),
+        "clear": lambda: clear_from_zero(real_airflow, tmp / "clear"),
+        "table": lambda: table_retried_and_cleared(real_airflow, tmp / "table"),
+        "prompt": lambda: clear_with_a_changed_prompt(real_airflow, tmp / "prompt"),
+        "worker": lambda: worker_killed(real_airflow, tmp / "worker"),
+        "serve": lambda: serve_setup_and_teardown(real_airflow, tmp / "serve"),
+    }
+    for name in scripts:
+        (tmp / name).mkdir()
+    with pytest.MonkeyPatch.context() as env:  # the scripts' RayHook, outside any test's ray_conn
+        env.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps(ray_cluster))
+        started = {name: Drill(name, script) for name, script in scripts.items()}
+        for drill in started.values():
+            drill.start()
+        yield started
+        # A failed test's drill may still run: its runs end here, not in the drills after this module.
+        for drill in started.values():
+            drill.join(300)
+        for dag_id in ("drill_resume", "drill_resume_clear", "drill_table", "drill_prompt", "drill_worker", "drill_serve"):
+            for run in real_airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?state=running&state=queued")["dag_runs"]:
+                real_airflow.mark_run(dag_id, run["dag_run_id"], "failed")
+                for job in _jobs(dag_id, run["dag_run_id"]):
+                    if not job.status.is_terminal:
+                        RayHook().stop_job(job.id)
+        PROMPT_FILE.unlink(missing_ok=True)
+
+
+def test_a_retry_resumes_where_the_failed_try_stopped(real_airflow, drills):
+    drills["resume"].outcome(real_airflow)
+
+
+def test_clearing_a_task_whose_try_failed_midway_starts_from_zero(real_airflow, drills):
+    drills["clear"].outcome(real_airflow)
+
+
+def test_a_table_output_retried_and_cleared_holds_each_slice_once(real_airflow, drills):
+    drills["table"].outcome(real_airflow)
+
+
+def test_clear_runs_again_and_a_changed_prompt_never_reattaches(real_airflow, drills):
+    drills["prompt"].outcome(real_airflow)
+
+
+def test_worker_killed_mid_job_the_retry_reattaches_to_the_one_job(real_airflow, drills):
+    drills["worker"].outcome(real_airflow)
+
+
+def test_serve_setup_deferred_partitions_on_it_and_teardown_after_a_failed_partition(real_airflow, drills):
+    drills["serve"].outcome(real_airflow)
