@@ -76,6 +76,9 @@ class RealAirflow:
         # Set per test (_test_deadline below): a wait gives up, with the components' logs,
         # before pytest-timeout ends the test with nothing but thread stacks.
         self.test_deadline = float("inf")
+        # A drill's thread (test_concurrent_recoveries.py) sets its own deadline here: its
+        # waits must not end with whichever test happens to run meanwhile.
+        self.thread_deadline = threading.local()
         self._writes = threading.Lock()
 
     # -- processes --------------------------------------------------------------------------
@@ -188,7 +191,7 @@ class RealAirflow:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
 
     def _wait_state(self, what: str, fetch: Callable[[], dict[str, Any]], states: set[str], timeout: float) -> dict[str, Any]:
-        deadline = min(time.monotonic() + timeout, self.test_deadline)
+        deadline = min(time.monotonic() + timeout, getattr(self.thread_deadline, "value", self.test_deadline))
         while True:  # one look at least, however late
             found = fetch()
             if found.get("state") in states:

@@ -1,5 +1,6 @@
-"""Helpers of the lifecycle drills (test_drills.py, test_concurrent_drills.py): their inputs
-and the Ray jobs of a DAG run, found by the metadata the operator gives every job."""
+"""Helpers of the lifecycle drills (test_drills.py, test_concurrent_drills.py,
+test_concurrent_recoveries.py): their inputs and the Ray jobs of a DAG run, found by the
+metadata the operator gives every job."""
 
 from __future__ import annotations
 

@@ -38,14 +38,20 @@ def _ray(ray_conn):
     """The tests' own RayHook reads ray_default from the environment."""
 
 
+# Every drill's waits end by then (its thread's own deadline), with the components' logs: the
+# batch takes about 5 minutes here, and a test waits for its drill up to its pytest-timeout.
+DRILL_SECONDS = 540
+
+
 class Drill(threading.Thread):
     """One drill's script in a thread of its own: what it returned, or what it raised."""
 
-    def __init__(self, name: str, script: Callable[[], Any]):
+    def __init__(self, name: str, script: Callable[[], Any], airflow):
         super().__init__(name=f"drill-{name}", daemon=True)
-        self.script, self.result, self.error = script, None, None
+        self.script, self.airflow, self.result, self.error = script, airflow, None, None
 
     def run(self) -> None:
+        self.airflow.thread_deadline.value = time.monotonic() + DRILL_SECONDS
         try:
             self.result = self.script()
         except BaseException as err:  # noqa: BLE001 (the test re-raises it)
@@ -54,7 +60,8 @@ class Drill(threading.Thread):
     def outcome(self, airflow) -> Any:
         """Wait for the script (until 30 s before the test's pytest-timeout) and re-raise
         what it raised: the test fails with the drill's own assertion."""
-        self.join(max(1.0, airflow.test_deadline - time.monotonic()))
+        left = airflow.test_deadline - time.monotonic()
+        self.join(max(1.0, left) if left != float("inf") else None)
         if self.is_alive():
             raise AssertionError(f"{self.name} still runs at the test's deadline\n{airflow.diagnostics()}")
         if self.error is not None:
@@ -78,15 +85,17 @@ def _sent(tag: str) -> list[int]:
     return [int(m.rsplit(" ", 1)[1]) for m in list(echo_server.SEEN) if f" {tag} " in f" {m.rsplit(' ', 1)[0]} "]
 
 
-def _fail_first_try(airflow, tmp: Path, dag_id: str, tag: str) -> tuple[Path, str, list[int]]:
+def _fail_first_try(airflow, tmp: Path, dag_id: str, tag: str) -> tuple[Path, str, list[int], list[dict]]:
     """Run ``dag_id`` on the 24-row input until its first try failed midway; then let the
-    failing row pass. Returns (output directory, run id, the rows the first try sent)."""
+    failing row pass. Returns (output directory, run id, the rows the first try sent, the
+    block records it kept)."""
     out, flag = tmp / "out", tmp / "fail.flag"
     conf = {"input": _resume_input(tmp / "in.jsonl", tag, flag), "output": str(out)}
     run_id = airflow.trigger(dag_id, conf)
     try:
         airflow.wait_ti(dag_id, run_id, "ask", {"up_for_retry", "failed"}, 600)
-        return out, run_id, _sent(tag)
+        # What the failed try sent and kept, read before its retry (15 s later) can add to either.
+        return out, run_id, _sent(tag), [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
     finally:
         flag.unlink(missing_ok=True)
 
@@ -94,9 +103,8 @@ def _fail_first_try(airflow, tmp: Path, dag_id: str, tag: str) -> tuple[Path, st
 def resume_after_retry(airflow, tmp: Path) -> None:
     """A retry resumes where the failed try stopped."""
     tag = "resume-retry"
-    out, run_id, first_try = _fail_first_try(airflow, tmp, "drill_resume", tag)
+    out, run_id, first_try, records = _fail_first_try(airflow, tmp, "drill_resume", tag)
     assert 24 not in first_try  # the failing row's partition never reached the endpoint
-    records = [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
     written = sorted(int(i) for r in records for i in r["ids"])
     assert len(written) >= 4 and set(written) <= set(first_try), (written, first_try)  # kept for the retry
     assert not (out / "_SUCCESS").exists()  # nothing committed
@@ -118,8 +126,8 @@ def resume_after_retry(airflow, tmp: Path) -> None:
 def clear_from_zero(airflow, tmp: Path) -> None:
     """Clearing a task whose try failed midway starts it from zero."""
     tag = "resume-clear"
-    out, run_id, first_try = _fail_first_try(airflow, tmp, "drill_resume_clear", tag)
-    assert len(list(out.glob("_raydllm/staging/resume-*/_blocks/*.json"))) >= 1
+    out, run_id, first_try, records = _fail_first_try(airflow, tmp, "drill_resume_clear", tag)
+    assert len(records) >= 1
 
     airflow.clear("drill_resume_clear", run_id, "ask")  # instead of waiting 2 h for the retry
     assert airflow.wait_ti("drill_resume_clear", run_id, "ask", {"success", "failed"}, 600)["state"] == "success"
@@ -293,19 +301,25 @@ def drills(real_airflow, ray_cluster, tmp_path_factory) -> Iterator[dict[str, Dr
         (tmp / name).mkdir()
     with pytest.MonkeyPatch.context() as env:  # the scripts' RayHook, outside any test's ray_conn
         env.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps(ray_cluster))
-        started = {name: Drill(name, script) for name, script in scripts.items()}
+        started = {name: Drill(name, script, real_airflow) for name, script in scripts.items()}
         for drill in started.values():
             drill.start()
         yield started
-        # A failed test's drill may still run: its runs end here, not in the drills after this module.
+        # A failed test's drill may still run (its waits end by their own deadline): what it
+        # left running ends here, not in the timing drills after this module.
+        until = time.monotonic() + 120
         for drill in started.values():
-            drill.join(300)
+            drill.join(max(0.0, until - time.monotonic()))
         for dag_id in ("drill_resume", "drill_resume_clear", "drill_table", "drill_prompt", "drill_worker", "drill_serve"):
-            for run in real_airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?state=running&state=queued")["dag_runs"]:
-                real_airflow.mark_run(dag_id, run["dag_run_id"], "failed")
-                for job in _jobs(dag_id, run["dag_run_id"]):
-                    if not job.status.is_terminal:
-                        RayHook().stop_job(job.id)
+            for run in real_airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]:
+                try:
+                    if run["state"] in ("running", "queued"):
+                        real_airflow.mark_run(dag_id, run["dag_run_id"], "failed")
+                    for job in _jobs(dag_id, run["dag_run_id"]):
+                        if not job.status.is_terminal:
+                            RayHook().stop_job(job.id)
+                except Exception as err:  # noqa: BLE001 (the next run is ended all the same)
+                    print(f"teardown of {dag_id} {run['dag_run_id']}: {err}")
         PROMPT_FILE.unlink(missing_ok=True)
 
 

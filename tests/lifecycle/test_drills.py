@@ -1,8 +1,10 @@
 """Lifecycle drills under a real scheduler, triggerer and LocalExecutor (tests/lifecycle/
 conftest.py), against the session's real Ray head. Each drill does to a running task what
-users and machines do (mark failed, kill the triggerer, ask for resources no node has) and asserts on the Ray job list (count and status per task instance) and on the
-output. The drills that can run side by side (timeouts, shared outputs, retries, clears, a
-killed worker, a Serve setup and teardown) are in test_concurrent_drills.py and test_concurrent_recoveries.py.
+users and machines do (mark failed, kill the triggerer, ask for resources no node has) and
+asserts on the Ray job list (count and status per task instance) and on the output. The
+drills that can run side by side (timeouts, shared outputs, retries, clears, a killed
+worker, a Serve setup and teardown) are in test_concurrent_drills.py and
+test_concurrent_recoveries.py.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -52,7 +53,7 @@ def _run(real_airflow, dag_id: str, tmp_path: Path, name: str, rows: int, delay:
 
 
 @pytest.fixture(scope="module")
-def pressed_trigger(real_airflow) -> dict[str, Any]:
+def pressed_trigger(real_airflow) -> Iterator[dict[str, Any]]:
     """Trigger pressed on the sentiment example in the UI, before the module's other tests:
     its run (an engine start, a minute on 2 cores) goes on while they run, and the last test
     waits for it. Airflow 3.3's dialog fills in the current time as the logical date; runs
@@ -85,7 +86,12 @@ def pressed_trigger(real_airflow) -> dict[str, Any]:
             pw.stop()
     except Exception as err:  # noqa: BLE001 (raised by the test that needs it)
         pressed["error"] = err
-    return pressed
+    yield pressed
+    if pressed["run_id"]:  # the test that waits for it was deselected or failed early: end the run here
+        try:
+            real_airflow.wait_run(dag, pressed["run_id"], {"success", "failed"}, timeout=300)
+        except AssertionError:
+            real_airflow.mark_run(dag, pressed["run_id"], "failed")
 
 
 @pytest.fixture(scope="module")

@@ -85,9 +85,26 @@ async def test_a_passed_deadline_stops_the_job_it_owns(dashboard):
         dashboard.answer("GET", "/api/jobs/s1", 200, {**JOB, "status": "STOPPED"})
 
     ray_side = asyncio.ensure_future(stop_takes_effect())
-    (event,) = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, deadline=1.0, fetch_logs=False))
-    ray_side.cancel()
+    try:
+        (event,) = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, deadline=1.0, fetch_logs=False))
+    finally:
+        ray_side.cancel()
     assert event.status == "timeout" and event.message == "the task's timeout passed: the job was stopped"
+    stops = [i for i, s in enumerate(dashboard.seen) if s.method == "POST"]
+    assert dashboard.seen[stops[0] + 1:], "the trigger never read the job's status after its stop"
+
+
+async def test_a_stop_ray_accepts_but_never_carries_out_still_ends_the_wait(dashboard, monkeypatch):
+    """Ray accepts the stop, and the job still reads RUNNING: the trigger waits its bounded
+    stop wait (shortened here), then ends the wait all the same."""
+    from airflow_provider_raydatallm import watch
+
+    monkeypatch.setattr(watch, "STOP_WAIT_SECONDS", 0.5)
+    dashboard.answer("GET", "/api/jobs/s1", 200, JOB)
+    dashboard.answer("POST", "/api/jobs/s1/stop", 200, {"stopped": True})
+    (event,) = await _events(RayJobTrigger("s1", ray_conn_id="ray_trig", poll_interval=0.01, deadline=1.0, fetch_logs=False))
+    assert event.status == "timeout" and "stopped" in event.message
+    assert [s.path for s in dashboard.seen if s.method == "POST"] == ["/api/jobs/s1/stop"]
     assert [s.path for s in dashboard.seen if s.method == "POST"] == ["/api/jobs/s1/stop"]
 
 

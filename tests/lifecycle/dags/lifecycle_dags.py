@@ -94,12 +94,12 @@ with _dag("drill_unplaceable"):
     _batch(
         "classify", processor_config=cpu_vllm_config(accelerator_type="H100"), http_conn_id=None,
         preprocess=lambda row: {"messages": [{"role": "user", "content": row["item"]}]}, postprocess=None,
-        deferrable=True, pending_timeout=15,
+        deferrable=True, pending_timeout=10,
     )  # fmt: skip
 
 # A try that fails midway, then its retry (resume) or a clear (from zero). One partition per
 # 4 rows; the failing row's partition fails last, after the others are written.
-for _dag_id, _delay in (("drill_resume", dt.timedelta(seconds=5)), ("drill_resume_clear", dt.timedelta(hours=2))):
+for _dag_id, _delay in (("drill_resume", dt.timedelta(seconds=15)), ("drill_resume_clear", dt.timedelta(hours=2))):
     with _dag(_dag_id):
         _batch("ask", deferrable=True, retries=1, retry_delay=_delay, preprocess=fail_while_flagged, num_partitions=6)
 
