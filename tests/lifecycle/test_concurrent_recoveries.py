@@ -6,8 +6,10 @@ would do it; the module's fixture runs the scripts side by side in threads, as a
 Airflow runs such runs, and each test waits for its own script and re-raises what it found.
 
 Most of their time is waiting (rows that sleep, retry delays, the scheduler), not CPU:
-the waits of one overlap the CPU work of the others (the Serve drill starts the default model
-on vLLM). None of these drills asserts on a time.
+the waits of one overlap the CPU work of the others. The Serve drill (the default model on
+vLLM) deploys once both failing first tries have failed: deployed beside six starting jobs on
+2 cores, the API's PUT that starts Serve took longer than the connection's timeout. None of
+these drills asserts on a time.
 """
 
 from __future__ import annotations
@@ -70,11 +72,10 @@ class Drill(threading.Thread):
 
 
 def _resume_input(path: Path, tag: str, flag: Path) -> str:
-    """24 rows; row 24 fails its partition while ``flag`` exists, 30 s after it reached the
-    preprocess: the other partitions' blocks are written by then, even beside a starting engine."""
+    """24 rows; row 24 fails its partition (after 20 s) while ``flag`` exists."""
     flag.write_text("fail")
     rows = [{"id": i, "item": f"{tag} {i}", "delay": 0} for i in range(1, 25)]
-    rows[-1].update(fail_flag=str(flag), delay=30)
+    rows[-1].update(fail_flag=str(flag), delay=20)
     return str(write_jsonl(path, rows))
 
 
@@ -85,25 +86,26 @@ def _sent(tag: str) -> list[int]:
     return [int(m.rsplit(" ", 1)[1]) for m in list(echo_server.SEEN) if f" {tag} " in f" {m.rsplit(' ', 1)[0]} "]
 
 
-def _fail_first_try(airflow, tmp: Path, dag_id: str, tag: str) -> tuple[Path, str, list[int], list[dict]]:
+def _fail_first_try(airflow, tmp: Path, dag_id: str, tag: str, failed: threading.Event) -> tuple[Path, str, list[int], list[dict]]:
     """Run ``dag_id`` on the 24-row input until its first try failed midway; then let the
-    failing row pass. Returns (output directory, run id, the rows the first try sent, the
-    block records it kept)."""
+    failing row pass, and set ``failed``. Returns (output directory, run id, the rows the
+    first try sent, the block records it kept)."""
     out, flag = tmp / "out", tmp / "fail.flag"
     conf = {"input": _resume_input(tmp / "in.jsonl", tag, flag), "output": str(out)}
-    run_id = airflow.trigger(dag_id, conf)
     try:
+        run_id = airflow.trigger(dag_id, conf)
         airflow.wait_ti(dag_id, run_id, "ask", {"up_for_retry", "failed"}, 600)
         # What the failed try sent and kept, read before its retry (15 s later) can add to either.
         return out, run_id, _sent(tag), [json.loads(p.read_text()) for p in out.glob("_raydllm/staging/resume-*/_blocks/*.json")]
     finally:
         flag.unlink(missing_ok=True)
+        failed.set()
 
 
-def resume_after_retry(airflow, tmp: Path) -> None:
+def resume_after_retry(airflow, tmp: Path, failed: threading.Event) -> None:
     """A retry resumes where the failed try stopped."""
     tag = "resume-retry"
-    out, run_id, first_try, records = _fail_first_try(airflow, tmp, "drill_resume", tag)
+    out, run_id, first_try, records = _fail_first_try(airflow, tmp, "drill_resume", tag, failed)
     assert 24 not in first_try  # the failing row's partition never reached the endpoint
     written = sorted(int(i) for r in records for i in r["ids"])
     assert len(written) >= 4 and set(written) <= set(first_try), (written, first_try)  # kept for the retry
@@ -123,10 +125,10 @@ def resume_after_retry(airflow, tmp: Path) -> None:
     assert [j.status for j in _jobs("drill_resume", run_id)] == [RayJobStatus.FAILED, RayJobStatus.SUCCEEDED]
 
 
-def clear_from_zero(airflow, tmp: Path) -> None:
+def clear_from_zero(airflow, tmp: Path, failed: threading.Event) -> None:
     """Clearing a task whose try failed midway starts it from zero."""
     tag = "resume-clear"
-    out, run_id, first_try, records = _fail_first_try(airflow, tmp, "drill_resume_clear", tag)
+    out, run_id, first_try, records = _fail_first_try(airflow, tmp, "drill_resume_clear", tag, failed)
     assert len(records) >= 1
 
     airflow.clear("drill_resume_clear", run_id, "ask")  # instead of waiting 2 h for the retry
@@ -165,6 +167,7 @@ def table_retried_and_cleared(airflow, tmp: Path) -> None:
         airflow.wait_ti("drill_table", run_id, "ask_a", {"up_for_retry", "failed"}, 300)
     finally:
         flag.unlink(missing_ok=True)
+        failed.set()
     for task_id in ("ask_a", "ask_b"):
         assert airflow.wait_ti("drill_table", run_id, task_id, {"success", "failed"}, 300)["state"] == "success"
     parts, snapshots = _table_rows(out)
@@ -262,9 +265,11 @@ def _mapped_state(airflow, dag_id: str, run_id: str, task_id: str, index: int) -
     return airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{index}")["state"]
 
 
-def serve_setup_and_teardown(airflow, tmp: Path) -> None:
+def serve_setup_and_teardown(airflow, tmp: Path, after: list[threading.Event]) -> None:
     """A Serve LLM app deployed by a deferred setup task; mapped partitions send their rows
     to it; one partition fails, and the teardown deletes the app all the same."""
+    for event in after:
+        event.wait(300)
     app = "drill-serve-teardown"
     parts = []
     for k, items in enumerate((["I love it", "It broke", "Fine"], ["Great", "FAIL"])):
@@ -289,13 +294,14 @@ def serve_setup_and_teardown(airflow, tmp: Path) -> None:
 def drills(real_airflow, ray_cluster, tmp_path_factory) -> Iterator[dict[str, Drill]]:
     """Every drill of the module started at once, each in its thread: {name: Drill}."""
     tmp = tmp_path_factory.mktemp("concurrent-recoveries")
+    retried, cleared = threading.Event(), threading.Event()
     scripts = {
-        "resume": lambda: resume_after_retry(real_airflow, tmp / "resume"),
-        "clear": lambda: clear_from_zero(real_airflow, tmp / "clear"),
+        "resume": lambda: resume_after_retry(real_airflow, tmp / "resume", retried),
+        "clear": lambda: clear_from_zero(real_airflow, tmp / "clear", cleared),
         "table": lambda: table_retried_and_cleared(real_airflow, tmp / "table"),
         "prompt": lambda: clear_with_a_changed_prompt(real_airflow, tmp / "prompt"),
         "worker": lambda: worker_killed(real_airflow, tmp / "worker"),
-        "serve": lambda: serve_setup_and_teardown(real_airflow, tmp / "serve"),
+        "serve": lambda: serve_setup_and_teardown(real_airflow, tmp / "serve", [retried, cleared]),
     }
     for name in scripts:
         (tmp / name).mkdir()
