@@ -1,10 +1,10 @@
 """Lifecycle drills under a real scheduler, triggerer and LocalExecutor (tests/lifecycle/
 conftest.py), against the session's real Ray head. Each drill does to a running task what
-users and machines do (mark failed, kill the triggerer, ask for resources no node has) and
-asserts on the Ray job list (count and status per task instance) and on the output. The
-drills that can run side by side (timeouts, shared outputs, retries, clears, a killed
-worker, a Serve setup and teardown) are in test_concurrent_drills.py and
-test_concurrent_recoveries.py.
+users and machines do (mark failed, kill the triggerer, ask for resources no node has,
+retry and clear a table output) and asserts on the Ray job list (count and status per task
+instance) and on the output. The drills that can run side by side (timeouts, shared
+outputs, retries, clears, a killed worker, a Serve setup and teardown) are in
+test_concurrent_drills.py and test_concurrent_recoveries.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+from demo_helpers import write_jsonl
 
 from airflow_provider_raydatallm.relay import LineRelay
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
@@ -179,3 +182,55 @@ def test_serve_setup_marked_failed_while_deferred_removes_the_app_it_created(rea
     )
     assert "Trigger cancelled by user action, invoking on_kill" in real_airflow.task_log("drill_serve", run_id, "deploy_llm")
     assert real_airflow.ti("drill_serve", run_id, "delete_llm")["state"] != "success"
+
+
+def _table_rows(out: Path) -> tuple[dict[str, list[int]], list[dict]]:
+    """(part -> sorted ids, snapshot summaries) of the drill's Iceberg table."""
+    from pyiceberg.catalog import load_catalog
+
+    table = load_catalog("default", type="sql", uri=f"sqlite:///{out}/catalog.db", warehouse=f"file://{out}/warehouse")\
+        .load_table("drill.answers")  # fmt: skip
+    parts: dict[str, list[int]] = {}
+    for row in table.scan().to_arrow().to_pylist():
+        parts.setdefault(row["part"], []).append(row["id"])
+    return {p: sorted(ids) for p, ids in parts.items()}, [dict(s.summary.additional_properties) for s in table.snapshots()]
+
+
+def test_a_table_output_retried_and_cleared_holds_each_slice_once(real_airflow, tmp_path):
+    """Under the real scheduler and triggerer: a task whose first try fails midway, retried,
+    commits its slice once; clearing the other task replaces its slice (a new snapshot),
+    and neither touches the other's rows."""
+    out, flag = tmp_path / "out", tmp_path / "fail.flag"
+    out.mkdir()
+    flag.write_text("fail")
+    rows_a = [{"id": i, "item": f"table-a {i}", "delay": 0} for i in range(1, 9)]
+    rows_a[-1].update(fail_flag=str(flag), delay=3)
+    rows_b = [{"id": i, "item": f"table-b {i}"} for i in range(101, 105)]
+    conf = {"input_a": str(write_jsonl(tmp_path / "a.jsonl", rows_a)), "input_b": str(write_jsonl(tmp_path / "b.jsonl", rows_b)),
+            "output": str(out)}  # fmt: skip
+    run_id = real_airflow.trigger("drill_table", conf)
+    real_airflow.wait_ti("drill_table", run_id, "ask_a", {"up_for_retry", "failed"}, 150)
+    flag.unlink()
+    for task_id in ("ask_a", "ask_b"):
+        assert real_airflow.wait_ti("drill_table", run_id, task_id, {"success", "failed"}, 150)["state"] == "success"
+    parts, snapshots = _table_rows(out)
+    assert parts == {"a": list(range(1, 9)), "b": list(range(101, 105))}
+    committed = real_airflow.xcom("drill_table", run_id, "ask_a")["table"]
+    assert committed["partition"] == {"day": "2026-12-01", "part": "a"} and committed["rows"] == 8
+    before = len(snapshots)
+
+    # Clear the finished run, as a user does: a clear in the second between the last task's
+    # success and the scheduler closing the run is lost (SQLite, no row lock; see above).
+    real_airflow.wait_run("drill_table", run_id, {"success", "failed"})
+    real_airflow.clear("drill_table", run_id, "ask_b")
+    real_airflow.wait_ti("drill_table", run_id, "ask_b", {"queued", "scheduled", "running", "deferred", "success"}, 60)
+    assert real_airflow.wait_ti("drill_table", run_id, "ask_b", {"success", "failed"}, 150)["state"] == "success"
+    parts, snapshots = _table_rows(out)
+    assert parts == {"a": list(range(1, 9)), "b": list(range(101, 105))}  # replaced, not added to
+    new = snapshots[before:]
+    assert [(s.get("raydllm.slice"), s.get("raydllm.rows")) for s in new] == [("day=2026-12-01/part=b", "4")] * 2
+    assert real_airflow.xcom("drill_table", run_id, "ask_b")["table"]["snapshot_id"] != committed["snapshot_id"]
+    by_task = {t: [j.status for j in _jobs("drill_table", run_id) if j.metadata.get("airflow_task_id") == t]
+               for t in ("ask_a", "ask_b")}  # fmt: skip
+    assert by_task == {"ask_a": [RayJobStatus.FAILED, RayJobStatus.SUCCEEDED],
+                       "ask_b": [RayJobStatus.SUCCEEDED, RayJobStatus.SUCCEEDED]}
