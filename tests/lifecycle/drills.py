@@ -30,3 +30,8 @@ def _wait_job(dag_id: str, run_id: str, statuses: set[RayJobStatus], timeout: fl
             return jobs[-1]
         time.sleep(0.5)
     raise AssertionError(f"no Ray job of {dag_id} {run_id} reached {statuses}: {_jobs(dag_id, run_id)}")
+
+
+def _serve_apps() -> dict:
+    """The Serve applications on the session's head, by name."""
+    return RayHook().get_serve_state().apps

@@ -2,9 +2,10 @@
 conftest.py): a try that fails midway, then its retry (resume) or a clear (from zero); a clear
 after the prompt changed; a worker killed mid-job; a Serve LLM app as setup and teardown around
 mapped batch tasks. (The table drill stays in test_drills.py: beside these, the clear of its
-finished run was lost once in a fresh-clone run.) Each drill is one script, as a user acting on the run
-would do it; the module's fixture runs the scripts side by side in threads, as a shared
-Airflow runs such runs, and each test waits for its own script and re-raises what it found.
+finished run was lost once in a fresh-clone run.) Each drill is one script, as a user acting
+on the run would do it; the module's fixture runs the scripts side by side in threads, as a
+shared Airflow runs such runs, and each test waits for its own script and re-raises what it
+found.
 
 Most of their time is waiting (rows that sleep, retry delays, the scheduler), not CPU:
 the waits of one overlap the CPU work of the others. The Serve drill (the default model on
@@ -30,7 +31,7 @@ from demo_helpers import write_jsonl
 
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from tests.lifecycle.conftest import DAGS
-from tests.lifecycle.drills import _input, _jobs, _wait_job
+from tests.lifecycle.drills import _input, _jobs, _serve_apps, _wait_job
 
 pytestmark = pytest.mark.lifecycle
 PROMPT_FILE = DAGS / "prompt.txt"
@@ -60,13 +61,13 @@ class Drill(threading.Thread):
         except BaseException as err:  # noqa: BLE001 (the test re-raises it)
             self.error = err
 
-    def outcome(self, airflow) -> Any:
+    def outcome(self) -> Any:
         """Wait for the script (until 30 s before the test's pytest-timeout) and re-raise
         what it raised: the test fails with the drill's own assertion."""
-        left = airflow.test_deadline - time.monotonic()
+        left = self.airflow.test_deadline - time.monotonic()
         self.join(max(1.0, left) if left != float("inf") else None)
         if self.is_alive():
-            raise AssertionError(f"{self.name} still runs at the test's deadline\n{airflow.diagnostics()}")
+            raise AssertionError(f"{self.name} still runs at the test's deadline\n{self.airflow.diagnostics()}")
         if self.error is not None:
             raise self.error
         return self.result
@@ -203,10 +204,6 @@ def worker_killed(airflow, tmp: Path) -> None:
     assert sorted(pq.read_table(tmp / "out").column("id").to_pylist()) == [1, 2, 3, 4, 5, 6]
 
 
-def _serve_apps() -> dict:
-    return RayHook().get_serve_state().apps
-
-
 def _mapped_state(airflow, dag_id: str, run_id: str, task_id: str, index: int) -> str:
     return airflow._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{index}")["state"]
 
@@ -275,20 +272,20 @@ def drills(real_airflow, ray_cluster, tmp_path_factory) -> Iterator[dict[str, Dr
 
 
 def test_a_retry_resumes_where_the_failed_try_stopped(real_airflow, drills):
-    drills["resume"].outcome(real_airflow)
+    drills["resume"].outcome()
 
 
 def test_clearing_a_task_whose_try_failed_midway_starts_from_zero(real_airflow, drills):
-    drills["clear"].outcome(real_airflow)
+    drills["clear"].outcome()
 
 
 def test_clear_runs_again_and_a_changed_prompt_never_reattaches(real_airflow, drills):
-    drills["prompt"].outcome(real_airflow)
+    drills["prompt"].outcome()
 
 
 def test_worker_killed_mid_job_the_retry_reattaches_to_the_one_job(real_airflow, drills):
-    drills["worker"].outcome(real_airflow)
+    drills["worker"].outcome()
 
 
 def test_serve_setup_deferred_partitions_on_it_and_teardown_after_a_failed_partition(real_airflow, drills):
-    drills["serve"].outcome(real_airflow)
+    drills["serve"].outcome()

@@ -22,7 +22,7 @@ from demo_helpers import write_jsonl
 from airflow_provider_raydatallm.relay import LineRelay
 from airflow_provider_raydatallm.hooks.ray import RayHook, RayJobStatus
 from tests.conftest import ECHO_KEY
-from tests.lifecycle.drills import _input, _jobs, _wait_job
+from tests.lifecycle.drills import _input, _jobs, _serve_apps, _wait_job
 
 pytestmark = pytest.mark.lifecycle
 
@@ -157,10 +157,6 @@ def test_no_secret_in_any_jobs_api_response_task_log_or_xcom(real_airflow, ray_c
         _assert_no_secret(path.read_text(errors="replace"))
     for component in ("scheduler", "triggerer", "api-server", "dag-processor"):
         _assert_no_secret(real_airflow.component_log(component))
-
-
-def _serve_apps() -> dict:
-    return RayHook().get_serve_state().apps
 
 
 def test_serve_setup_marked_failed_while_deferred_removes_the_app_it_created(real_airflow, tmp_path):
