@@ -21,6 +21,7 @@ import importlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,7 +52,9 @@ MAX_BACKOFF_SECONDS = 60.0
 LOG_RECONNECT_MAX_SECONDS = 30.0
 LOG_RECONNECTS_BEFORE_WARNING = 5
 LOG_READ_ATTEMPTS = 3  # the whole log, read once the job ended
-YIELD_EVERY_SECONDS = 0.02  # writing a long backlog of log lines yields to the event loop this often
+# Of one turn of the event loop, the watchers on it take at most about this long (see Turns).
+TURN_BUDGET_SECONDS = 0.005
+CONNECTS_AT_ONCE = 16  # log streams being opened at once per event loop
 STOP_WAIT_SECONDS = 20.0
 POLL_JITTER = 0.1
 # Once the log shows the job ending, its status is polled every 0.25 s for this long.
@@ -63,6 +66,56 @@ STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 # "airflow.task" it reaches the task log wherever the task runs: a worker, the triggerer (by
 # the trigger it was logged under) and dag.test().
 RELAYED = logging.getLogger("airflow.task.ray")
+
+
+class Turns:
+    """A budget for the watchers' share of each turn of one event loop.
+
+    A turn of an asyncio loop runs every callback that was ready when it began, back to back.
+    When hundreds of watchers wake together (the shared status list answered, a burst of log
+    lines, a triggerer starting its triggers at once), their steps, each short, add up to one
+    long turn, and every other trigger on the loop waits for all of them. Before a step, a
+    watcher awaits :meth:`take`: the first step of a turn starts the turn's clock; once
+    ``TURN_BUDGET_SECONDS`` of it are spent, the rest go on in the next turns (first come,
+    first served), with the loop's other callbacks in between.
+    """
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.began = 0.0
+        self.open = False  # a turn's clock runs: a callback in the next turn stops it
+        # Opening a log stream is a few steps of the websocket library's own (TCP connect, the
+        # HTTP upgrade, its answer parsed) that no budget sees: only so many at once.
+        self.connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
+
+    @classmethod
+    def of_running_loop(cls) -> Turns:
+        loop = asyncio.get_running_loop()
+        turns = cls._of_loop.get(loop)
+        if turns is None:
+            turns = cls._of_loop[loop] = cls(loop)
+        return turns
+
+    def _close(self) -> None:
+        self.open = False
+
+    async def take(self) -> None:
+        while True:
+            now = time.perf_counter()
+            if not self.open:
+                self.open, self.began = True, now
+                self.loop.call_soon(self._close)  # runs first thing in the next turn
+                return
+            if now - self.began < TURN_BUDGET_SECONDS:
+                return
+            await asyncio.sleep(0)  # the next turn
+
+
+async def take_turn() -> None:
+    """Wait, if this turn of the running loop has spent the watchers' budget (``Turns``)."""
+    await Turns.of_running_loop().take()
 
 
 class StatusBoard:
@@ -394,14 +447,11 @@ class JobWatch:
             new_offset = self.offset + len(complete)
             if self.checkpoint is not None:
                 await self.checkpoint(new_offset)
-            last_yield = time.monotonic()
             for line in lines:
+                await take_turn()  # a long backlog, or many jobs' lines at once: others run meanwhile
                 relayed = self.relay(line)
                 if relayed is not None:
                     RELAYED.log(relayed[0], "%s", relayed[1])
-                if time.monotonic() - last_yield > YIELD_EVERY_SECONDS:  # other triggers run meanwhile
-                    await asyncio.sleep(0)
-                    last_yield = time.monotonic()
             self.offset = new_offset
 
     async def _follow(self) -> None:
@@ -414,7 +464,7 @@ class JobWatch:
         while True:
             seen, start = 0, self.offset + len(self._partial)
             try:
-                async for chunk in tail_async(await self.hook.aconfig(), self.job_id):
+                async for chunk in tail_async(await self.hook.aconfig(), self.job_id, Turns.of_running_loop().connecting):
                     failures = 0
                     begin, seen = seen, seen + len(chunk)
                     if seen > start:
@@ -467,6 +517,7 @@ class JobWatch:
         """The job's status: from the shared board when it has the job, else read alone."""
         if board is not None:
             info = await board.info(self.job_id, self.policy.poll_interval / 2)
+            await take_turn()  # the list's answer wakes every watcher that waited for it
             if info is not None:
                 return info
         return await self.hook.aget_job_info(self.job_id)

@@ -5,7 +5,10 @@ The dashboard sends log text as messages and closes the socket when the job ends
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
 from airflow_provider_raydatallm.hooks._connection import CONNECT_TIMEOUT, USER_AGENT, RayConnectionConfig
@@ -57,7 +60,11 @@ def tail_sync(config: RayConnectionConfig, job_id: str) -> Iterator[str]:
             return
 
 
-async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[str]:
+async def tail_async(
+    config: RayConnectionConfig, job_id: str, gate: AbstractAsyncContextManager[Any] | None = None
+) -> AsyncIterator[str]:
+    """The job's log as it grows, from its start; ``gate`` is held while the stream opens
+    (a triggerer opening hundreds at once opens them a few at a time)."""
     import asyncio
 
     from websockets.asyncio.client import connect
@@ -65,19 +72,20 @@ async def tail_async(config: RayConnectionConfig, job_id: str) -> AsyncIterator[
 
     ssl_context = await asyncio.to_thread(config.ssl_context)  # reads CA files: off the loop
     try:
-        socket = await connect(
-            _ws_url(config, job_id),
-            additional_headers=_headers(config),
-            user_agent_header=USER_AGENT,
-            ssl=ssl_context,
-            open_timeout=CONNECT_TIMEOUT,
-            max_size=None,
-            compression=None,
-            # The dashboard proxy does not answer pings: keepalive would kill a quiet tail.
-            ping_interval=None,
-            # Closing early (the job ended) need not wait for the dashboard's next tail turn.
-            close_timeout=CLOSE_TIMEOUT,
-        )
+        async with gate if gate is not None else contextlib.nullcontext():
+            socket = await connect(
+                _ws_url(config, job_id),
+                additional_headers=_headers(config),
+                user_agent_header=USER_AGENT,
+                ssl=ssl_context,
+                open_timeout=CONNECT_TIMEOUT,
+                max_size=None,
+                compression=None,
+                # The dashboard proxy does not answer pings: keepalive would kill a quiet tail.
+                ping_interval=None,
+                # Closing early (the job ended) need not wait for the dashboard's next tail turn.
+                close_timeout=CLOSE_TIMEOUT,
+            )
     except OSError as err:
         raise RayClusterUnreachableError(config.base_url, redact(str(err), config.secrets())) from None
     try:

@@ -51,6 +51,7 @@ class _Call:
     submitting: bool = False
     expect_json: bool = True
     params: Mapping[str, Any] | None = None
+    off_loop: bool = False  # an answer that grows with the cluster (every job it knows): read in a thread
 
 
 class RayHook(BaseHook):
@@ -176,7 +177,7 @@ class RayHook(BaseHook):
             )
         except httpx.TransportError as err:
             raise self._unreachable(config, err) from None
-        if len(response.content) > LARGE_BODY:  # a long job log: decode it off the event loop
+        if call.off_loop or len(response.content) > LARGE_BODY:  # a long log, the job list: off the loop
             return await asyncio.to_thread(self._read, call, config, response)
         return self._read(call, config, response)
 
@@ -215,7 +216,7 @@ class RayHook(BaseHook):
 
     @staticmethod
     def _list_call() -> _Call:
-        return _Call("GET", api.JOBS_PATH, lambda d: [RayJobInfo.from_api(j) for j in d])
+        return _Call("GET", api.JOBS_PATH, lambda d: [RayJobInfo.from_api(j) for j in d], off_loop=True)
 
     @staticmethod
     def _state_call(path: str, params: Mapping[str, Any]) -> _Call:

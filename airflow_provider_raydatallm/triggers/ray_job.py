@@ -21,6 +21,7 @@ from airflow_provider_raydatallm.watch import (
     address_of,
     stop_and_wait,
     stop_command,
+    take_turn,
 )
 
 # XCom of the deferred task instance holding how much of the job log its task log has:
@@ -206,6 +207,7 @@ class RayJobTrigger(BaseTrigger):
         # Triggers that start together (a burst of deferred tasks, a triggerer restart) begin
         # within a second of each other instead of all in one turn of the event loop.
         await asyncio.sleep(random.uniform(0, min(START_SPREAD_SECONDS, self.poll_interval)))
+        await take_turn()
         hook = RayHook(ray_conn_id=self.ray_conn_id)
         policy = WaitPolicy(
             poll_interval=self.poll_interval, deadline=self._deadline(), pending_timeout=self.pending_timeout,

@@ -183,3 +183,32 @@ class TestTLS:
     def test_verify_false_skips_verification(self, tls_server, monkeypatch):
         canned, _ = tls_server
         assert _connect(monkeypatch, canned.address, verify=False).get_job_status("sub-1") is RayJobStatus.RUNNING
+
+
+async def test_the_job_list_is_read_off_the_event_loop(server, monkeypatch):
+    """The list grows with every job the cluster knows (thousands on a long-lived head): its
+    decoding must not hold a triggerer's loop, whatever its size."""
+    import threading
+
+    from airflow_provider_raydatallm.hooks import _jobs_api
+
+    server.answer("GET", "/api/jobs/", 200, [{**JOB, "submission_id": f"sub-{n}"} for n in range(3)])
+    threads: list[str] = []
+    parse = _jobs_api.RayJobInfo.from_api.__func__
+
+    def recording(cls, data):
+        threads.append(threading.current_thread().name)
+        return parse(cls, data)
+
+    monkeypatch.setattr(_jobs_api.RayJobInfo, "from_api", classmethod(recording))
+    hook = _connect(monkeypatch, server.address)
+    try:
+        listed = await hook.alist_jobs()
+        assert [j.submission_id for j in listed] == ["sub-0", "sub-1", "sub-2"]
+        assert len(threads) == 3 and threading.main_thread().name not in threads
+        threads.clear()
+        server.answer("GET", "/api/jobs/sub-1", 200, JOB)  # one small answer: read on the loop
+        assert (await hook.aget_job_info("sub-1")).submission_id == "sub-1"
+        assert threads == [threading.main_thread().name]
+    finally:
+        await hook.aclose()

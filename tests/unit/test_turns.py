@@ -1,0 +1,107 @@
+"""Many watchers on one event loop take turns (watch.Turns): when hundreds wake together,
+their steps are spread over several turns of the loop instead of holding it for their sum,
+and only a few log streams are opened at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from airflow_provider_raydatallm import watch
+from airflow_provider_raydatallm.hooks._connection import config_from_connection
+from airflow_provider_raydatallm.hooks._logs_ws import tail_async
+
+STEPS = 400
+STEP_CPU = 0.00025  # each watcher's step: 0.25 ms of CPU, 100 ms for all of them
+
+
+def _busy(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+async def _longest_hold(budgeted: bool) -> tuple[float, int]:
+    """(CPU seconds the loop's longest turn ran others' steps, as a probe sees it; steps done)."""
+    done = 0
+    holds: list[float] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        while not stop.is_set():
+            cpu = time.thread_time()
+            await asyncio.sleep(0)
+            holds.append(time.thread_time() - cpu)
+
+    async def watcher() -> None:
+        nonlocal done
+        await gate.wait()  # every watcher wakes in the same turn, as when one answer wakes them all
+        if budgeted:
+            await watch.take_turn()
+        _busy(STEP_CPU)
+        done += 1
+
+    gate = asyncio.Event()
+    watchers = [asyncio.create_task(watcher()) for _ in range(STEPS)]
+    await asyncio.sleep(0)
+    probing = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*watchers)
+    stop.set()
+    await probing
+    return max(holds), done
+
+
+def test_watchers_waking_together_are_spread_over_turns_within_the_budget():
+    unbudgeted, done = asyncio.run(_longest_hold(budgeted=False))
+    assert done == STEPS and unbudgeted > 0.6 * STEPS * STEP_CPU  # the burst this guards against
+    budgeted, done = asyncio.run(_longest_hold(budgeted=True))
+    assert done == STEPS
+    # The budget (5 ms) plus one step and the turns' own bookkeeping; a gross-regression guard.
+    assert budgeted < 0.4 * unbudgeted, (budgeted, unbudgeted)
+
+
+def test_each_event_loop_has_its_own_turns():
+    async def turns() -> watch.Turns:
+        return watch.Turns.of_running_loop()
+
+    async def main() -> None:
+        assert await turns() is await turns()
+
+    asyncio.run(main())
+    first = asyncio.run(turns())
+    assert first is not asyncio.run(turns())
+
+
+def test_only_a_few_log_streams_open_at_once_and_each_gets_its_log():
+    """A local websocket server counts the handshakes in progress at once."""
+    from websockets.asyncio.server import serve
+
+    opening = peak = 0
+
+    async def handler(connection) -> None:
+        await connection.send("line one\n")
+        await connection.close()
+
+    async def process_request(connection, request):
+        nonlocal opening, peak
+        opening += 1
+        peak = max(peak, opening)
+        await asyncio.sleep(0.02)  # a handshake that takes a while to be answered
+        opening -= 1
+
+    async def main() -> list[list[str]]:
+        async with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
+            port = server.sockets[0].getsockname()[1]
+            config = config_from_connection("127.0.0.1", port, "http", None, {})
+            gate = asyncio.Semaphore(3)
+
+            async def one(n: int) -> list[str]:
+                return [chunk async for chunk in tail_async(config, f"job-{n}", gate)]
+
+            return await asyncio.gather(*(one(n) for n in range(30)))
+
+    logs = asyncio.run(main())
+    assert logs == [["line one\n"]] * 30
+    assert 1 <= peak <= 3, peak
