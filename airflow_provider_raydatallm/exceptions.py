@@ -31,6 +31,23 @@ class RayClusterUnreachableError(RayProviderError):
         )
 
 
+class RayClusterSlowError(RayClusterUnreachableError):
+    """The dashboard took the request but did not answer in time: the head is up and busy.
+    A write's outcome is then unknown (Ray may still carry it out)."""
+
+    def __init__(self, address: str, what: str, seconds: float, reason: str):
+        self.address = address
+        self.reason = reason
+        self.what = what
+        self.seconds = seconds
+        RayProviderError.__init__(
+            self,
+            f"Ray dashboard at {address} took {what} but did not answer within {seconds:g}s ({reason}): the head "
+            "is up but busy (starting Serve, many jobs starting at once, a small head node). A longer "
+            "timeout in the ray connection's extra ('timeout') gives it more time.",
+        )
+
+
 class RayAuthenticationError(RayProviderError):
     """The dashboard refused the request's credentials (HTTP 401/403)."""
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from airflow_provider_raydatallm.exceptions import (
     RayAPIError,
+    RayClusterSlowError,
+    RayClusterUnreachableError,
     RayJobAlreadyExistsError,
     RayJobNotFoundError,
     RayProviderError,
@@ -39,6 +41,10 @@ from airflow_provider_raydatallm.hooks.ray import RayHook
 from airflow_provider_raydatallm.watch import backoff, is_transient
 
 WRITE_ATTEMPTS = 3
+# A config write Ray took but did not answer in time (RayClusterSlowError): Serve's state is
+# read this long for the written config before the deploy fails.
+UNANSWERED_WRITE_GRACE_SECONDS = 60.0
+UNANSWERED_WRITE_POLL_SECONDS = 2.0
 REMOVE_WAIT_SECONDS = 120.0
 # After a PUT the app is listed at once; a short grace covers a dashboard answering from
 # a controller that has not applied it yet.
@@ -245,14 +251,47 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
         body = api.put_body(state, put=config, http_options=http_options, proxy_location=proxy_location)
         log.info("%s Serve application %s (config %s) at %s, beside %d other application(s)",
                  "Updating" if existing else "Deploying", name, wanted, address, len(body["applications"]) - 1)  # fmt: skip
-        await hook.aput_serve_applications(body)
-        after = (await hook.aget_serve_state()).apps.get(name)
+        try:
+            await hook.aput_serve_applications(body)
+        except RayClusterSlowError as err:
+            # Ray took the write and may still carry it out: what Serve runs decides.
+            after = await _after_unanswered_write(hook, name, wanted, err, log)
+        else:
+            after = (await hook.aget_serve_state()).apps.get(name)
         if after is not None and api.config_hash(after.config) == wanted:
             # An app that was being deleted is deployed anew: this deploy created it.
             return Deployed(name, wanted, created=existing is None or existing.status == "DELETING", changed=True)
         log.warning("Serve's config changed under this deploy (another client wrote at the same time): attempt %d of %d",
                     attempt, WRITE_ATTEMPTS)  # fmt: skip
     raise RayServeDeployError(f"Serve application {name!r} at {address}: the config did not stay after {WRITE_ATTEMPTS} writes")
+
+
+async def _after_unanswered_write(hook: RayHook, name: str, wanted: str, err: RayClusterSlowError,
+                                  log: logging.Logger) -> Any:  # fmt: skip
+    """The app as Serve shows it after a config write that was not answered in time: read
+    until it runs the wanted config or ``UNANSWERED_WRITE_GRACE_SECONDS`` have passed. Never
+    "unreachable": the head took the write. Raises when Serve does not show it by then."""
+    log.warning("%s; reading what Serve runs for up to %.0fs to see whether the write took", err,
+                UNANSWERED_WRITE_GRACE_SECONDS)  # fmt: skip
+    give_up_at = time.monotonic() + UNANSWERED_WRITE_GRACE_SECONDS
+    while True:
+        try:
+            app = (await hook.aget_serve_state()).apps.get(name)
+        except RayClusterUnreachableError as read_err:  # still busy (slow reads are this too): read again
+            log.info("reading Serve's state after the unanswered write failed: %s", read_err)
+            app = None
+        if app is not None and api.config_hash(app.config) == wanted:
+            log.info("Serve application %s runs this config (%s): the write took, only its answer was late",
+                     name, wanted)  # fmt: skip
+            return app
+        if time.monotonic() >= give_up_at:
+            raise RayServeDeployError(
+                f"Serve application {name!r} at {err.address}: the config write was not answered within "
+                f"{err.seconds:g}s and Serve did not show the config {UNANSWERED_WRITE_GRACE_SECONDS:.0f}s later "
+                "(the head is up but busy). Nothing of this deploy runs; retry the task, or give the ray "
+                "connection a longer 'timeout'"
+            )
+        await asyncio.sleep(UNANSWERED_WRITE_POLL_SECONDS)
 
 
 async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str | None = None,
@@ -278,7 +317,10 @@ async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str |
             log.info("Serve application %s now runs another config (%s); left alone", name, api.config_hash(app.config))
             return False
         log.info("Removing Serve application %s from %s", name, address)
-        await hook.aput_serve_applications(api.put_body(state, remove=name))
+        try:
+            await hook.aput_serve_applications(api.put_body(state, remove=name))
+        except RayClusterSlowError as err:  # Ray took the write: what Serve shows decides, below
+            log.warning("%s; waiting for Serve to show the application deleted", err)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             state = await hook.aget_serve_state()

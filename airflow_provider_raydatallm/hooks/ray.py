@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from airflow.sdk import BaseHook
-from airflow_provider_raydatallm.exceptions import RayClusterUnreachableError
+from airflow_provider_raydatallm.exceptions import RayClusterSlowError, RayClusterUnreachableError
 from airflow_provider_raydatallm.hooks import _jobs_api as api, _state_api as _state
 from airflow_provider_raydatallm.hooks._connection import (
+    CONNECT_TIMEOUT,
     RayConnectionConfig,
     config_from_connection,
 )
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["Demand", "RayHook", "RayJobInfo", "RayJobStatus"]
 # Answers above this size (a long job log) are decoded in a thread, off the triggerer's loop.
 LARGE_BODY = 256 * 1024
+# Seconds a write of Serve's config may take to be answered, at least (the connection's
+# timeout, when longer, applies instead).
+SERVE_WRITE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class _Call:
     expect_json: bool = True
     params: Mapping[str, Any] | None = None
     off_loop: bool = False  # an answer that grows with the cluster (every job it knows): read in a thread
+    min_timeout: float | None = None  # seconds the answer may take at least, whatever the connection's timeout
 
 
 class RayHook(BaseHook):
@@ -154,18 +159,30 @@ class RayHook(BaseHook):
         )
         return call.parse(data)
 
-    def _unreachable(self, config: RayConnectionConfig, err: httpx.TransportError) -> RayClusterUnreachableError:
-        reason = api.redact(f"{type(err).__name__}: {err}", config.secrets())
+    @staticmethod
+    def _timeout(call: _Call, config: RayConnectionConfig) -> Any:
+        """The call's own timeout when it needs longer than the connection's, else the client's."""
+        if call.min_timeout is None or call.min_timeout <= config.timeout:
+            return httpx.USE_CLIENT_DEFAULT
+        return httpx.Timeout(call.min_timeout, connect=min(CONNECT_TIMEOUT, config.timeout))
+
+    def _unreachable(self, call: _Call, config: RayConnectionConfig, err: httpx.TransportError) -> RayClusterUnreachableError:
+        reason = api.redact(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__, config.secrets())
+        if isinstance(err, httpx.TimeoutException) and not isinstance(err, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+            # It took the request: up, but slow. (A connect timeout is "unreachable".)
+            seconds = max(config.timeout, call.min_timeout or 0.0)
+            return RayClusterSlowError(config.base_url, f"{call.method} {call.path}", seconds, reason)
         return RayClusterUnreachableError(config.base_url, reason)
 
     def _run(self, call: _Call) -> Any:
         config = self.config
         try:
             response = self._client.request(
-                call.method, call.path, json=call.body, content=call.content, params=call.params
-            )
+                call.method, call.path, json=call.body, content=call.content, params=call.params,
+                timeout=self._timeout(call, config),
+            )  # fmt: skip
         except httpx.TransportError as err:
-            raise self._unreachable(config, err) from None
+            raise self._unreachable(call, config, err) from None
         return self._read(call, config, response)
 
     async def _arun(self, call: _Call) -> Any:
@@ -173,10 +190,11 @@ class RayHook(BaseHook):
         config = await self.aconfig()
         try:
             response = await client.request(
-                call.method, call.path, json=call.body, content=call.content, params=call.params
-            )
+                call.method, call.path, json=call.body, content=call.content, params=call.params,
+                timeout=self._timeout(call, config),
+            )  # fmt: skip
         except httpx.TransportError as err:
-            raise self._unreachable(config, err) from None
+            raise self._unreachable(call, config, err) from None
         if call.off_loop or len(response.content) > LARGE_BODY:  # a long log, the job list: off the loop
             return await asyncio.to_thread(self._read, call, config, response)
         return self._read(call, config, response)
@@ -240,7 +258,10 @@ class RayHook(BaseHook):
     def _serve_put_call(body: Mapping[str, Any]) -> _Call:
         from airflow_provider_raydatallm.hooks._serve_api import APPLICATIONS_PATH
 
-        return _Call("PUT", APPLICATIONS_PATH, lambda r: None, body=dict(body), expect_json=False)
+        # Ray answers once Serve took the config; the first one starts Serve itself, which
+        # on a busy head outlasts a read's timeout.
+        return _Call("PUT", APPLICATIONS_PATH, lambda r: None, body=dict(body), expect_json=False,
+                     min_timeout=SERVE_WRITE_TIMEOUT)  # fmt: skip
 
     @staticmethod
     def _version_call() -> _Call:

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +30,7 @@ class CannedServer:
     routes: dict[tuple[str, str], list[tuple[int, str, str]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     address: str = ""
+    delays: dict[tuple[str, str], float] = field(default_factory=dict)  # seconds before answering
 
     def answer(self, method: str, path: str, status: int, body: object, content_type: str = "application/json"):
         """Answer this from now on (replacing earlier answers for the route)."""
@@ -51,6 +53,8 @@ def _handler(server: CannedServer):
                 (404, f"{self.command} {self.path}: no route", "text/plain")
             ]
             status, text, content_type = queue.pop(0) if len(queue) > 1 else queue[0]
+            if server.delays.get((self.command, self.path)):
+                time.sleep(server.delays[(self.command, self.path)])
             payload = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)

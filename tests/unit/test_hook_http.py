@@ -212,3 +212,36 @@ async def test_the_job_list_is_read_off_the_event_loop(server, monkeypatch):
         assert threads == [threading.main_thread().name]
     finally:
         await hook.aclose()
+
+
+async def test_an_answer_that_comes_too_late_is_named_slow_not_unreachable(server, monkeypatch):
+    from airflow_provider_raydatallm.exceptions import RayClusterSlowError
+
+    server.answer("GET", "/api/jobs/sub-1", 200, JOB)
+    server.delays[("GET", "/api/jobs/sub-1")] = 1.5
+    hook = _connect(monkeypatch, server.address, timeout=0.5)
+    try:
+        with pytest.raises(RayClusterSlowError) as caught:
+            await hook.aget_job_info("sub-1")
+    finally:
+        await hook.aclose()
+    text = str(caught.value)
+    assert "did not answer within 0.5s" in text and "GET /api/jobs/sub-1" in text and "unreachable" not in text
+    assert "up but busy" in text
+    _assert_no_secret(text)
+    with pytest.raises(RayClusterSlowError):  # the sync path says the same
+        _connect(monkeypatch, server.address, timeout=0.5).get_job_info("sub-1")
+
+
+async def test_a_serve_config_write_waits_longer_than_a_read(server, monkeypatch):
+    from airflow_provider_raydatallm.hooks import ray as ray_hook
+
+    monkeypatch.setattr(ray_hook, "SERVE_WRITE_TIMEOUT", 3.0)
+    server.answer("PUT", "/api/serve/applications/", 200, "")
+    server.delays[("PUT", "/api/serve/applications/")] = 1.0  # longer than the connection's 0.5 s
+    hook = _connect(monkeypatch, server.address, timeout=0.5)
+    try:
+        await hook.aput_serve_applications({"applications": []})
+    finally:
+        await hook.aclose()
+    assert [s.method for s in server.seen] == ["PUT"]

@@ -280,3 +280,53 @@ async def test_wait_fails_on_deploy_failure_and_on_unplaceable_replicas(serve):
     event = await serve_apps.wait_running(hook, "llm", api.config_hash(ours), serve_apps.AppWait(poll_interval=0.05), LOG)
     assert event["status"] == "gone" and "another config" in event["message"]
     await hook.aclose()
+
+
+@pytest.fixture
+def slow_writes(serve, monkeypatch):
+    """Serve's config writes are answered after the (shortened) write timeout: Ray took them."""
+    from airflow_provider_raydatallm.hooks import ray as ray_hook
+
+    monkeypatch.setattr(ray_hook, "SERVE_WRITE_TIMEOUT", 0.5)
+    monkeypatch.setattr(serve_apps, "UNANSWERED_WRITE_POLL_SECONDS", 0.1)
+    host, port = serve.address.split("://")[1].split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_SERVE_UNIT", json.dumps({"conn_type": "ray", "host": host, "port": int(port),
+                                                                  "extra": {"timeout": 0.3}}))  # fmt: skip
+    serve.answer("PUT", api.APPLICATIONS_PATH, 200, "")
+    serve.delays[("PUT", api.APPLICATIONS_PATH)] = 1.5
+    return serve
+
+
+async def test_a_deploy_whose_write_is_answered_late_carries_on_once_serve_runs_the_config(slow_writes, caplog):
+    """The head took the write but answered after the timeout (Serve starting on a busy head):
+    the deploy reads what Serve runs and carries on, instead of failing as "unreachable" and
+    leaving an app no lease holds."""
+    ours = api.app_config("llm", "/llm", [LLM])
+    slow_writes.answer("GET", api.APPLICATIONS_PATH, 200, _details({}, running=False))
+    slow_writes.then("GET", api.APPLICATIONS_PATH, 200, _details({}, running=False))  # not yet
+    slow_writes.then("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours, "DEPLOYING")}))
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        with caplog.at_level(logging.INFO, logger="test"):
+            deployed = await serve_apps.deploy(hook, ours, LOG)
+    finally:
+        await hook.aclose()
+    assert (deployed.created, deployed.changed, deployed.config_hash) == (True, True, api.config_hash(ours))
+    assert len(_puts(slow_writes)) == 1  # not written twice
+    said = caplog.text
+    assert "did not answer within 0.5s" in said and "the write took, only its answer was late" in said
+    assert "unreachable" not in said
+
+
+async def test_a_deploy_whose_write_never_shows_fails_saying_the_head_is_slow(slow_writes, monkeypatch):
+    monkeypatch.setattr(serve_apps, "UNANSWERED_WRITE_GRACE_SECONDS", 0.5)
+    ours = api.app_config("llm", "/llm", [LLM])
+    slow_writes.answer("GET", api.APPLICATIONS_PATH, 200, _details({}, running=False))
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        with pytest.raises(RayServeDeployError, match=r"config write was not answered within 0\.5s and Serve did not "
+                                                      r"show the config 0s later \(the head is up but busy\)"):
+            await serve_apps.deploy(hook, ours, LOG)
+    finally:
+        await hook.aclose()
+    assert len(_puts(slow_writes)) == 1
