@@ -452,6 +452,9 @@ class JobWatch:
                 relayed = self.relay(line)
                 if relayed is not None:
                     RELAYED.log(relayed[0], "%s", relayed[1])
+                # Line by line: cancelled between two lines (the job ended and _drain took
+                # over), the rest is written from here, none twice.
+                self.offset = min(self.offset + len(line) + 1, new_offset)
             self.offset = new_offset
 
     async def _follow(self) -> None:

@@ -75,3 +75,32 @@ async def test_the_jobs_last_word_marks_it_ending():
         assert not watch.ending.is_set()
         await watch._emit(f"{marker}{{}}\n")
         assert watch.ending.is_set()
+
+
+async def test_a_follow_cancelled_between_lines_leaves_the_rest_to_the_drain_none_twice(caplog, monkeypatch):
+    """Many triggers at once: writing a chunk of lines yields between lines (watch.Turns), so the
+    job's end can cancel the follow midway; the drain then writes the rest of the log from the
+    last line written, none twice and none lost."""
+    import asyncio
+
+    from airflow_provider_raydatallm import watch as watch_mod
+
+    caplog.set_level(logging.INFO, logger="airflow.task.ray")
+    monkeypatch.setattr(watch_mod, "TURN_BUDGET_SECONDS", 0.0)  # one line per loop turn
+    text = "".join(f"line {i}\n" for i in range(40))
+
+    class Hook:
+        async def aget_job_logs(self, job_id: str) -> str:
+            await asyncio.sleep(0)
+            return text
+
+    def relayed() -> list[str]:
+        return [r.getMessage().removeprefix("[ray] ") for r in caplog.records if r.name == "airflow.task.ray"]
+
+    watch = JobWatch(Hook(), "j", WaitPolicy(), _Log())
+    follower = asyncio.create_task(watch._emit(text))
+    for _ in range(8):
+        await asyncio.sleep(0)
+    assert 0 < len(relayed()) < 40  # cancelled midway
+    await watch._drain(follower)
+    assert relayed() == [f"line {i}" for i in range(40)] and watch.offset == len(text)
