@@ -43,8 +43,9 @@ class RayClusterSlowError(RayClusterUnreachableError):
         RayProviderError.__init__(
             self,
             f"Ray dashboard at {address} took {what} but did not answer within {seconds:g}s ({reason}): the head "
-            "is up but busy (starting Serve, many jobs starting at once, a small head node). A longer "
-            "timeout in the ray connection's extra ('timeout') gives it more time.",
+            "is up but busy (starting Serve, many jobs starting at once, a small head node). The ray "
+            "connection's extra 'timeout' sets how long a request waits (a Serve config write waits 120 s at "
+            "least).",
         )
 
 

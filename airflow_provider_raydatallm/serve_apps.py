@@ -80,6 +80,14 @@ async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: 
                 raise
             log.info("Lease %s on Serve application %s was held by this run already: renewing it", sid, app)
             await drop_lease(hook, sid, log)  # renewed with a new expiry
+        except RayClusterSlowError as err:
+            # Ray took the submission: the lease may exist. If it does, it is this run's.
+            try:
+                await hook.aget_job_info(sid)
+            except RayJobNotFoundError:
+                raise err from None
+            log.info("Lease %s on Serve application %s for %s: recorded, though its answer was late", sid, app, holder)
+            return sid
     return sid
 
 
@@ -269,29 +277,42 @@ async def deploy(hook: RayHook, config: dict[str, Any], log: logging.Logger, htt
 async def _after_unanswered_write(hook: RayHook, name: str, wanted: str, err: RayClusterSlowError,
                                   log: logging.Logger) -> Any:  # fmt: skip
     """The app as Serve shows it after a config write that was not answered in time: read
-    until it runs the wanted config or ``UNANSWERED_WRITE_GRACE_SECONDS`` have passed. Never
-    "unreachable": the head took the write. Raises when Serve does not show it by then."""
-    log.warning("%s; reading what Serve runs for up to %.0fs to see whether the write took", err,
+    until it runs the wanted config (not being deleted) or ``UNANSWERED_WRITE_GRACE_SECONDS``
+    have passed. Never "unreachable": the head took the write. Raises when Serve does not
+    show it by then."""
+    log.warning("%s; reading what Serve runs for up to %gs to see whether the write took", err,
                 UNANSWERED_WRITE_GRACE_SECONDS)  # fmt: skip
     give_up_at = time.monotonic() + UNANSWERED_WRITE_GRACE_SECONDS
     while True:
-        try:
-            app = (await hook.aget_serve_state()).apps.get(name)
-        except RayClusterUnreachableError as read_err:  # still busy (slow reads are this too): read again
-            log.info("reading Serve's state after the unanswered write failed: %s", read_err)
-            app = None
-        if app is not None and api.config_hash(app.config) == wanted:
+        app = await _read_app_tolerantly(hook, name, log)
+        if app is not None and app is not UNREAD and api.config_hash(app.config) == wanted and app.status != "DELETING":
             log.info("Serve application %s runs this config (%s): the write took, only its answer was late",
                      name, wanted)  # fmt: skip
             return app
         if time.monotonic() >= give_up_at:
             raise RayServeDeployError(
                 f"Serve application {name!r} at {err.address}: the config write was not answered within "
-                f"{err.seconds:g}s and Serve did not show the config {UNANSWERED_WRITE_GRACE_SECONDS:.0f}s later "
-                "(the head is up but busy). Nothing of this deploy runs; retry the task, or give the ray "
-                "connection a longer 'timeout'"
+                f"{err.seconds:g}s and Serve did not show the config {UNANSWERED_WRITE_GRACE_SECONDS:g}s later "
+                "(the head is up but busy). Ray may still carry the write out: if the application appears, no "
+                "run holds a lease on it, and a retry of this task (or a delete) takes care of it. Retry the "
+                "task, or give the ray connection a longer 'timeout'"
             )
         await asyncio.sleep(UNANSWERED_WRITE_POLL_SECONDS)
+
+
+UNREAD = object()  # a read of Serve's state the busy head did not answer
+
+
+async def _read_app_tolerantly(hook: RayHook, name: str, log: logging.Logger) -> Any:
+    """The app as Serve shows it (None: not there), or UNREAD when the read failed for a
+    reason worth reading again (``watch.is_transient``)."""
+    try:
+        return (await hook.aget_serve_state()).apps.get(name)
+    except RayProviderError as read_err:
+        if not is_transient(read_err):
+            raise
+        log.info("reading Serve's state failed (%s); reading again", read_err)
+        return UNREAD
 
 
 async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str | None = None,
@@ -317,19 +338,20 @@ async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str |
             log.info("Serve application %s now runs another config (%s); left alone", name, api.config_hash(app.config))
             return False
         log.info("Removing Serve application %s from %s", name, address)
+        late_until = 0.0  # a write answered late may be carried out a while after
         try:
             await hook.aput_serve_applications(api.put_body(state, remove=name))
         except RayClusterSlowError as err:  # Ray took the write: what Serve shows decides, below
             log.warning("%s; waiting for Serve to show the application deleted", err)
+            late_until = time.monotonic() + UNANSWERED_WRITE_GRACE_SECONDS
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            state = await hook.aget_serve_state()
-            app = state.apps.get(name)
+            app = await _read_app_tolerantly(hook, name, log) if late_until else (await hook.aget_serve_state()).apps.get(name)
             if app is None:
                 log.info("Serve application %s is deleted", name)
                 return True
-            if app.status != "DELETING":  # put back by a concurrent write: write again
-                break
+            if app is not UNREAD and app.status != "DELETING" and time.monotonic() >= late_until:
+                break  # put back by a concurrent write (or a late write never carried out): write again
             await asyncio.sleep(1)
         else:
             raise RayServeDeployError(f"Serve application {name!r} at {address} was still deleting after {wait:.0f}s")

@@ -17,6 +17,7 @@ address and the ``ray job stop`` command; it never leaves a job of its own runni
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import logging
 import random
@@ -68,6 +69,48 @@ STREAM_CLOSED_FAST_POLL_SECONDS = 10.0
 RELAYED = logging.getLogger("airflow.task.ray")
 
 
+class Gate:
+    """At most ``size`` holders at once, first come first served. (``asyncio.Semaphore``
+    keeps the loop it first waited on: a gate kept per loop would keep its loop alive.)"""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        slot = asyncio.get_running_loop().create_future()
+        self.waiting.append(slot)
+        try:
+            await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():
+                self._hand_over()  # given the slot, then cancelled: the next one has it
+            else:
+                _discard(self.waiting, slot)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self.waiting:
+            slot = self.waiting.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self.free += 1
+
+
+def _discard(queue: collections.deque[Any], item: Any) -> None:
+    try:
+        queue.remove(item)
+    except ValueError:
+        pass
+
+
 class Turns:
     """A budget for the watchers' share of each turn of one event loop.
 
@@ -75,42 +118,84 @@ class Turns:
     When hundreds of watchers wake together (the shared status list answered, a burst of log
     lines, a triggerer starting its triggers at once), their steps, each short, add up to one
     long turn, and every other trigger on the loop waits for all of them. Before a step, a
-    watcher awaits :meth:`take`: the first step of a turn starts the turn's clock; once
-    ``TURN_BUDGET_SECONDS`` of it are spent, the rest go on in the next turns (first come,
-    first served), with the loop's other callbacks in between.
+    watcher awaits :meth:`take`. The first step of a turn starts the turn's clock; once
+    ``TURN_BUDGET_SECONDS`` of it are spent, later steps wait in line, and each later turn
+    lets the head of the line go, as many as a turn's budget holds (from what a step has cost
+    so far), with the loop's other callbacks in between. First come, first served: while
+    anyone waits, a new step waits behind them, so a watcher with a long backlog of log lines
+    takes its steps in line with the others and holds none of them back for long.
     """
 
     _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()
+    FIRST_STEP_GUESS = 0.0005  # seconds a step costs, before any was measured
+    MAX_RELEASED = 64  # waiters let go in one turn at most, whatever the estimate
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
+        # Nothing here refers to the loop (the key of _of_loop): it goes when its loop goes.
         self.began = 0.0
-        self.open = False  # a turn's clock runs: a callback in the next turn stops it
+        self.open = False  # this turn's clock runs
+        self.tick_pending = False  # a _tick is scheduled
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.released = 0  # let go, not yet run
+        self.step = self.FIRST_STEP_GUESS
+        self.last_grant: float | None = None
         # Opening a log stream is a few steps of the websocket library's own (TCP connect, the
         # HTTP upgrade, its answer parsed) that no budget sees: only so many at once.
-        self.connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
+        self.connecting = Gate(CONNECTS_AT_ONCE)
 
     @classmethod
     def of_running_loop(cls) -> Turns:
         loop = asyncio.get_running_loop()
         turns = cls._of_loop.get(loop)
         if turns is None:
-            turns = cls._of_loop[loop] = cls(loop)
+            turns = cls._of_loop[loop] = cls()
         return turns
 
-    def _close(self) -> None:
-        self.open = False
+    def _schedule_tick(self) -> None:
+        if not self.tick_pending:
+            self.tick_pending = True
+            asyncio.get_running_loop().call_soon(self._tick)  # early in the next turn
+
+    def _tick(self) -> None:
+        """A new turn: its clock starts at its next step; the head of the line may go."""
+        self.tick_pending = False
+        self.open, self.last_grant = False, None
+        release = min(self.MAX_RELEASED, max(1, int(TURN_BUDGET_SECONDS / max(self.step, 1e-6))))
+        while self.waiting and release:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.released += 1
+                release -= 1
+        if self.waiting:
+            self._schedule_tick()  # the rest go in later turns
+
+    def _grant(self, now: float) -> None:
+        if not self.open:
+            self.open, self.began = True, now
+            self._schedule_tick()
+        elif self.last_grant is not None:  # the previous step of this turn ran until now
+            self.step = 0.9 * self.step + 0.1 * min(now - self.last_grant, TURN_BUDGET_SECONDS)
+        self.last_grant = now
 
     async def take(self) -> None:
-        while True:
-            now = time.perf_counter()
-            if not self.open:
-                self.open, self.began = True, now
-                self.loop.call_soon(self._close)  # runs first thing in the next turn
-                return
-            if now - self.began < TURN_BUDGET_SECONDS:
-                return
-            await asyncio.sleep(0)  # the next turn
+        now = time.perf_counter()
+        if not self.waiting and not self.released and (not self.open or now - self.began < TURN_BUDGET_SECONDS):
+            self._grant(now)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)  # behind those already waiting
+        self._schedule_tick()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.released -= 1  # let go, then cancelled before it ran
+            else:
+                _discard(self.waiting, waiter)
+            raise
+        self.released -= 1
+        self._grant(time.perf_counter())
 
 
 async def take_turn() -> None:

@@ -168,8 +168,9 @@ class RayHook(BaseHook):
 
     def _unreachable(self, call: _Call, config: RayConnectionConfig, err: httpx.TransportError) -> RayClusterUnreachableError:
         reason = api.redact(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__, config.secrets())
-        if isinstance(err, httpx.TimeoutException) and not isinstance(err, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-            # It took the request: up, but slow. (A connect timeout is "unreachable".)
+        if isinstance(err, httpx.ReadTimeout):
+            # It took the whole request: up, but slow. (A connect timeout is "unreachable"; a
+            # write timeout means the request was not all sent, so nothing was taken.)
             seconds = max(config.timeout, call.min_timeout or 0.0)
             return RayClusterSlowError(config.base_url, f"{call.method} {call.path}", seconds, reason)
         return RayClusterUnreachableError(config.base_url, reason)
@@ -383,13 +384,14 @@ class RayHook(BaseHook):
 
     def _package_exists(self, package_path: str) -> bool:
         config = self.config
+        call = _Call("GET", package_path, lambda r: None, expect_json=False)
         try:
             response = self._client.get(package_path)
         except httpx.TransportError as err:
-            raise self._unreachable(config, err) from None
+            raise self._unreachable(call, config, err) from None
         if response.status_code == 404:
             return False
-        self._read(_Call("GET", package_path, lambda r: None, expect_json=False), config, response)
+        self._read(call, config, response)
         return True
 
     def test_connection(self) -> tuple[bool, str]:

@@ -245,3 +245,12 @@ async def test_a_serve_config_write_waits_longer_than_a_read(server, monkeypatch
     finally:
         await hook.aclose()
     assert [s.method for s in server.seen] == ["PUT"]
+
+
+def test_a_package_check_against_a_dead_head_says_unreachable(monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hook = _connect(monkeypatch, f"http://127.0.0.1:{port}")
+    with pytest.raises(RayClusterUnreachableError, match="is unreachable"):
+        hook._package_exists("/api/packages/gcs/_ray_pkg_x.zip")

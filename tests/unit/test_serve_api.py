@@ -325,8 +325,56 @@ async def test_a_deploy_whose_write_never_shows_fails_saying_the_head_is_slow(sl
     hook = RayHook(ray_conn_id="ray_serve_unit")
     try:
         with pytest.raises(RayServeDeployError, match=r"config write was not answered within 0\.5s and Serve did not "
-                                                      r"show the config 0s later \(the head is up but busy\)"):
+                                                      r"show the config 0\.5s later \(the head is up but busy\)\. Ray "
+                                                      r"may still carry the write out"):
             await serve_apps.deploy(hook, ours, LOG)
     finally:
         await hook.aclose()
     assert len(_puts(slow_writes)) == 1
+
+
+async def test_an_app_being_deleted_is_not_taken_for_a_late_write_that_took(slow_writes, monkeypatch):
+    """Another run's teardown deletes the app while this deploy's write goes unanswered: the
+    app Serve shows with the same config but DELETING is not this deploy's."""
+    monkeypatch.setattr(serve_apps, "UNANSWERED_WRITE_GRACE_SECONDS", 0.5)
+    ours = api.app_config("llm", "/llm", [LLM])
+    slow_writes.answer("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours, "DELETING")}))
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        with pytest.raises(RayServeDeployError, match="was not answered within"):
+            await serve_apps.deploy(hook, ours, LOG)
+    finally:
+        await hook.aclose()
+    assert len(_puts(slow_writes)) == 1
+
+
+async def test_a_removal_answered_late_waits_for_serve_instead_of_writing_again(slow_writes):
+    ours = api.app_config("llm", "/llm", [LLM])
+    slow_writes.answer("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours)}))
+    slow_writes.then("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours)}))  # not carried out yet
+    slow_writes.then("GET", api.APPLICATIONS_PATH, 503, "busy", "text/plain")  # a busy head's read
+    slow_writes.then("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours, "DELETING")}))
+    slow_writes.then("GET", api.APPLICATIONS_PATH, 200, _details({}))
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        assert await serve_apps.remove(hook, "llm", LOG) is True
+    finally:
+        await hook.aclose()
+    assert len(_puts(slow_writes)) == 1  # written once
+
+
+async def test_a_lease_submission_answered_late_is_looked_up(slow_writes):
+    lease = serve_apps.lease_id("llm", "ns:daily_a/run1")
+    slow_writes.answer("POST", "/api/jobs/", 200, {"submission_id": lease})
+    slow_writes.delays[("POST", "/api/jobs/")] = 1.0
+    slow_writes.answer("GET", f"/api/jobs/{lease}", 200, _lease_record("llm", "ns:daily_a/run1"))
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        assert await serve_apps.take_lease(hook, "llm", "ns:daily_a/run1", 3600, LOG) == lease
+        slow_writes.answer("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")  # not recorded
+        from airflow_provider_raydatallm.exceptions import RayClusterSlowError
+
+        with pytest.raises(RayClusterSlowError):
+            await serve_apps.take_lease(hook, "llm", "ns:daily_a/run1", 3600, LOG)
+    finally:
+        await hook.aclose()

@@ -95,7 +95,7 @@ def test_only_a_few_log_streams_open_at_once_and_each_gets_its_log():
         async with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
             port = server.sockets[0].getsockname()[1]
             config = config_from_connection("127.0.0.1", port, "http", None, {})
-            gate = asyncio.Semaphore(3)
+            gate = watch.Gate(3)
 
             async def one(n: int) -> list[str]:
                 return [chunk async for chunk in tail_async(config, f"job-{n}", gate)]
@@ -105,3 +105,75 @@ def test_only_a_few_log_streams_open_at_once_and_each_gets_its_log():
     logs = asyncio.run(main())
     assert logs == [["line one\n"]] * 30
     assert 1 <= peak <= 3, peak
+
+
+def test_a_long_backlog_takes_its_steps_in_line_with_the_others():
+    """One job's long backlog of log lines (a trigger far behind its saved offset, a drain)
+    must not hold back another trigger's step until the whole backlog is written."""
+
+    async def main() -> tuple[float, float, float]:
+        started = time.perf_counter()
+        emitter_done = other_waited = other_done = 0.0
+
+        async def emitter() -> None:
+            nonlocal emitter_done
+            for _ in range(2000):  # about 100 ms of steps
+                await watch.take_turn()
+                _busy(0.00005)
+            emitter_done = time.perf_counter() - started
+
+        async def other() -> None:
+            nonlocal other_waited, other_done
+            await asyncio.sleep(0.01)  # comes while the backlog is being written
+            asked = time.perf_counter()
+            await watch.take_turn()
+            other_waited, other_done = time.perf_counter() - asked, time.perf_counter() - started
+
+        await asyncio.gather(emitter(), other())
+        return emitter_done, other_waited, other_done
+
+    emitter_done, other_waited, other_done = asyncio.run(main())
+    assert other_done < emitter_done, (other_done, emitter_done)
+    assert other_waited < 0.4 * emitter_done, (other_waited, emitter_done)
+
+
+def test_turns_and_gates_go_with_their_loop():
+    """A worker runs each wait in its own asyncio.run: nothing kept per loop keeps it alive."""
+    import gc
+
+    async def use() -> None:
+        async def one() -> None:
+            async with watch.Turns.of_running_loop().connecting:
+                await watch.take_turn()
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(one() for _ in range(watch.CONNECTS_AT_ONCE + 4)))
+
+    for _ in range(3):
+        asyncio.run(use())
+    gc.collect()
+    assert len(watch.Turns._of_loop) == 0
+
+
+def test_a_gate_hands_a_slot_on_when_its_holder_or_a_waiter_is_cancelled():
+    async def main() -> list[str]:
+        gate, got = watch.Gate(1), []
+
+        async def holder(name: str, hold: float) -> None:
+            async with gate:
+                got.append(name)
+                await asyncio.sleep(hold)
+
+        first = asyncio.create_task(holder("first", 0.05))
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(holder("cancelled while waiting", 0))
+        last = asyncio.create_task(holder("last", 0))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.sleep(0.01)
+        first.cancel()  # the holder cancelled: its slot goes on
+        await asyncio.gather(first, waiting, last, return_exceptions=True)
+        assert gate.free == 1 and not gate.waiting
+        return got
+
+    assert asyncio.run(main()) == ["first", "last"]
