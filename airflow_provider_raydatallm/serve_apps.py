@@ -56,6 +56,7 @@ LEASE_APP_KEY = "raydllm_lease_app"
 LEASE_HOLDER_KEY = "raydllm_lease_holder"
 LEASE_EXPIRES_KEY = "raydllm_lease_expires"  # epoch seconds
 DEFAULT_LEASE_SECONDS = 24 * 3600.0
+LEASE_LOOKUP_SECONDS = 10.0  # a lease submission answered late is looked for this long
 LEASE_DELETE_SECONDS = 30.0  # a lease job runs `true`; it is deleted once it has ended
 
 
@@ -81,14 +82,41 @@ async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: 
             log.info("Lease %s on Serve application %s was held by this run already: renewing it", sid, app)
             await drop_lease(hook, sid, log)  # renewed with a new expiry
         except RayClusterSlowError as err:
-            # Ray took the submission: the lease may exist. If it does, it is this run's.
-            try:
-                await hook.aget_job_info(sid)
-            except RayJobNotFoundError:
-                raise err from None
-            log.info("Lease %s on Serve application %s for %s: recorded, though its answer was late", sid, app, holder)
-            return sid
+            # Ray took the submission and may be recording it still: look for this lease (its
+            # expiry is this submission's; an older record of this run's is a stale lease).
+            recorded = await _recorded_lease(hook, sid, metadata[LEASE_EXPIRES_KEY])
+            if recorded:
+                log.info("Lease %s on Serve application %s for %s: recorded, though its answer was late", sid, app, holder)
+                return sid
+            if recorded is None:  # not recorded (yet): if it is later, it expires by itself
+                raise RayServeDeployError(
+                    f"taking lease {sid} on Serve application {app!r}: {err}; Ray has not recorded it "
+                    f"{LEASE_LOOKUP_SECONDS:g}s later (if it does, the lease expires after lease_timeout)"
+                ) from None
+            if attempt == 2:
+                raise
+            log.info("Lease %s on Serve application %s is an older one of this run: renewing it", sid, app)
+            await drop_lease(hook, sid, log)
     return sid
+
+
+async def _recorded_lease(hook: RayHook, sid: str, expires: str) -> bool | None:
+    """After a lease submission answered late: True when Ray recorded it, False when the
+    record is an older lease of the same run (another expiry), None when there is none after
+    ``LEASE_LOOKUP_SECONDS``."""
+    give_up_at = time.monotonic() + LEASE_LOOKUP_SECONDS
+    while True:
+        try:
+            info = await hook.aget_job_info(sid)
+            return (info.metadata or {}).get(LEASE_EXPIRES_KEY) == expires
+        except RayJobNotFoundError:
+            pass
+        except RayProviderError as err:
+            if not is_transient(err):
+                raise
+        if time.monotonic() >= give_up_at:
+            return None
+        await asyncio.sleep(1)
 
 
 async def live_leases(hook: RayHook, app: str, now: float | None = None) -> list[Any]:
@@ -344,17 +372,23 @@ async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str |
         except RayClusterSlowError as err:  # Ray took the write: what Serve shows decides, below
             log.warning("%s; waiting for Serve to show the application deleted", err)
             late_until = time.monotonic() + UNANSWERED_WRITE_GRACE_SECONDS
-        deadline = time.monotonic() + wait
+        deadline = max(time.monotonic() + wait, late_until + 1)
+        seen = "not read"
         while time.monotonic() < deadline:
-            app = await _read_app_tolerantly(hook, name, log) if late_until else (await hook.aget_serve_state()).apps.get(name)
+            app = await _read_app_tolerantly(hook, name, log)
             if app is None:
                 log.info("Serve application %s is deleted", name)
                 return True
-            if app is not UNREAD and app.status != "DELETING" and time.monotonic() >= late_until:
-                break  # put back by a concurrent write (or a late write never carried out): write again
+            if app is not UNREAD:
+                seen = app.status
+                if app.status != "DELETING" and time.monotonic() >= late_until:
+                    break  # put back by a concurrent write (or a late write never carried out): write again
             await asyncio.sleep(1)
         else:
-            raise RayServeDeployError(f"Serve application {name!r} at {address} was still deleting after {wait:.0f}s")
+            raise RayServeDeployError(
+                f"Serve application {name!r} at {address} was not deleted after {wait:.0f}s: it was "
+                f"{seen} at the last read of Serve's state"
+            )
     raise RayServeDeployError(f"Serve application {name!r} at {address}: it came back after {WRITE_ATTEMPTS} removals")
 
 

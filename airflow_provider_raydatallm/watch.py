@@ -137,6 +137,7 @@ class Turns:
         self.tick_pending = False  # a _tick is scheduled
         self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self.released = 0  # let go, not yet run
+        self.requeued = 0  # let go but found the turn spent: put back at the head, in order, this turn
         self.step = self.FIRST_STEP_GUESS
         self.last_grant: float | None = None
         # Opening a log stream is a few steps of the websocket library's own (TCP connect, the
@@ -159,8 +160,10 @@ class Turns:
     def _tick(self) -> None:
         """A new turn: its clock starts at its next step; the head of the line may go."""
         self.tick_pending = False
-        self.open, self.last_grant = False, None
-        release = min(self.MAX_RELEASED, max(1, int(TURN_BUDGET_SECONDS / max(self.step, 1e-6))))
+        self.open, self.last_grant, self.requeued = False, None, 0
+        # Two at least: the second one's start measures the first one's step, so the estimate
+        # follows steps that got cheaper even while everyone waits in line.
+        release = min(self.MAX_RELEASED, max(2, int(TURN_BUDGET_SECONDS / max(self.step, 1e-6))))
         while self.waiting and release:
             waiter = self.waiting.popleft()
             if not waiter.done():
@@ -174,28 +177,48 @@ class Turns:
         if not self.open:
             self.open, self.began = True, now
             self._schedule_tick()
-        elif self.last_grant is not None:  # the previous step of this turn ran until now
-            self.step = 0.9 * self.step + 0.1 * min(now - self.last_grant, TURN_BUDGET_SECONDS)
         self.last_grant = now
+
+    def _spent(self, now: float) -> bool:
+        return self.open and now - self.began >= TURN_BUDGET_SECONDS
+
+    def _measure(self, now: float) -> None:
+        """The step let through last in this turn ran until now, about: the estimate follows."""
+        if self.last_grant is not None:
+            self.step = 0.9 * self.step + 0.1 * min(now - self.last_grant, TURN_BUDGET_SECONDS)
+            self.last_grant = None
 
     async def take(self) -> None:
         now = time.perf_counter()
-        if not self.waiting and not self.released and (not self.open or now - self.began < TURN_BUDGET_SECONDS):
+        self._measure(now)
+        if not self.waiting and not self.released and not self._spent(now):
             self._grant(now)
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self.waiting.append(waiter)  # behind those already waiting
         self._schedule_tick()
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.released -= 1  # let go, then cancelled before it ran
-            else:
-                _discard(self.waiting, waiter)
-            raise
-        self.released -= 1
-        self._grant(time.perf_counter())
+        while True:
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.released -= 1  # let go, then cancelled before it ran
+                else:
+                    _discard(self.waiting, waiter)
+                raise
+            self.released -= 1
+            now = time.perf_counter()
+            self._measure(now)  # the one let go before it in this turn ran until now
+            if not self._spent(now):
+                self._grant(now)
+                return
+            # Let go, but the steps let go before it spent the turn (their cost was misjudged):
+            # back at the head of the line, in order.
+            waiter = loop.create_future()
+            self.waiting.insert(self.requeued, waiter)
+            self.requeued += 1
+            self._schedule_tick()
 
 
 async def take_turn() -> None:

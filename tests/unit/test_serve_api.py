@@ -363,18 +363,54 @@ async def test_a_removal_answered_late_waits_for_serve_instead_of_writing_again(
     assert len(_puts(slow_writes)) == 1  # written once
 
 
-async def test_a_lease_submission_answered_late_is_looked_up(slow_writes):
-    lease = serve_apps.lease_id("llm", "ns:daily_a/run1")
+async def test_a_lease_submission_answered_late_is_looked_up(slow_writes, monkeypatch):
+    """Ray took the lease's submission but answered late: its record (this submission's
+    expiry) means the lease is held; an older record of the same run is renewed; none at all
+    fails the deploy naming the lease."""
+    import time
+    import types
+
+    monkeypatch.setattr(serve_apps, "time", types.SimpleNamespace(time=lambda: 1000.0, monotonic=time.monotonic))
+    monkeypatch.setattr(serve_apps, "LEASE_LOOKUP_SECONDS", 0.5)
+    holder = "ns:daily_a/run1"
+    lease = serve_apps.lease_id("llm", holder)
+    record = {**_lease_record("llm", holder), "status": "SUCCEEDED"}
+    record["metadata"][serve_apps.LEASE_EXPIRES_KEY] = "4600.000"  # 1000 + 3600: this submission's
     slow_writes.answer("POST", "/api/jobs/", 200, {"submission_id": lease})
     slow_writes.delays[("POST", "/api/jobs/")] = 1.0
-    slow_writes.answer("GET", f"/api/jobs/{lease}", 200, _lease_record("llm", "ns:daily_a/run1"))
+    slow_writes.answer("GET", f"/api/jobs/{lease}", 200, record)
     hook = RayHook(ray_conn_id="ray_serve_unit")
     try:
-        assert await serve_apps.take_lease(hook, "llm", "ns:daily_a/run1", 3600, LOG) == lease
-        slow_writes.answer("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")  # not recorded
-        from airflow_provider_raydatallm.exceptions import RayClusterSlowError
+        assert await serve_apps.take_lease(hook, "llm", holder, 3600, LOG) == lease
+        assert [s.method for s in slow_writes.seen if s.path.startswith("/api/jobs/")] == ["POST", "GET"]
 
-        with pytest.raises(RayClusterSlowError):
-            await serve_apps.take_lease(hook, "llm", "ns:daily_a/run1", 3600, LOG)
+        # An older lease of this run (a try killed before its teardown): dropped and taken anew.
+        stale = {**record, "metadata": {**record["metadata"], serve_apps.LEASE_EXPIRES_KEY: "900.000"}}
+        slow_writes.answer("GET", f"/api/jobs/{lease}", 200, stale)
+        slow_writes.then("GET", f"/api/jobs/{lease}", 200, record)
+        slow_writes.answer("DELETE", f"/api/jobs/{lease}", 200, {"deleted": True})
+        slow_writes.seen.clear()
+        assert await serve_apps.take_lease(hook, "llm", holder, 3600, LOG) == lease
+        assert [s.method for s in slow_writes.seen] == ["POST", "GET", "DELETE", "POST", "GET"]
+
+        slow_writes.answer("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")  # not recorded
+        with pytest.raises(RayServeDeployError, match=rf"taking lease {lease} .* did not answer within 0\.3s.* "
+                                                      r"Ray has not recorded it 0\.5s later"):
+            await serve_apps.take_lease(hook, "llm", holder, 3600, LOG)
     finally:
         await hook.aclose()
+
+
+async def test_a_removal_answered_late_that_never_takes_is_written_again_past_the_grace(slow_writes, monkeypatch):
+    """A removal's write answered late and never carried out: after the grace the app is
+    written out again (even when the removal's own wait is shorter than the grace)."""
+    monkeypatch.setattr(serve_apps, "UNANSWERED_WRITE_GRACE_SECONDS", 1.5)
+    ours = api.app_config("llm", "/llm", [LLM])
+    slow_writes.answer("GET", api.APPLICATIONS_PATH, 200, _details({"llm": _app(ours)}))
+    hook = RayHook(ray_conn_id="ray_serve_unit")
+    try:
+        with pytest.raises(RayServeDeployError, match=r"it came back after 3 removals"):
+            await serve_apps.remove(hook, "llm", LOG, wait=0.5)
+    finally:
+        await hook.aclose()
+    assert len(_puts(slow_writes)) == 3

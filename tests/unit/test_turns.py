@@ -140,8 +140,13 @@ def test_a_long_backlog_takes_its_steps_in_line_with_the_others():
 def test_turns_and_gates_go_with_their_loop():
     """A worker runs each wait in its own asyncio.run: nothing kept per loop keeps it alive."""
     import gc
+    import weakref
+
+    loops: list[weakref.ref] = []
 
     async def use() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+
         async def one() -> None:
             async with watch.Turns.of_running_loop().connecting:
                 await watch.take_turn()
@@ -152,7 +157,41 @@ def test_turns_and_gates_go_with_their_loop():
     for _ in range(3):
         asyncio.run(use())
     gc.collect()
-    assert len(watch.Turns._of_loop) == 0
+    assert [ref() for ref in loops] == [None, None, None]
+
+
+def test_the_step_estimate_follows_cheaper_steps_while_everyone_waits():
+    """Slow steps (3 ms) wait in line when a burst of cheap ones (20 us) comes: the turns learn
+    that steps got cheaper and let many go a turn again, not one a turn."""
+
+    async def main() -> int:
+        turns = 0
+        stop = asyncio.Event()
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while not stop.is_set():
+                await asyncio.sleep(0)
+                turns += 1
+
+        async def slow() -> None:
+            for _ in range(6):
+                await watch.take_turn()
+                _busy(0.003)
+
+        async def cheap() -> None:
+            await watch.take_turn()
+            _busy(0.00002)
+
+        slows = [asyncio.create_task(slow()) for _ in range(5)]
+        await asyncio.sleep(0.02)  # the slow ones are in line now
+        counter = asyncio.create_task(count_turns())
+        await asyncio.gather(*(cheap() for _ in range(300)))
+        stop.set()
+        await asyncio.gather(counter, *slows)
+        return turns
+
+    assert asyncio.run(main()) < 120  # one a turn would be 300 and more
 
 
 def test_a_gate_hands_a_slot_on_when_its_holder_or_a_waiter_is_cancelled():
@@ -177,3 +216,24 @@ def test_a_gate_hands_a_slot_on_when_its_holder_or_a_waiter_is_cancelled():
         return got
 
     assert asyncio.run(main()) == ["first", "last"]
+
+
+def test_a_gate_slot_handed_to_a_waiter_cancelled_before_it_ran_goes_to_the_next():
+    async def main() -> list[str]:
+        gate, got = watch.Gate(1), []
+        await gate.__aenter__()  # held
+
+        async def waiter(name: str) -> None:
+            async with gate:
+                got.append(name)
+
+        first = asyncio.create_task(waiter("first"))
+        second = asyncio.create_task(waiter("second"))
+        await asyncio.sleep(0)
+        await gate.__aexit__(None, None, None)  # the slot goes to "first" ...
+        first.cancel()  # ... cancelled before it could run
+        await asyncio.gather(first, second, return_exceptions=True)
+        assert gate.free == 1 and not gate.waiting
+        return got
+
+    assert asyncio.run(main()) == ["second"]
