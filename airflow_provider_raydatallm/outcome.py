@@ -30,7 +30,7 @@ def _tail_of(text: str, secrets: list[str], lines: int = TAIL_LINES) -> str:
     """The end of a job log (secrets redacted, terminal colours removed), with the job's own
     error line first."""
     all_lines = _ANSI.sub("", text).rstrip().splitlines()
-    errors = [line for line in all_lines if line.startswith(ERROR_MARKER)]
+    errors = [line[line.find(ERROR_MARKER) :] for line in all_lines if ERROR_MARKER in line]
     tail = all_lines[-lines:]
     if errors and errors[-1] not in tail:
         tail = [errors[-1], "...", *tail]
@@ -38,7 +38,8 @@ def _tail_of(text: str, secrets: list[str], lines: int = TAIL_LINES) -> str:
 
 
 def _error_line_of(text: str, secrets: list[str]) -> str:
-    found = [line[len(ERROR_MARKER) :] for line in text.splitlines() if line.startswith(ERROR_MARKER)]
+    # A worker's line Ray relays can be glued before the job's own on one line.
+    found = [line[line.find(ERROR_MARKER) + len(ERROR_MARKER) :] for line in text.splitlines() if ERROR_MARKER in line]
     return redact(found[-1], secrets) if found else ""
 
 

@@ -21,7 +21,7 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from airflow_provider_raydatallm.job.metrics import ERROR_MARKER  # noqa: E402
+from airflow_provider_raydatallm.job.metrics import ERROR_MARKER, say  # noqa: E402
 from airflow_provider_raydatallm.job.spec import SECRETS_FILE, JobSpec  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = JobSpec.model_validate_json(_spec_text(args))
     except Exception as err:
-        print(f"{ERROR_MARKER}invalid job spec: {err}", flush=True)
+        say(f"{ERROR_MARKER}invalid job spec: {err}")
         return 2
     run_name = f"{spec.run.dag_id}.{spec.run.task_id} run {spec.run.run_id}" if spec.run.dag_id else "manual run"
     logging.getLogger("raydllm.job").info("starting %s (submission %s)", run_name, spec.run.submission_id or "-")
@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(spec, args.tag, _secrets(args), started_at=STARTED_AT)
     except Exception as err:
         traceback.print_exc()
-        print(f"{ERROR_MARKER}{headline(err)}", flush=True)
+        say(f"{ERROR_MARKER}{headline(err)}")
         return 1
-    print(result.to_log_line(), flush=True)
+    say(result.to_log_line())
     return 0
 
 

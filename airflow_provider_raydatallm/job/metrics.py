@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,12 +78,23 @@ class JobResult(BaseModel):
 
 
 def find_result(log_text: str) -> JobResult | None:
-    """The last result line in a job log, or None if the job printed none."""
+    """The last result line in a job log, or None if the job printed none. Ray relays the
+    workers' lines into the driver's output from another thread, so a worker's line can be
+    glued before or after the result on one line: the result is the JSON object after the
+    marker, whatever follows it."""
     for line in reversed(log_text.splitlines()):
         index = line.find(RESULT_MARKER)
         if index != -1:
-            return JobResult.model_validate(json.loads(line[index + len(RESULT_MARKER) :]))
+            data, _ = json.JSONDecoder().raw_decode(line, index + len(RESULT_MARKER))
+            return JobResult.model_validate(data)
     return None
+
+
+def say(line: str) -> None:
+    """Print one line of the job's own (a result or error line) in one write: ``print`` writes
+    the text and its newline apart, and a worker's line Ray relays meanwhile lands between."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 ENGINE_STAGES = ("EngineStage", "HttpRequest", "ServeDeployment")

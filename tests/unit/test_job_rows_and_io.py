@@ -85,6 +85,11 @@ def test_result_line_round_trip_and_stage_parsing():
     log = "noise\n2026 INFO something\n" + result.to_log_line() + "\nafter\n"
     assert find_result(log) == result and metrics.rows_in == metrics.rows_out + metrics.error_rows
     assert find_result("no result here") is None
+    # A worker's line Ray relayed glued after the result (seen: the result's newline came
+    # after it) or before it on one line.
+    relayed = "(MapWorker(MapBatches(vLLMEngineStageUDF)) pid=16475) INFO Parent process exited"
+    assert find_result("noise\n" + result.to_log_line() + relayed + "\n\n") == result
+    assert find_result(relayed + result.to_log_line() + "\n") == result
     stats = (
         "Operator 1 ReadCSV->SplitBlocks(4): 4 tasks executed, 4 blocks produced in 0.5s\n"
         "Operator 3 MapBatches(vLLMEngineStageUDF): 2 tasks executed, 2 blocks produced in 12.25s\n"
@@ -179,3 +184,25 @@ def test_input_files_that_disagree_on_a_columns_type_are_named_before_inference(
     clash = _type_clash([pa.schema([("id", pa.int64()), ("t", pa.string())]), pa.schema([("t", pa.string()), ("id", pa.string())])], "csv")
     assert clash and "'id'" in clash and "int64" in clash and "string" in clash and "csv" in clash
     assert _type_clash([pa.schema([("n", pa.int64())]), pa.schema([("n", pa.float64())])], "csv") is None  # promotable
+
+
+def test_the_jobs_own_lines_are_one_write_and_found_when_a_relayed_line_is_glued_to_them(monkeypatch):
+    import io
+
+    from airflow_provider_raydatallm import outcome
+    from airflow_provider_raydatallm.job import metrics as job_metrics
+
+    writes: list[str] = []
+
+    class Out(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(job_metrics.sys, "stdout", Out())
+    job_metrics.say(job_metrics.ERROR_MARKER + "pre-flight: no column 'text'")
+    assert writes == [job_metrics.ERROR_MARKER + "pre-flight: no column 'text'\n"]  # text and newline together
+    relayed = "(MapWorker pid=7) INFO shutting down"
+    log = f"a\n{relayed}{job_metrics.ERROR_MARKER}pre-flight: no column 'text'\nlast\n"
+    assert outcome._error_line_of(log, []) == "pre-flight: no column 'text'"
+    assert outcome._tail_of(log, [], lines=1).splitlines()[0] == job_metrics.ERROR_MARKER + "pre-flight: no column 'text'"
