@@ -30,10 +30,10 @@ def _tail_of(text: str, secrets: list[str], lines: int = TAIL_LINES) -> str:
     """The end of a job log (secrets redacted, terminal colours removed), with the job's own
     error line first."""
     all_lines = _ANSI.sub("", text).rstrip().splitlines()
-    errors = [line[line.find(ERROR_MARKER) :] for line in all_lines if ERROR_MARKER in line]
+    errors = [line for line in all_lines if ERROR_MARKER in line]
     tail = all_lines[-lines:]
-    if errors and errors[-1] not in tail:
-        tail = [errors[-1], "...", *tail]
+    if errors and errors[-1] not in tail:  # shown from its marker (a relayed line may precede it)
+        tail = [errors[-1][errors[-1].find(ERROR_MARKER) :], "...", *tail]
     return redact("\n".join(tail), secrets)
 
 

@@ -148,9 +148,13 @@ class LineRelay:
                 if rest.startswith(("Error:", "Fatal")):
                     level = logging.ERROR
         for marker, marker_level in _JOB_MARKERS.items():
-            if line.startswith(marker):
+            at = line.find(marker)
+            if at == 0:
                 self._traceback[source] = False
                 return source or "raydllm", marker_level, line
+            if at > 0:  # a relayed worker line glued before the job's own: the job's line wins
+                self._traceback[source] = False
+                return "raydllm", marker_level, line[at:]
         cpp = _CPP.match(line)
         if cpp:
             return source or "ray", _CPP_LEVELS[cpp.group(1)], line[cpp.end() :]

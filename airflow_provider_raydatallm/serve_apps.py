@@ -70,6 +70,8 @@ async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: 
     at most; the same run taking it again renews its one lease."""
     sid = lease_id(app, holder)
     metadata = {LEASE_APP_KEY: app, LEASE_HOLDER_KEY: holder, LEASE_EXPIRES_KEY: f"{time.time() + seconds:.3f}"}
+    expires = metadata[LEASE_EXPIRES_KEY]
+    late = False  # a submission of this call was answered late: Ray may record it still
     for attempt in (1, 2):
         try:
             # bare: the lease runs `true`, without the connection's runtime_env (pip, working_dir ...)
@@ -77,6 +79,9 @@ async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: 
             log.info("Lease %s on Serve application %s for %s (for at most %.0f s)", sid, app, holder, seconds)
             return sid
         except RayJobAlreadyExistsError:
+            if late and await _recorded_lease(hook, sid, expires, lookup=0.0):
+                log.info("Lease %s on Serve application %s for %s: recorded, though its answer was late", sid, app, holder)
+                return sid  # the late submission was recorded meanwhile
             if attempt == 2:
                 raise
             log.info("Lease %s on Serve application %s was held by this run already: renewing it", sid, app)
@@ -84,27 +89,30 @@ async def take_lease(hook: RayHook, app: str, holder: str, seconds: float, log: 
         except RayClusterSlowError as err:
             # Ray took the submission and may be recording it still: look for this lease (its
             # expiry is this submission's; an older record of this run's is a stale lease).
-            recorded = await _recorded_lease(hook, sid, metadata[LEASE_EXPIRES_KEY])
+            late = True
+            recorded = await _recorded_lease(hook, sid, expires)
             if recorded:
                 log.info("Lease %s on Serve application %s for %s: recorded, though its answer was late", sid, app, holder)
                 return sid
-            if recorded is None:  # not recorded (yet): if it is later, it expires by itself
-                raise RayServeDeployError(
-                    f"taking lease {sid} on Serve application {app!r}: {err}; Ray has not recorded it "
-                    f"{LEASE_LOOKUP_SECONDS:g}s later (if it does, the lease expires after lease_timeout)"
-                ) from None
             if attempt == 2:
-                raise
-            log.info("Lease %s on Serve application %s is an older one of this run: renewing it", sid, app)
-            await drop_lease(hook, sid, log)
+                why = ("Ray has not recorded it" if recorded is None else "another submission holds its record")
+                raise RayServeDeployError(
+                    f"taking lease {sid} on Serve application {app!r}: {err}; {why} {LEASE_LOOKUP_SECONDS:g}s later "
+                    "(if Ray records it after all, the lease expires after lease_timeout)"
+                ) from None
+            if recorded is False:
+                log.info("Lease %s on Serve application %s is an older one of this run: renewing it", sid, app)
+                await drop_lease(hook, sid, log)
+            else:  # not recorded yet: submit again (Ray says "already exists" if it was meanwhile)
+                log.info("Lease %s on Serve application %s: not recorded yet, submitting it again", sid, app)
     return sid
 
 
-async def _recorded_lease(hook: RayHook, sid: str, expires: str) -> bool | None:
+async def _recorded_lease(hook: RayHook, sid: str, expires: str, lookup: float | None = None) -> bool | None:
     """After a lease submission answered late: True when Ray recorded it, False when the
     record is an older lease of the same run (another expiry), None when there is none after
-    ``LEASE_LOOKUP_SECONDS``."""
-    give_up_at = time.monotonic() + LEASE_LOOKUP_SECONDS
+    ``lookup`` seconds (``LEASE_LOOKUP_SECONDS``)."""
+    give_up_at = time.monotonic() + (LEASE_LOOKUP_SECONDS if lookup is None else lookup)
     while True:
         try:
             info = await hook.aget_job_info(sid)
@@ -372,7 +380,8 @@ async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str |
         except RayClusterSlowError as err:  # Ray took the write: what Serve shows decides, below
             log.warning("%s; waiting for Serve to show the application deleted", err)
             late_until = time.monotonic() + UNANSWERED_WRITE_GRACE_SECONDS
-        deadline = max(time.monotonic() + wait, late_until + 1)
+        waited_from = time.monotonic()
+        deadline = max(waited_from + wait, late_until + 1)
         seen = "not read"
         while time.monotonic() < deadline:
             app = await _read_app_tolerantly(hook, name, log)
@@ -386,7 +395,7 @@ async def remove(hook: RayHook, name: str, log: logging.Logger, only_hash: str |
             await asyncio.sleep(1)
         else:
             raise RayServeDeployError(
-                f"Serve application {name!r} at {address} was not deleted after {wait:.0f}s: it was "
+                f"Serve application {name!r} at {address} was not deleted after {deadline - waited_from:.0f}s: it was "
                 f"{seen} at the last read of Serve's state"
             )
     raise RayServeDeployError(f"Serve application {name!r} at {address}: it came back after {WRITE_ATTEMPTS} removals")

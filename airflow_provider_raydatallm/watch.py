@@ -185,7 +185,9 @@ class Turns:
     def _measure(self, now: float) -> None:
         """The step let through last in this turn ran until now, about: the estimate follows."""
         if self.last_grant is not None:
-            self.step = 0.9 * self.step + 0.1 * min(now - self.last_grant, TURN_BUDGET_SECONDS)
+            gap = now - self.last_grant
+            if gap <= 4 * TURN_BUDGET_SECONDS:  # longer: the loop went idle meanwhile, not a step
+                self.step = 0.9 * self.step + 0.1 * min(gap, TURN_BUDGET_SECONDS)
             self.last_grant = None
 
     async def take(self) -> None:

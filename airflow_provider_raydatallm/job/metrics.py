@@ -85,7 +85,9 @@ def find_result(log_text: str) -> JobResult | None:
     for line in reversed(log_text.splitlines()):
         index = line.find(RESULT_MARKER)
         if index != -1:
-            data, _ = json.JSONDecoder().raw_decode(line, index + len(RESULT_MARKER))
+            start = index + len(RESULT_MARKER)
+            start += len(line[start:]) - len(line[start:].lstrip())
+            data, _ = json.JSONDecoder().raw_decode(line, start)
             return JobResult.model_validate(data)
     return None
 

@@ -30,7 +30,7 @@ class CannedServer:
     routes: dict[tuple[str, str], list[tuple[int, str, str]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     address: str = ""
-    delays: dict[tuple[str, str], float] = field(default_factory=dict)  # seconds before answering
+    delays: dict[tuple[str, str], float | list[float]] = field(default_factory=dict)  # seconds before answering
 
     def answer(self, method: str, path: str, status: int, body: object, content_type: str = "application/json"):
         """Answer this from now on (replacing earlier answers for the route)."""
@@ -53,8 +53,11 @@ def _handler(server: CannedServer):
                 (404, f"{self.command} {self.path}: no route", "text/plain")
             ]
             status, text, content_type = queue.pop(0) if len(queue) > 1 else queue[0]
-            if server.delays.get((self.command, self.path)):
-                time.sleep(server.delays[(self.command, self.path)])
+            delay = server.delays.get((self.command, self.path))
+            if isinstance(delay, list):  # one delay per request, the last one from then on
+                delay = delay.pop(0) if len(delay) > 1 else delay[0]
+            if delay:
+                time.sleep(delay)
             payload = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)

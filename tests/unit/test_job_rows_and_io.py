@@ -206,3 +206,14 @@ def test_the_jobs_own_lines_are_one_write_and_found_when_a_relayed_line_is_glued
     log = f"a\n{relayed}{job_metrics.ERROR_MARKER}pre-flight: no column 'text'\nlast\n"
     assert outcome._error_line_of(log, []) == "pre-flight: no column 'text'"
     assert outcome._tail_of(log, [], lines=1).splitlines()[0] == job_metrics.ERROR_MARKER + "pre-flight: no column 'text'"
+    # In the tail already (glued or not): shown once.
+    assert outcome._tail_of(log, [], lines=3).count(job_metrics.ERROR_MARKER) == 1
+
+
+def test_a_result_line_with_spaces_after_its_marker_is_read():
+    from airflow_provider_raydatallm.job.metrics import RESULT_MARKER
+
+    result = JobResult(output_uri="o", error_output_uri="o/_errors", output_format="parquet",
+                       metrics=JobMetrics(rows_in=1, rows_out=1, error_rows=0, wall_seconds=1.0))  # fmt: skip
+    line = result.to_log_line().replace(RESULT_MARKER, RESULT_MARKER + "  ", 1)
+    assert find_result(line + "\n") == result

@@ -134,3 +134,12 @@ def test_a_huge_line_opening_with_a_parenthesis_is_not_scanned_whole():
     started = time.perf_counter()
     (_, text), = _relay(lines=["(" * 5_000_000])
     assert time.perf_counter() - started < 0.5 and len(text) < MAX_LINE_CHARS + 100
+
+
+def test_the_jobs_own_line_behind_a_glued_worker_line_is_still_the_jobs():
+    """Ray relays workers' lines into the driver's output from another thread: one can end up
+    in front of the job's error or result line on one line. The job's line keeps its level and
+    is shown in the summary modes too."""
+    glued = WORKER + "INFO 12-02 09:36:53 [multiproc_executor.py:843] Parent process exitedRAYDLLM_ERROR pre-flight: no column 'text'"
+    for mode in (True, "summary", "warnings"):
+        assert _relay(mode, [glued]) == [(logging.ERROR, "[ray:raydllm] RAYDLLM_ERROR pre-flight: no column 'text'")]

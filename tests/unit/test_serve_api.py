@@ -393,7 +393,21 @@ async def test_a_lease_submission_answered_late_is_looked_up(slow_writes, monkey
         assert await serve_apps.take_lease(hook, "llm", holder, 3600, LOG) == lease
         assert [s.method for s in slow_writes.seen] == ["POST", "GET", "DELETE", "POST", "GET"]
 
-        slow_writes.answer("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")  # not recorded
+        # Not recorded after the first late answer: submitted again; Ray then says it exists,
+        # with this submission's expiry (the first one was recorded meanwhile): held.
+        slow_writes.answer("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")
+        slow_writes.then("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")
+        slow_writes.then("GET", f"/api/jobs/{lease}", 200, record)
+        slow_writes.answer("POST", "/api/jobs/", 200, {"submission_id": lease})
+        slow_writes.then("POST", "/api/jobs/", 500, f"Job with submission_id {lease} already exists", "text/plain")
+        slow_writes.delays[("POST", "/api/jobs/")] = [1.0, 0.0]  # the second submission is answered at once
+        slow_writes.seen.clear()
+        assert await serve_apps.take_lease(hook, "llm", holder, 3600, LOG) == lease
+        assert [s.method for s in slow_writes.seen] == ["POST", "GET", "GET", "POST", "GET"]  # no DELETE
+        slow_writes.delays[("POST", "/api/jobs/")] = 1.0
+
+        slow_writes.answer("GET", f"/api/jobs/{lease}", 404, "no such job", "text/plain")  # never recorded
+        slow_writes.answer("POST", "/api/jobs/", 200, {"submission_id": lease})
         with pytest.raises(RayServeDeployError, match=rf"taking lease {lease} .* did not answer within 0\.3s.* "
                                                       r"Ray has not recorded it 0\.5s later"):
             await serve_apps.take_lease(hook, "llm", holder, 3600, LOG)
