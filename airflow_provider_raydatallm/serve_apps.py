@@ -29,7 +29,6 @@ from typing import Any
 from airflow_provider_raydatallm.exceptions import (
     RayAPIError,
     RayClusterSlowError,
-    RayClusterUnreachableError,
     RayJobAlreadyExistsError,
     RayJobNotFoundError,
     RayProviderError,
